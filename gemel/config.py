@@ -34,7 +34,22 @@ def validate(params: dict[str, Any], source: str = "params.yaml") -> None:
     raise ConfigError(f"{source}: key '{where}': {err.message}")
 
 
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+def apply_override(params: dict[str, Any], assignment: str) -> None:
+    """`section.key=value` (value parsed as YAML), as `dvc exp run -S` and Snakemake rules pass."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"--set {assignment!r}: expected KEY=VALUE, e.g. model.use_image=false")
+    *parents, leaf = key.split(".")
+    node = params
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            raise ConfigError(f"--set {assignment!r}: '{part}' is not a section of params")
+        node = node[part]
+    node[leaf] = yaml.safe_load(raw)
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+    """Read, apply `section.key=value` overrides, validate: an unknown key or wrong type raises."""
     path = Path(path)
     try:
         with open(path, encoding="utf-8") as f:
@@ -43,7 +58,9 @@ def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
         raise ConfigError(f"{path}: no such params file") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    validate(params, str(path))
+    for assignment in overrides:
+        apply_override(params, assignment)
+    validate(params, str(path) + (" with --set " + " ".join(overrides) if overrides else ""))
     return params
 
 
@@ -78,3 +95,62 @@ class PrepareParams:
     dev_fraction: float = 0.1
     seed: int = 0
     invalid_records: str = "error"
+
+
+@dataclasses.dataclass(frozen=True)
+class FeaturesParams:
+    encoder: str = "efficientnet_lite0"
+    open_clip_model: str = "ViT-L-14"
+    open_clip_pretrained: str | None = "openai"
+    open_clip_output: str = "pooled"
+    batch_size: int = 32
+    missing_image: str = "zero"
+    out: str = "data/features"
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrieveParams:
+    method: str = "simcse"
+    encoder: str = "all-MiniLM-L6-v2"
+    query: str = "mention"
+    top_k: int = 16
+    batch_size: int = 64
+    seed: int = 0
+    out: str = "data/demos"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelParams:
+    llm: str = "smollm2-135m"
+    prefix_tokens: int = 4
+    use_image: bool = True
+    num_demos: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 5
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup: float = 0.1
+    grad_clip: float | None = 1.0
+    grad_accum: int = 2
+    batch_size: int = 8
+    eval_every: int = 50
+    dev_limit: int | None = 30
+    seed: int = 0
+    out: str = "results"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeParams:
+    num_beams: int = 5
+    max_new_tokens: int = 32
+    length_penalty: float = 1.0
+    batch_size: int = 8
+    split: str = "test"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluateParams:
+    hits_at: tuple[int, ...] = (1, 3, 5)
