@@ -1,0 +1,79 @@
+"""GEMEL: a frozen causal LM plus one trained linear map from an image vector to k token embeddings."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import PreTrainedModel
+
+from gemel.prompt import IMAGE, Batch
+
+
+class Gemel(nn.Module):
+    def __init__(self, llm: PreTrainedModel, image_dim: int, prefix_tokens: int):
+        super().__init__()
+        self.llm = llm
+        self.k = prefix_tokens
+        self.embed_dim = llm.get_input_embeddings().embedding_dim  # not hidden_size: OPT-350M differs
+        # The mapper stays fp32 even beside a bf16 LLM: AdamW's second moment underflows in fp16.
+        self.mapper = nn.Linear(image_dim, prefix_tokens * self.embed_dim, dtype=torch.float32)
+        self.softcap = getattr(llm.config, "final_logit_softcapping", None)
+
+    @property
+    def device(self) -> torch.device:
+        return self.mapper.weight.device
+
+    def embed(self, batch: Batch) -> torch.Tensor:
+        """Token embeddings with every image slot replaced by the mapped image vectors."""
+        ids = batch.ids.to(self.device)
+        slots = ids == IMAGE
+        embeds = self.llm.get_input_embeddings()(ids.clamp(min=0))
+        if batch.images.shape[0]:
+            mapped = self.mapper(batch.images.to(self.device)).view(-1, self.embed_dim).to(embeds.dtype)
+            # masked_scatter fills slots in row-major order: the order collate() gathered images in.
+            embeds = embeds.masked_scatter(slots.unsqueeze(-1), mapped)
+        return embeds
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.llm.get_output_embeddings()(hidden).float()
+        if self.softcap:  # Gemma-style final logit soft-capping, as the LLM's own head applies it
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def forward_hidden(self, batch: Batch, **kw: Any) -> Any:
+        attn = batch.attention_mask.to(self.device)
+        return self.llm.base_model(inputs_embeds=self.embed(batch), attention_mask=attn,
+                                   position_ids=positions(attn), **kw)
+
+    def loss(self, batch: Batch) -> torch.Tensor:
+        """Mean cross-entropy over the answer tokens (name + EOS). Vocabulary logits are computed
+        only at the positions that predict them, never over the whole prompt."""
+        hidden = self.forward_hidden(batch, use_cache=False).last_hidden_state
+        target = batch.target_mask.to(self.device)
+        predictors = target[:, 1:]  # position t predicts token t+1
+        h = hidden[:, :-1][predictors]
+        labels = batch.ids.to(self.device)[:, 1:][predictors]
+        return F.cross_entropy(self.logits(h), labels)
+
+    # ------------------------------------------------------------------ mapper checkpoints
+    def save_mapper(self, path: str | Path, metadata: dict[str, str]) -> None:
+        state = {k: v.detach().cpu().contiguous() for k, v in self.mapper.state_dict().items()}
+        save_file(state, str(path), metadata={**metadata, "prefix_tokens": str(self.k),
+                                              "image_dim": str(self.mapper.in_features),
+                                              "embed_dim": str(self.embed_dim)})
+
+    def load_mapper(self, path: str | Path) -> None:
+        state = load_file(str(path), device=str(self.device))
+        if state["weight"].shape != self.mapper.weight.shape:
+            raise ValueError(f"{path}: mapper of shape {tuple(state['weight'].shape)} does not fit this model "
+                             f"({tuple(self.mapper.weight.shape)}): was it trained for another LLM, k or encoder?")
+        self.mapper.load_state_dict(state)
+
+
+def positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that start at 0 on each row's first real token, so left padding is invisible."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)

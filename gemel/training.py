@@ -1,0 +1,97 @@
+"""The mapper's optimisation loop: AdamW, linear warm-up then decay, clipping, accumulation,
+dev accuracy every few steps, and the best mapper kept."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from tqdm import tqdm
+
+from gemel.config import TrainParams
+from gemel.model import Gemel
+from gemel.prompt import Example, collate
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
+    """Multiplier of the base lr for optimizer step `step` (0-based). Counted in optimizer steps,
+    not batches, so warm-up ends where it should (the original counted batches while stepping once
+    per accumulation, so its warm-up never ended), and the first step's lr is not 0."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+
+def optimizer_steps(n_examples: int, p: TrainParams) -> int:
+    return math.ceil(math.ceil(n_examples / p.batch_size) / p.grad_accum) * p.epochs
+
+
+@dataclass
+class History:
+    loss: list[dict[str, float]] = field(default_factory=list)  # per optimizer step
+    dev: list[dict[str, float]] = field(default_factory=list)  # per evaluation
+    best_accuracy: float = -1.0
+    best_step: int = 0
+    examples_per_s: float = 0.0
+
+
+def train(model: Gemel, examples: Sequence[Example], features, pad_id: int, p: TrainParams,
+          evaluate: Callable[[], float] | None = None, progress: bool = True) -> History:
+    """Train `model.mapper` in place; on return it holds the best mapper by dev accuracy
+    (the last one when there is no dev evaluation)."""
+    torch.manual_seed(p.seed)
+    gen = torch.Generator().manual_seed(p.seed)
+    opt = torch.optim.AdamW(model.mapper.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+    total = optimizer_steps(len(examples), p)
+    warmup = math.ceil(p.warmup * total)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total))
+    hist = History()
+    best_state = {k: v.detach().clone() for k, v in model.mapper.state_dict().items()}
+    step, seen, t0 = 0, 0, time.perf_counter()
+    use_amp = model.device.type == "cuda"
+
+    def checkpoint() -> None:
+        nonlocal best_state
+        if evaluate is None:
+            return
+        acc = evaluate()
+        hist.dev.append({"step": step, "accuracy": acc})
+        if acc > hist.best_accuracy:
+            hist.best_accuracy, hist.best_step = acc, step
+            best_state = {k: v.detach().clone() for k, v in model.mapper.state_dict().items()}
+
+    bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
+    for epoch in range(p.epochs):
+        order = torch.randperm(len(examples), generator=gen).tolist()
+        batches = [order[i:i + p.batch_size] for i in range(0, len(order), p.batch_size)]
+        for g in range(0, len(batches), p.grad_accum):
+            group = batches[g:g + p.grad_accum]
+            opt.zero_grad(set_to_none=True)
+            losses = []
+            for idx in group:
+                batch = collate([examples[i] for i in idx], features, pad_id)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                    loss = model.loss(batch)
+                (loss / len(group)).backward()
+                losses.append(loss.item())
+                seen += len(idx)
+            if p.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.mapper.parameters(), p.grad_clip)
+            lr = opt.param_groups[0]["lr"]
+            opt.step()
+            sched.step()
+            step += 1
+            hist.loss.append({"step": step, "epoch": epoch + 1, "loss": sum(losses) / len(losses), "lr": lr})
+            bar.update(1)
+            bar.set_postfix(loss=f"{hist.loss[-1]['loss']:.3f}")
+            if step % p.eval_every == 0:
+                checkpoint()
+        if not hist.dev or hist.dev[-1]["step"] != step:
+            checkpoint()  # and at the end of every epoch
+    bar.close()
+    hist.examples_per_s = seen / max(1e-9, time.perf_counter() - t0)
+    if evaluate is not None:
+        model.mapper.load_state_dict(best_state)
+    return hist
