@@ -1,0 +1,204 @@
+"""Image features: one vector per image path, computed once and cached incrementally.
+
+The table (`images.parquet`) has one row per image: `image` (the path, as the mentions table
+gives it), `vector` (fixed_size_list<float32>[dim]) and `ok` (False: the image was missing or
+unreadable and the vector is zeros). The encoder's name is stored in the Parquet schema metadata;
+rows are reused from an earlier table only when that name matches.
+"""
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from gemel.data.tables import write_parquet_atomic
+from gemel.encoders import ImageEncoder
+
+MISSING_POLICIES = ("zero", "drop", "error")
+ENCODER_KEY = b"gemel.encoder"
+DIM_KEY = b"gemel.dim"
+
+
+class ImageError(ValueError):
+    """An image is missing or unreadable under `missing_image: error`; names path and mention."""
+
+
+def _load(path: str) -> Image.Image | str:
+    """The decoded image, or why it cannot be used: 'missing' or 'unreadable'."""
+    if not os.path.isfile(path):
+        return "missing"
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")  # forces the full decode, so truncated files fail here
+    # PIL's decoders signal a corrupt file with any of these, depending on the format.
+    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, Image.DecompressionBombError):
+        return "unreadable"
+
+
+def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def cache_rows(cache: pd.DataFrame | None, encoder: ImageEncoder) -> dict[str, np.ndarray]:
+    """Reusable vectors of an earlier table: only from the same encoder, and only images that were
+    encoded (a row with ok=False is retried: the file may have appeared since)."""
+    if cache is None or cache.attrs.get("encoder") != encoder.name:
+        return {}
+    good = cache[cache["ok"]]
+    return dict(zip(good["image"], good["vector"]))
+
+
+def encode_images(paths: Iterable[str], encoder: ImageEncoder, batch_size: int = 32,
+                  missing_image: str = "zero", cache: pd.DataFrame | None = None,
+                  used_by: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Vectors for `paths` (deduplicated, order kept), reusing `cache` rows of the same encoder.
+
+    `missing_image`: zero (zero vector, ok=False) | drop (no row) | error (raise ImageError,
+    naming the path and `used_by[path]`, the id of a mention that uses it).
+    Returns the table (columns image, vector, ok; attrs encoder and dim) and a report of counts.
+    """
+    if missing_image not in MISSING_POLICIES:
+        known = ", ".join(MISSING_POLICIES)
+        raise ValueError(f"features.missing_image: unknown policy {missing_image!r} (known: {known})")
+    paths = list(dict.fromkeys(paths))
+    reusable = cache_rows(cache, encoder)
+    vectors: dict[str, np.ndarray] = {p: reusable[p] for p in paths if p in reusable}
+    reused = len(vectors)
+    bad: dict[str, str] = {}  # path -> missing | unreadable
+    todo = [p for p in paths if p not in vectors]
+
+    def fail(path: str, why: str) -> None:
+        if missing_image == "error":
+            who = f" (used by mention {used_by[path]})" if used_by and path in used_by else ""
+            raise ImageError(f"image {path}{who} is {why}; "
+                             "set features.missing_image to zero or drop to go on without it")
+        bad[path] = why
+
+    # Missing files are found before any encoding, so `error` stops before minutes of work.
+    for path in todo:
+        if not os.path.isfile(path):
+            fail(path, "missing")
+    todo = [p for p in todo if p not in bad]
+    encoded = 0
+    with tqdm(total=len(todo), desc=f"encoding images ({encoder.name.split(':')[0]})", unit="img") as bar:
+        for chunk in _batches(todo, batch_size):
+            tensors, names = [], []
+            for path in chunk:
+                image = _load(path)
+                if isinstance(image, str):
+                    fail(path, image)
+                else:
+                    tensors.append(encoder.preprocess(image))
+                    names.append(path)
+            if tensors:
+                out = encoder.encode(torch.stack(tensors)).numpy().astype(np.float32, copy=False)
+                vectors.update(zip(names, out))
+                encoded += len(names)
+            bar.update(len(chunk))
+
+    zero = np.zeros(encoder.dim, dtype=np.float32)
+    rows = [(p, vectors[p], True) if p in vectors else (p, zero, False)
+            for p in paths if p in vectors or missing_image == "zero"]
+    table = pd.DataFrame(rows, columns=["image", "vector", "ok"]).astype({"image": "string", "ok": bool})
+    table.attrs.update(encoder=encoder.name, dim=encoder.dim)
+    statuses = list(bad.values())
+    report = {
+        "encoder": encoder.name,
+        "dim": encoder.dim,
+        "images": len(paths),
+        "encoded": encoded,
+        "reused": reused,
+        "missing": statuses.count("missing"),
+        "unreadable": statuses.count("unreadable"),
+        "zero_vectors": len(bad) if missing_image == "zero" else 0,
+        "dropped": len(bad) if missing_image == "drop" else 0,
+        "rows": len(table),
+    }
+    return table, report
+
+
+def mention_images(mentions: pd.DataFrame) -> tuple[list[str], dict[str, str], int]:
+    """(unique non-null image paths, path -> first mention id using it, mentions without an image)."""
+    has_image = mentions["image"].notna()
+    first = mentions.loc[has_image].drop_duplicates("image")
+    return list(first["image"]), dict(zip(first["image"], first["id"])), int((~has_image).sum())
+
+
+def encode_mentions(mentions: pd.DataFrame, encoder: ImageEncoder, batch_size: int = 32,
+                    missing_image: str = "zero", cache: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
+    """encode_images over the images of a mentions table; the report adds mention counts."""
+    paths, used_by, no_image = mention_images(mentions)
+    table, report = encode_images(paths, encoder, batch_size, missing_image, cache, used_by)
+    return table, {"mentions": len(mentions), "no_image": no_image, **report}
+
+
+# --- Parquet I/O ----------------------------------------------------------------------------
+
+def to_arrow(table: pd.DataFrame) -> pa.Table:
+    """The features table as Arrow: fixed-size float32 vectors, encoder name in the metadata."""
+    dim = int(table.attrs["dim"])
+    matrix = np.stack(list(table["vector"])).astype(np.float32) if len(table) else np.zeros((0, dim), np.float32)
+    vectors = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dim)
+    schema = pa.schema([("image", pa.string()), ("vector", pa.list_(pa.float32(), dim)), ("ok", pa.bool_())],
+                       metadata={ENCODER_KEY: str(table.attrs["encoder"]).encode(), DIM_KEY: str(dim).encode()})
+    return pa.Table.from_arrays([pa.array(table["image"].astype(object), pa.string()), vectors,
+                                 pa.array(table["ok"], pa.bool_())], schema=schema)
+
+
+def write_features(table: pd.DataFrame, path: str | Path) -> None:
+    write_parquet_atomic(to_arrow(table), path)
+
+
+def _arrow_matrix(column: pa.ChunkedArray, dim: int) -> np.ndarray:
+    flat = pc.list_flatten(column.combine_chunks()) if len(column) else pa.array([], pa.float32())
+    return flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+
+
+def _read_arrow(path: str | Path) -> tuple[pa.Table, str, int]:
+    arrow = pq.read_table(path)
+    meta = arrow.schema.metadata or {}
+    if ENCODER_KEY not in meta or DIM_KEY not in meta:
+        raise ImageError(f"{path}: not a gemel features table (no {ENCODER_KEY.decode()} in the schema metadata)")
+    missing = {"image", "vector", "ok"} - set(arrow.column_names)
+    if missing:
+        raise ImageError(f"{path}: features table lacks column(s) {', '.join(sorted(missing))}")
+    return arrow, meta[ENCODER_KEY].decode(), int(meta[DIM_KEY])
+
+
+def read_features(path: str | Path) -> pd.DataFrame:
+    """A features table as written by write_features (attrs encoder, dim): the cache input."""
+    arrow, encoder, dim = _read_arrow(path)
+    matrix = _arrow_matrix(arrow.column("vector"), dim)
+    table = pd.DataFrame({"image": pd.array(arrow.column("image").to_pylist(), dtype="string"),
+                          "vector": list(matrix), "ok": arrow.column("ok").to_numpy(zero_copy_only=False)})
+    table.attrs.update(encoder=encoder, dim=dim)
+    return table
+
+
+def load_features(path: str | Path) -> tuple[tuple[dict[str, int], np.ndarray], int]:
+    """((image path -> row, float32 matrix [n, dim]), dim): the lookup the train and decode stages
+    use. Rows of missing/unreadable images are zero vectors."""
+    arrow, _, dim = _read_arrow(path)
+    index = {p: i for i, p in enumerate(arrow.column("image").to_pylist())}
+    return (index, _arrow_matrix(arrow.column("vector"), dim)), dim
+
+
+def lookup(index: Mapping[str, int], matrix: np.ndarray, paths: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors for `paths` ([len, dim] float32) and a mask of those found; a null path or an
+    image without a row (dropped) gets a zero vector and False."""
+    rows = np.array([index.get(p, -1) if p is not None else -1 for p in paths], dtype=np.int64)
+    found = rows >= 0
+    out = np.zeros((len(paths), matrix.shape[1]), dtype=np.float32)
+    out[found] = matrix[rows[found]]
+    return out, found
