@@ -1,0 +1,192 @@
+"""The entity-name trie against brute force over real names tokenized by the real SmolLM2 tokenizer."""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gemel.config import load_params
+from gemel.llm import answer_ids, get_spec, load_tokenizer, start_ids
+from gemel.trie import EntityTrie, Trie, TrieError, build_entity_trie
+
+SHARED_DATA = Path(os.environ.get("GEMEL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+# Names where one is a prefix of another (EOS and a continuation both allowed after "Jordan"),
+# names sharing long prefixes, non-ASCII, and a duplicate name with a second id.
+HANDMADE = [
+    ("Q1", "Jordan"), ("Q2", "Jordan River"), ("Q3", "Jordan Peterson"), ("Q4", "Michael Jordan"),
+    ("Q5", "Paris"), ("Q6", "Paris Hilton"), ("Q7", "Paris, Texas"), ("Q8", "São Paulo"),
+    ("Q9", "Zürich"), ("Q10", "Jordan"), ("Q11", "New York"), ("Q12", "New York City"),
+]
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return load_tokenizer(get_spec(load_params()["llms"], "smollm2-135m"))
+
+
+@pytest.fixture(scope="session")
+def kb() -> list[tuple[str, str]]:
+    """The handmade names, then 300 real RichpediaMEL names when the shared data is here."""
+    path = SHARED_DATA / "richpedia-mel" / "qid2ne.json"
+    real = list(json.loads(path.read_text(encoding="utf-8")).items())[:300] if path.is_file() else []
+    return HANDMADE + real
+
+
+@pytest.fixture(scope="session")
+def entity_trie(kb, smollm2) -> EntityTrie:
+    return build_entity_trie([n for _, n in kb], [q for q, _ in kb], smollm2, "smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def sequences(kb, smollm2) -> list[list[int]]:
+    return [answer_ids(smollm2, name) for _, name in kb]
+
+
+def brute_next(sequences: list[list[int]], prefix: list[int]) -> list[int]:
+    n = len(prefix)
+    return sorted({s[n] for s in sequences if len(s) > n and s[:n] == prefix})
+
+
+def all_prefixes(sequences: list[list[int]]) -> list[list[int]]:
+    return sorted({tuple(s[:i]) for s in sequences for i in range(len(s) + 1)})  # type: ignore[misc]
+
+
+def non_prefixes(sequences: list[list[int]], vocab: int, k: int = 200) -> list[list[int]]:
+    """Prefixes with one wrong token appended, and random sequences; all absent from the trie."""
+    rng = random.Random(0)
+    out = []
+    for _ in range(k):
+        s = rng.choice(sequences)
+        p = s[:rng.randrange(len(s) + 1)]
+        allowed = set(brute_next(sequences, p))
+        wrong = next(t for t in iter(lambda: rng.randrange(vocab), None) if t not in allowed)
+        out.append(p + [wrong])
+        out.append([rng.randrange(vocab) for _ in range(rng.randint(2, 6))])
+    return [p for p in out if not brute_next(sequences, p)]
+
+
+def test_batched_tokenization_is_answer_ids(entity_trie, sequences):
+    # build_entity_trie tokenizes in batches; every name must still be exactly answer_ids(name).
+    for i, s in enumerate(sequences):
+        node = entity_trie.trie.node_of(s)
+        assert node >= 0, f"name {i} not in the trie"
+        assert entity_trie.trie.value(node) == sequences.index(s)
+
+
+def test_allowed_next_matches_brute_force(entity_trie, sequences, smollm2):
+    trie = entity_trie.trie
+    prefixes = all_prefixes(sequences)
+    assert len(prefixes) > len(sequences)
+    for p in prefixes:
+        got = trie.allowed_next(list(p))
+        assert got.tolist() == brute_next(sequences, list(p)), p
+        assert np.all(np.diff(got) > 0)
+    for p in non_prefixes(sequences, len(smollm2)):
+        assert trie.allowed_next(p).size == 0
+
+
+def test_prefix_name_allows_eos_and_continuation(entity_trie, smollm2):
+    eos = smollm2.eos_token_id
+    jordan = answer_ids(smollm2, "Jordan")[:-1]
+    allowed = entity_trie.trie.allowed_next(jordan).tolist()
+    assert eos in allowed
+    assert answer_ids(smollm2, "Jordan River")[len(jordan)] in allowed
+    assert entity_trie.trie.allowed_next(jordan + [eos]).size == 0  # complete
+
+
+def test_values_map_back_to_entities(entity_trie, kb, sequences):
+    first = {}
+    for i, s in enumerate(sequences):
+        first.setdefault(tuple(s), i)
+    for s in sequences:
+        value = entity_trie.trie.value(entity_trie.trie.node_of(s))
+        assert entity_trie.entity(value) == kb[first[tuple(s)]]
+    assert entity_trie.entity(entity_trie.trie.value(entity_trie.trie.node_of(sequences[9]))) == ("Q1", "Jordan")
+    assert entity_trie.duplicates == len(sequences) - len(first) >= 1
+    # Inner nodes carry no entity.
+    assert entity_trie.trie.value(entity_trie.trie.node_of(sequences[0][:-1])) == -1
+
+
+def test_batched_calls_agree_with_allowed_next(entity_trie, sequences, smollm2):
+    trie, vocab = entity_trie.trie, len(smollm2)
+    prefixes = all_prefixes(sequences)
+    nodes = np.array([trie.node_of(list(p)) for p in prefixes] + [-1])
+    mask = trie.allowed_mask(torch.from_numpy(nodes), vocab)
+    assert mask.shape == (len(nodes), vocab) and mask.dtype == torch.bool
+    expected = torch.zeros_like(mask)
+    for row, p in enumerate(prefixes):
+        expected[row, torch.from_numpy(trie.allowed_next(list(p)).astype(np.int64))] = True
+    assert torch.equal(mask, expected)  # the last row, node -1, is all False
+    # step_many == step for every allowed token of every node, plus a disallowed one.
+    rng = np.random.default_rng(0)
+    pairs = [(n, t) for n in nodes for t in trie.children(int(n))[0]]
+    pairs += [(n, int(rng.integers(vocab))) for n in nodes]
+    pn, pt = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+    expected = [trie.step(int(a), int(b)) for a, b in pairs]
+    assert trie.step_many(pn, pt).tolist() == expected
+    stepped = trie.step_many(torch.from_numpy(pn), torch.from_numpy(pt))
+    assert isinstance(stepped, torch.Tensor) and stepped.tolist() == expected
+    with pytest.raises(ValueError, match="vocabulary"):
+        trie.allowed_mask(nodes, trie.max_token)
+
+
+def test_save_load_round_trip(entity_trie, sequences, tmp_path):
+    path = tmp_path / "sub" / "trie.npz"
+    entity_trie.save(path)
+    assert path.is_file() and not list(path.parent.glob("*.tmp"))
+    with np.load(path, allow_pickle=False) as z:
+        for name, array in entity_trie.trie.arrays().items():
+            assert np.array_equal(z[name], array) and z[name].dtype == array.dtype
+    loaded = EntityTrie.load(path)
+    assert (loaded.llm, loaded.eos_id) == ("smollm2-135m", entity_trie.eos_id)
+    assert loaded.names.tolist() == entity_trie.names.tolist()
+    assert loaded.entity_ids.tolist() == entity_trie.entity_ids.tolist()
+    for p in all_prefixes(sequences)[::7]:
+        assert np.array_equal(loaded.trie.allowed_next(list(p)), entity_trie.trie.allowed_next(list(p)))
+    # The bare Trie reads the same file; a file that is not a trie is a clear error.
+    assert Trie.load(path).num_nodes == entity_trie.trie.num_nodes
+    np.savez(tmp_path / "other.npz", x=np.zeros(3))
+    with pytest.raises(TrieError, match="format"):
+        Trie.load(tmp_path / "other.npz")
+    with pytest.raises(TrieError, match="no such file"):
+        EntityTrie.load(tmp_path / "missing.npz")
+
+
+def test_generic_build_against_brute_force():
+    # Small vocabulary: heavy prefix sharing, sequences that are prefixes of others (no EOS),
+    # exact duplicates and the empty sequence (value at the root).
+    rng = random.Random(1)
+    seqs = [[rng.randrange(4) for _ in range(rng.randint(0, 6))] for _ in range(400)]
+    trie = Trie.build(seqs)
+    for p in all_prefixes(seqs):
+        assert trie.allowed_next(list(p)).tolist() == brute_next(seqs, list(p))
+        first = next((i for i, s in enumerate(seqs) if s == list(p)), -1)
+        assert trie.value(trie.node_of(list(p))) == first
+    assert trie.max_depth() == max(map(len, seqs))
+    assert trie.num_nodes == len(all_prefixes(seqs))
+    assert Trie.build([]).allowed_next([]).size == 0
+
+
+def test_bad_names_are_named(smollm2):
+    with pytest.raises(TrieError, match="Q2"):
+        build_entity_trie(["Paris", " "], ["Q1", "Q2"], smollm2, "smollm2-135m")
+
+
+@pytest.mark.skipif(os.environ.get("GEMEL_SLOW_TESTS") != "1",
+                    reason="Gemma3's tokenizer takes ~15 s to load; set GEMEL_SLOW_TESTS=1")
+def test_gemma3_trie_has_no_bos(kb):
+    tok = load_tokenizer(get_spec(load_params()["llms"], "gemma3-270m"))
+    assert start_ids(tok)  # Gemma puts a BOS before texts; answers must not start with it
+    names = [n for _, n in kb]
+    et = build_entity_trie(names, [q for q, _ in kb], tok, "gemma3-270m")
+    seqs = [answer_ids(tok, n) for n in names]
+    assert tok.bos_token_id not in et.trie.allowed_next([]).tolist()
+    for p in all_prefixes(seqs)[::5]:
+        assert et.trie.allowed_next(list(p)).tolist() == brute_next(seqs, list(p))
+    assert et.eos_id == tok.eos_token_id
