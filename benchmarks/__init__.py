@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.<name>` prints timings for one component."""
