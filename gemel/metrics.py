@@ -1,0 +1,106 @@
+"""Entity-linking metrics over the decode stage's predictions.
+
+Keys of `compute_metrics` (rates are fractions in [0, 1], rounded to 4 decimals; null when no
+mention was evaluated):
+  accuracy               exact string match of pred_name with gold_name over the non-NIL mentions
+                         (GEMEL's metric; NIL mentions are removed, as in the paper)
+  hits@k                 share of evaluated mentions whose gold_name is among the first k beams
+  mrr                    mean of 1/rank of gold_name in the beams (0 when absent); ranks follow the
+                         beam order as given (best first), equal beam scores are not merged
+  accuracy_with_image    accuracy over evaluated mentions that had their image, and
+  accuracy_without_image over those where a zero vector stood in (only when both groups exist)
+  evaluated              non-NIL mentions (the denominator of every rate)
+  nil_removed            NIL mentions left out
+  missing_image          evaluated mentions without their image
+  gold_unreachable       evaluated mentions whose gold_name is no KB name: constrained decoding can
+                         never produce it, so they count as errors and bound accuracy from above
+  total                  all rows
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# What evaluate needs from predictions.parquet (the decode stage writes these and may add more).
+PREDICTION_COLUMNS = ("id", "split", "mention", "gold_id", "gold_name", "is_nil", "has_image",
+                      "pred_name", "pred_id", "beams", "beam_scores")
+
+DECIMALS = 4
+
+
+class MetricsError(ValueError):
+    """Predictions or KB unreadable or malformed; the message names the file, column or row."""
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise MetricsError(f"{path}: no such file (run the decode stage first)")
+    try:
+        names = pq.read_schema(path).names
+    except (pa.ArrowInvalid, OSError) as e:
+        raise MetricsError(f"{path}: not a readable Parquet file: {e}") from None
+    missing = [c for c in PREDICTION_COLUMNS if c not in names]
+    if missing:
+        raise MetricsError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(names)})")
+    pred = pq.read_table(path, columns=list(PREDICTION_COLUMNS)).to_pandas()
+    check_predictions(pred, str(path))
+    return pred
+
+
+def check_predictions(pred: pd.DataFrame, source: str = "predictions") -> None:
+    """Flags must be set, and a non-NIL mention must carry its gold name."""
+    for col in ("is_nil", "has_image"):
+        if pred[col].isna().any():
+            row = pred.loc[pred[col].isna(), "id"].iloc[0]
+            raise MetricsError(f"{source}: row id '{row}': column '{col}' is null")
+    no_gold = ~pred["is_nil"].astype(bool) & pred["gold_name"].isna()
+    if no_gold.any():
+        raise MetricsError(f"{source}: row id '{pred.loc[no_gold, 'id'].iloc[0]}': column 'gold_name' "
+                           f"is null but is_nil is false")
+
+
+def gold_rank(gold: str, beams: Sequence[str] | None) -> int:
+    """1-based position of the first beam equal to gold; 0 when no beam is."""
+    for rank, name in enumerate([] if beams is None else beams, start=1):
+        if name == gold:
+            return rank
+    return 0
+
+
+def _rate(x: np.ndarray) -> float | None:
+    return round(float(np.mean(x)), DECIMALS) if len(x) else None
+
+
+def compute_metrics(pred: pd.DataFrame, kb_names: set[str], hits_at: Sequence[int]) -> dict[str, Any]:
+    """The metrics above, as one flat dict (what `dvc metrics show` tabulates)."""
+    if any(k < 1 for k in hits_at):
+        raise MetricsError(f"evaluate.hits_at: every k must be >= 1, got {list(hits_at)}")
+    check_predictions(pred)
+    nil = pred["is_nil"].to_numpy(dtype=bool)
+    ev = pred.loc[~nil]
+    gold = ev["gold_name"].tolist()
+    correct = np.array([p == g for p, g in zip(ev["pred_name"], gold)], dtype=bool)  # null pred: wrong
+    ranks = np.array([gold_rank(g, b) for g, b in zip(gold, ev["beams"])], dtype=np.int64)
+    has_image = ev["has_image"].to_numpy(dtype=bool)
+
+    out: dict[str, Any] = {"accuracy": _rate(correct)}
+    for k in sorted(set(hits_at)):
+        out[f"hits@{k}"] = _rate((ranks >= 1) & (ranks <= k))
+    out["mrr"] = _rate(np.where(ranks > 0, 1.0 / np.maximum(ranks, 1), 0.0))
+    if has_image.any() and not has_image.all():
+        out["accuracy_with_image"] = _rate(correct[has_image])
+        out["accuracy_without_image"] = _rate(correct[~has_image])
+    out.update({
+        "evaluated": int(len(ev)),
+        "nil_removed": int(nil.sum()),
+        "missing_image": int((~has_image).sum()),
+        "gold_unreachable": int(sum(g not in kb_names for g in gold)),
+        "total": int(len(pred)),
+    })
+    return out

@@ -1,0 +1,111 @@
+"""Metrics on a hand-made prediction table whose expected values were worked out by hand."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from gemel.data.tables import KB, write_parquet_atomic
+from gemel.metrics import MetricsError, compute_metrics, gold_rank
+from stages import _cli
+from stages import evaluate as evaluate_stage
+
+ROOT = Path(__file__).resolve().parent.parent
+KB_NAMES = {"Paris", "Paris Hilton", "Texas", "Apple", "Apple Inc.", "Apple pie", "Jaguar", "Jaguar XK",
+            "Jaguar Cars", "Mercury", "Freddie Mercury", "Queen", "Queen Victoria", "Queen Elizabeth II",
+            "Ghost", "Ghosts"}
+
+# id, gold_name (None: NIL), has_image, pred_name, beams (best first), beam_scores
+ROWS = [
+    ("a", "Paris", True, "Paris", ["Paris", "Paris Hilton", "Texas"], [-0.1, -2.0, -3.0]),          # rank 1
+    ("b", "Apple Inc.", True, "Apple", ["Apple", "Apple Inc.", "Apple pie"], [-1.0, -1.0, -2.0]),  # rank 2, tied score
+    ("c", "Jaguar Cars", True, "jaguar cars", ["jaguar cars", "Jaguar", "Jaguar XK"], [-1, -2, -3]),  # case differs: absent
+    ("d", None, True, "Paris", ["Paris"], [-0.5]),                                                    # NIL
+    ("e", "Ghost Entity", False, "Ghost", ["Ghost", "Ghosts"], [-1.0, -1.5]),                        # gold not in KB
+    ("f", "Mercury", False, "Mercury", ["Mercury", "Freddie Mercury", "Mercury"], [-0.2, -0.2, -3]),  # rank 1
+    ("g", "Queen", True, "Queen Elizabeth II", ["Queen Elizabeth II", "Queen Victoria", "Queen", "Texas"],
+     [-1, -2, -3, -4]),                                                                               # rank 3
+    ("h", None, False, "Texas", ["Texas"], [-1.0]),                                                   # NIL, no image
+]
+
+
+def make_predictions(rows=ROWS) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=["id", "gold_name", "has_image", "pred_name", "beams", "beam_scores"])
+    df["split"] = "test"
+    df["mention"] = df["gold_name"].fillna("someone")
+    df["is_nil"] = df["gold_name"].isna()
+    df["gold_id"] = [None if g is None else f"Q{i}" for i, g in enumerate(df["gold_name"])]
+    df["pred_id"] = [f"P{i}" for i in range(len(df))]
+    return df
+
+
+def test_metrics_by_hand():
+    m = compute_metrics(make_predictions(), KB_NAMES, [1, 3, 5])
+    # Evaluated: a b c e f g (6). Correct: a, f. Gold ranks: a1 b2 c0 e0 f1 g3.
+    assert m == {
+        "accuracy": 0.3333,               # 2/6
+        "hits@1": 0.3333,                 # a, f
+        "hits@3": 0.6667,                 # a, b, f, g
+        "hits@5": 0.6667,
+        "mrr": 0.4722,                    # (1 + 1/2 + 0 + 0 + 1 + 1/3) / 6
+        "accuracy_with_image": 0.25,      # a of a b c g
+        "accuracy_without_image": 0.5,    # f of e f
+        "evaluated": 6,
+        "nil_removed": 2,
+        "missing_image": 2,               # e, f (h is NIL)
+        "gold_unreachable": 1,            # e
+        "total": 8,
+    }
+
+
+def test_edge_cases():
+    assert gold_rank("X", None) == 0 and gold_rank("X", ["Y", "X", "X"]) == 2
+    all_image = [r for r in ROWS if r[2]]
+    m = compute_metrics(make_predictions(all_image), KB_NAMES, [2])
+    assert "accuracy_with_image" not in m and m["missing_image"] == 0 and m["hits@2"] == 0.5  # a b of a b c g
+    only_nil = compute_metrics(make_predictions([ROWS[3], ROWS[7]]), KB_NAMES, [1])
+    assert only_nil["accuracy"] is None and only_nil["evaluated"] == 0 and only_nil["nil_removed"] == 2
+    null_pred = make_predictions([("z", "Paris", True, None, [], [])])
+    assert compute_metrics(null_pred, KB_NAMES, [1])["accuracy"] == 0.0
+    bad = make_predictions()
+    bad.loc[0, "is_nil"] = False
+    bad.loc[0, "gold_name"] = None
+    with pytest.raises(MetricsError, match="row id 'a': column 'gold_name' is null"):
+        compute_metrics(bad, KB_NAMES, [1])
+
+
+def _write_inputs(tmp_path: Path, pred: pd.DataFrame) -> list[str]:
+    write_parquet_atomic(pred, tmp_path / "results" / "smollm2-135m" / "predictions.parquet")
+    kb = pd.DataFrame({"entity_id": [f"E{i}" for i in range(len(KB_NAMES))], "name": sorted(KB_NAMES),
+                       "description": ""})
+    write_parquet_atomic(kb, tmp_path / "prepared" / "kb.parquet", KB)
+    return ["--params", str(ROOT / "params.yaml"), "--set", f"train.out={tmp_path / 'results'}",
+            "--set", "model.llm=smollm2-135m", "--set", f"prepare.out={tmp_path / 'prepared'}",
+            "--set", "evaluate.hits_at=[1, 2]"]
+
+
+def run_cli(argv: list[str]) -> int:
+    return _cli.run("evaluate", evaluate_stage.main, argv, errors=(MetricsError,))
+
+
+def test_cli_end_to_end(tmp_path, capsys):
+    argv = _write_inputs(tmp_path, make_predictions())
+    assert run_cli(argv) == 0
+    written = json.loads((tmp_path / "results" / "smollm2-135m" / "metrics.json").read_text())
+    assert written == json.loads(capsys.readouterr().out)
+    assert written["accuracy"] == 0.3333 and written["hits@2"] == 0.5 and "hits@3" not in written
+    assert written["gold_unreachable"] == 1 and written["total"] == 8
+
+
+def test_cli_missing_file_or_column(tmp_path, capsys):
+    argv = _write_inputs(tmp_path, make_predictions().drop(columns="beams"))
+    assert run_cli(argv) == 2
+    err = capsys.readouterr().err
+    assert "smollm2-135m/predictions.parquet: missing column(s) beams" in err
+    assert not (tmp_path / "results" / "smollm2-135m" / "metrics.json").exists()
+
+    (tmp_path / "results" / "smollm2-135m" / "predictions.parquet").unlink()
+    assert run_cli(argv) == 2
+    assert "predictions.parquet: no such file" in capsys.readouterr().err
