@@ -39,7 +39,7 @@ class Trie:
         self.child_ptr = child_ptr
         self.child_tok = child_tok
         self.child_node = child_node
-        self.value_of = value
+        self.values = value
         # The largest token: allowed_mask checks it once against the vocabulary, not per call.
         self.max_token = int(child_tok.max()) if len(child_tok) else -1
 
@@ -62,6 +62,8 @@ class Trie:
         if len(tokens) and (tokens.min() < 0 or tokens.max() >= 2**31):
             raise TrieError("token ids must be in [0, 2**31)")
         n = len(lengths)
+        if n >= 2**31:
+            raise TrieError(f"{n} sequences: values are int32")
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         # Longest first: the sequences still going at depth d are then a prefix of `order`.
         order = np.argsort(-lengths, kind="stable")
@@ -85,25 +87,24 @@ class Trie:
         # Breadth-first numbering makes `parent` non-decreasing: children of n follow those of n-1.
         child_ptr = np.zeros(n_nodes + 1, dtype=np.int64)
         np.cumsum(np.bincount(parent, minlength=n_nodes), out=child_ptr[1:])
+        # In this layout child j is node j + 1; stored anyway so readers need not assume it.
         child_node = np.arange(1, n_nodes, dtype=_node_dtype(n_nodes))
         # Each sequence's last node gets the smallest index among the sequences ending there.
         value = np.full(n_nodes, n, dtype=np.int64)
         np.minimum.at(value, node, order)
         value[value == n] = -1
-        if n >= 2**31:
-            raise TrieError(f"{n} sequences: values are int32")
         return cls(child_ptr, child_tok, child_node, value.astype(np.int32))
 
     # ----- size
 
     @property
     def num_nodes(self) -> int:
-        return len(self.value_of)
+        return len(self.values)
 
     @property
     def num_values(self) -> int:
         """Distinct sequences stored (fewer than those given when some were identical)."""
-        return int(np.count_nonzero(self.value_of >= 0))
+        return int(np.count_nonzero(self.values >= 0))
 
     @property
     def nbytes(self) -> int:
@@ -137,7 +138,7 @@ class Trie:
 
     def value(self, node: int) -> int:
         """The index of the sequence ending at `node`, or -1."""
-        return int(self.value_of[node]) if node >= 0 else -1
+        return int(self.values[node]) if node >= 0 else -1
 
     def node_of(self, prefix: Sequence[int]) -> int:
         """The node reached by `prefix` from the root, or -1 when it is not in the trie."""
@@ -219,7 +220,7 @@ class Trie:
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {"child_ptr": self.child_ptr, "child_tok": self.child_tok,
-                "child_node": self.child_node, "value": self.value_of}
+                "child_node": self.child_node, "value": self.values}
 
     def save(self, path: str | Path) -> None:
         save_npz_atomic(path, {"format": np.array(FORMAT), **self.arrays()})
@@ -302,8 +303,8 @@ class EntityTrie:
         trie = Trie._from_npz(data, path)
         ids = Strings(data["entity_ids_utf8"], data["entity_ids_offsets"])
         names = Strings(data["names_utf8"], data["names_offsets"])
-        if len(ids) != len(names) or (trie.num_nodes and trie.value_of.max() >= len(names)):
-            raise TrieError(f"{path}: {len(names)} names, {len(ids)} entity ids, values up to {trie.value_of.max()}")
+        if len(ids) != len(names) or (trie.num_nodes and trie.values.max() >= len(names)):
+            raise TrieError(f"{path}: {len(names)} names, {len(ids)} entity ids, values up to {trie.values.max()}")
         return cls(trie, ids, names, str(data["llm"]), int(data["eos_id"]))
 
 

@@ -190,3 +190,28 @@ def test_gemma3_trie_has_no_bos(kb):
     for p in all_prefixes(seqs)[::5]:
         assert et.trie.allowed_next(list(p)).tolist() == brute_next(seqs, list(p))
     assert et.eos_id == tok.eos_token_id
+
+
+def test_stage_writes_a_loadable_trie(tmp_path, kb, capsys):
+    import pandas as pd
+
+    from gemel.data.tables import KB, write_parquet_atomic
+    from stages import _cli
+    from stages import trie as stage
+
+    names = pd.DataFrame({"entity_id": [q for q, _ in HANDMADE], "name": [n for _, n in HANDMADE], "description": None})
+    write_parquet_atomic(names, tmp_path / "prepared" / "kb.parquet", KB)
+    argv = ["--set", f"prepare.out={tmp_path / 'prepared'}", "--set", f"train.out={tmp_path / 'results'}"]
+    assert stage.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    path = tmp_path / "results" / "smollm2-135m" / "trie.npz"
+    assert report["file_bytes"] == path.stat().st_size
+    assert (report["names"], report["duplicate_names"]) == (len(HANDMADE), 1)
+    loaded = EntityTrie.load(path)
+    assert loaded.llm == "smollm2-135m" and loaded.entity(0) == ("Q1", "Jordan")
+    # Known errors are one line and exit 2: no KB yet, an unknown LLM.
+    assert _cli.run("trie", stage.main, ["--set", f"prepare.out={tmp_path / 'none'}"],
+                    errors=(stage.LLMError, stage.DataError, TrieError)) == 2
+    assert _cli.run("trie", stage.main, argv + ["--set", "model.llm=no-such-llm"],
+                    errors=(stage.LLMError, stage.DataError, TrieError)) == 2
+    assert "unknown LLM" in capsys.readouterr().err
