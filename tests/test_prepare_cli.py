@@ -1,0 +1,72 @@
+"""`python -m stages.prepare` on bad input: exit status 2, one line naming the file, and the
+tables of an earlier complete run left exactly as they were."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gemel.data.sample import generate_sample
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_params(tmp: Path, **prepare: object) -> Path:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params["prepare"].update(prepare)
+    path = tmp / f"params-{len(list(tmp.glob('params-*')))}.yaml"
+    path.write_text(yaml.safe_dump(params), encoding="utf-8")
+    return path
+
+
+def run_prepare(params: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stages.prepare", "--params", str(params)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def done(tmp_path: Path) -> tuple[Path, dict]:
+    """A tiny sample, prepared once successfully; returns the sample folder and the prepare
+    section that produced tmp/prepared."""
+    data = tmp_path / "sample"
+    generate_sample(data, seed=0, train_per_entity=1, dev_per_entity=1, test_per_entity=1, image_size=16)
+    section = {"input": str(data), "kb": str(data / "kb.json"), "images": str(data / "images"),
+               "out": str(tmp_path / "prepared")}
+    ok = run_prepare(write_params(tmp_path, **section))
+    assert ok.returncode == 0, ok.stderr
+    return data, section
+
+
+def outputs(tmp: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((tmp / "prepared").iterdir())}
+
+
+def assert_failed_cleanly(result: subprocess.CompletedProcess[str], names: Path, before: dict[str, bytes],
+                          tmp: Path) -> None:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("prepare: error: ") and str(names) in lines[0]
+    assert "Traceback" not in result.stderr
+    assert outputs(tmp) == before  # nothing half-written, no temporary files left
+
+
+def test_unknown_format_exits_2_and_keeps_outputs(tmp_path: Path, done: tuple[Path, dict]) -> None:
+    before = outputs(tmp_path)
+    assert set(before) == {"mentions.parquet", "kb.parquet", "report.json"}
+    bad = write_params(tmp_path, **done[1], format="csv")
+    result = run_prepare(bad)
+    assert_failed_cleanly(result, bad, before, tmp_path)
+    assert "prepare.format" in result.stderr
+
+
+def test_malformed_file_exits_2_and_keeps_outputs(tmp_path: Path, done: tuple[Path, dict]) -> None:
+    data, section = done
+    before = outputs(tmp_path)
+    with open(data / "test.json", "a", encoding="utf-8") as f:
+        f.write("{not json\n")
+    result = run_prepare(write_params(tmp_path, **section))
+    assert_failed_cleanly(result, data / "test.json", before, tmp_path)
+    assert "malformed JSON" in result.stderr
