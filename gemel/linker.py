@@ -57,7 +57,7 @@ def build_linker(params: dict[str, Any], mentions: pd.DataFrame, demos: pd.DataF
     tokenizer = load_tokenizer(spec)
     dev = device()
     llm = load_llm(spec, dev, torch.bfloat16 if dev == "cuda" else torch.float32)
-    rows, matrix = load_features(features_path)
+    (rows, matrix), _ = load_features(features_path)
     builder = PromptBuilder(mentions, demos, rows, tokenizer, m.prefix_tokens, m.use_image, m.num_demos)
     model = Gemel(llm, matrix.shape[1], m.prefix_tokens).to(dev)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
