@@ -154,3 +154,9 @@ class DecodeParams:
 @dataclasses.dataclass(frozen=True)
 class EvaluateParams:
     hits_at: tuple[int, ...] = (1, 3, 5)
+
+
+@dataclasses.dataclass(frozen=True)
+class SummarizeParams:
+    kind: str = "scales"
+    metric: str = "accuracy"

@@ -1,0 +1,18 @@
+# gemel with Snakemake: the stage CLIs of dvc.yaml, plus the LLM-scale sweep and the ablations.
+#   snakemake --cores 8                  the default run, as `dvc repro`
+#   snakemake --cores 8 eval_all_scales  every LLM of `scales` (--config scales=paper: the paper's)
+#   snakemake --cores 8 ablations        every entry of `ablations`
+# Settings: params.yaml, validated against workflow/schemas/params.schema.yaml. See docs/workflow.md.
+configfile: "params.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/model.smk"
+include: "workflow/rules/sweeps.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        DEFAULT.metrics,

@@ -1,0 +1,111 @@
+"""Sweep summaries: the metrics.json of several runs -> one table (CSV, Markdown) and one plot
+(accuracy against LLM size on a log axis for the scales; one bar per run for the ablations)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from gemel.workflow import Run
+
+
+class SummaryError(ValueError):
+    """A run's metrics are missing or unreadable; the message names the file."""
+
+
+def read_metrics(path: str | Path) -> dict[str, float]:
+    """The numbers of one metrics.json, nested keys joined with '.' (`hits@k.1`)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SummaryError(f"{path}: no such metrics file (run the evaluate stage first)") from None
+    except json.JSONDecodeError as e:
+        raise SummaryError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise SummaryError(f"{path}: expected a JSON object of metrics, got {type(data).__name__}")
+    return dict(_flatten(data))
+
+
+def _flatten(data: dict[str, Any], prefix: str = ""):
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flatten(value, f"{prefix}{key}.")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            yield f"{prefix}{key}", value
+
+
+def summary_table(runs: list[Run], llms: dict[str, dict[str, Any]], metric: str) -> pd.DataFrame:
+    """One row per run, in the given order: name, llm, params_m, what changed, then the metrics
+    (`metric` first). Raises SummaryError when a run's metrics lack `metric`."""
+    rows = []
+    for run in runs:
+        metrics = read_metrics(run.metrics)
+        if metric not in metrics:
+            raise SummaryError(f"{run.metrics}: no metric '{metric}' (has: {', '.join(metrics)})")
+        changes = ", ".join(f"{k}={json.dumps(v)}" for k, v in run.overrides) or "-"
+        rows.append({"name": run.name, "llm": run.llm, "params_m": llms[run.llm]["params_m"],
+                     "overrides": changes, metric: metrics.pop(metric), **metrics})
+    return pd.DataFrame(rows)
+
+
+def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
+    """A GitHub Markdown table (pandas' own needs the optional tabulate package)."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.{digits}f}"
+        return str(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: pd.DataFrame, kind: str, metric: str, path: str | Path) -> None:
+    """scales: metric against params_m (log x), one labelled point per LLM; ablations: bars."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a display
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    try:
+        if kind == "scales":
+            t = table.sort_values("params_m")
+            ax.plot(t["params_m"], t[metric], marker="o")
+            for _, row in t.iterrows():
+                ax.annotate(row["llm"], (row["params_m"], row[metric]), textcoords="offset points",
+                            xytext=(4, 6), fontsize=8)
+            ax.set_xscale("log")
+            ax.set_xlabel("LLM parameters (millions, log scale)")
+            ax.set_title(f"{metric} by LLM size")
+        else:
+            ax.bar(table["name"], table[metric])
+            ax.tick_params(axis="x", labelrotation=30)
+            for label in ax.get_xticklabels():
+                label.set_horizontalalignment("right")
+            ax.set_title(f"{metric} by ablation ({', '.join(dict.fromkeys(table['llm']))})")
+        ax.set_ylabel(metric)
+        ax.set_ylim(0, max(1.0, float(table[metric].max()) * 1.05))
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        _save_atomic(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def _save_atomic(fig: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

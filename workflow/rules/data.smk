@@ -1,0 +1,93 @@
+# Shared work, computed once for every run: the sample, the prepared tables, the image features and
+# the demonstrations. Same commands, inputs and outputs as the dvc.yaml stages of the same names.
+
+
+rule sample:
+    input:
+        code=["gemel/data/sample.py", "stages/sample.py"],
+    output:
+        directory(PARAMS["sample"]["out"]),
+    params:
+        cmd=cli("sample"),
+        tracked=tracked(PARAMS, ["sample"]),
+    log:
+        f"{LOGS}/sample.log",
+    conda:
+        ENV
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule prepare:
+    input:
+        data=PARAMS["prepare"]["input"],
+        code=["gemel/data/importers.py", "gemel/data/prepare.py", "gemel/data/tables.py", "stages/prepare.py"],
+    output:
+        mentions=f"{PREPARED}/mentions.parquet",
+        kb=f"{PREPARED}/kb.parquet",
+        report=f"{PREPARED}/report.json",
+    params:
+        cmd=cli("prepare"),
+        tracked=tracked(PARAMS, ["prepare"]),
+    log:
+        f"{LOGS}/prepare.log",
+    conda:
+        ENV
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule features:
+    input:
+        mentions=f"{PREPARED}/mentions.parquet",
+        code=["gemel/encoders.py", "gemel/features.py", "stages/features.py"],
+    output:
+        table=f"{FEATURES}/images.parquet",
+        report=f"{FEATURES}/report.json",
+    params:
+        cmd=cli("features"),
+        tracked=tracked(PARAMS, ["prepare.out", "features"]),
+    log:
+        f"{LOGS}/features.log",
+    threads: 4
+    conda:
+        ENV
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+rule retrieve:
+    input:
+        mentions=f"{PREPARED}/mentions.parquet",
+        code=["gemel/retrieval.py", "stages/retrieve.py"],
+    output:
+        f"{DEMOS}/demos.parquet",
+    params:
+        cmd=cli("retrieve"),
+        tracked=tracked(PARAMS, ["prepare.out", "retrieve", "text_encoders"]),
+    log:
+        f"{LOGS}/retrieve.log",
+    threads: 4
+    conda:
+        ENV
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+# The other retrieval methods (ablations) in sub-folders of retrieve.out.
+rule retrieve_method:
+    input:
+        mentions=f"{PREPARED}/mentions.parquet",
+        code=["gemel/retrieval.py", "stages/retrieve.py"],
+    output:
+        f"{DEMOS}/{{method}}/demos.parquet",
+    params:
+        cmd=lambda wc: cli("retrieve", method_settings(wc.method)),
+        tracked=lambda wc: tracked(effective(PARAMS, method_settings(wc.method)), ["prepare.out", "retrieve", "text_encoders"]),
+    log:
+        f"{LOGS}/retrieve_{{method}}.log",
+    threads: 4
+    conda:
+        ENV
+    shell:
+        "{params.cmd} > {log} 2>&1"
