@@ -137,6 +137,12 @@ def format_value(value: Any) -> str:
     """A value as `--set` parses it back (YAML): strings stay bare where YAML reads them unchanged."""
     if isinstance(value, str) and yaml.safe_load(value) == value and "=" not in value:
         return value
+    if isinstance(value, float):
+        text = repr(value)
+        mantissa, e, exponent = text.partition("e")
+        if e and "." not in mantissa:  # PyYAML (YAML 1.1) reads 1e-06 as a string, 1.0e-06 as a float
+            text = f"{mantissa}.0e{exponent}"
+        return text
     return json.dumps(value)
 
 

@@ -1,0 +1,227 @@
+"""The Snakemake workflow against dvc.yaml, the params schema, the paper sweep's fail-fast check,
+the SLURM profile, and the sweep summaries. Dry runs only (no model runs), each in a scratch
+folder that links to the repository, so .snakemake/ and bad params never touch the checkout."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from gemel.config import ConfigError, load_params
+from gemel.summary import SummaryError, summary_table
+from gemel.workflow import ablation_runs, check_ablation, effective, format_value, run_settings, set_args
+from stages import summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ["sample", "prepare", "features", "retrieve", "trie", "train", "decode", "evaluate"]
+LOG = re.compile(r" > \S+ 2>&1$")
+
+
+@dataclass
+class Job:
+    rule: str
+    inputs: list[str]
+    outputs: list[str]
+    cmd: str | None
+    resources: str
+
+
+def workdir(base: Path, params_text: str | None = None) -> Path:
+    """A scratch run folder: links to the code and the workflow, its own params.yaml."""
+    base.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "gemel", "stages"):
+        (base / name).symlink_to(ROOT / name)
+    (base / "params.yaml").write_text(params_text if params_text is not None else (ROOT / "params.yaml").read_text())
+    return base
+
+
+def snakemake(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run it; its report and errors both end up in .stdout (Snakemake logs either way)."""
+    return subprocess.run([sys.executable, "-m", "snakemake", "--nolock", *args], cwd=cwd, text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def plan(cwd: Path, *args: str) -> list[Job]:
+    """The jobs of `snakemake -n -p --forceall ARGS`, parsed from its report."""
+    res = snakemake(cwd, "-n", "-p", "--forceall", *args)
+    assert res.returncode == 0, res.stdout
+    jobs: list[Job] = []
+    for block in re.split(r"^(?:local)?rule ", res.stdout, flags=re.M)[1:]:
+        fields = dict(re.findall(r"^ {4}(\w+): (.*)$", block, flags=re.M))
+        cmd = re.search(r"^Shell command: (.*)$", block, flags=re.M)
+        jobs.append(Job(rule=block.split(":", 1)[0],
+                        inputs=fields.get("input", "").split(", ") if fields.get("input") else [],
+                        outputs=fields.get("output", "").split(", ") if fields.get("output") else [],
+                        cmd=None if cmd is None or cmd.group(1) == "None" else LOG.sub("", cmd.group(1)),
+                        resources=fields.get("resources", "")))
+    assert jobs, res.stdout
+    return jobs
+
+
+@pytest.fixture(scope="module")
+def wd(tmp_path_factory) -> Path:
+    return workdir(tmp_path_factory.mktemp("wf"))
+
+
+@pytest.fixture(scope="module")
+def sweep_jobs(wd) -> list[Job]:
+    return plan(wd, "eval_all_scales", "ablations")
+
+
+def test_dvc_and_snakemake_agree_on_every_stage(wd):
+    from dvc.dependency.param import ParamsDependency
+    from dvc.repo import Repo
+
+    dvc = {s.name: s for s in Repo(str(ROOT)).index.stages}
+    jobs = {j.rule: j for j in plan(wd) if j.cmd}
+    assert sorted(dvc) == sorted(STAGES) == sorted(jobs)
+    for name in STAGES:
+        stage, job = dvc[name], jobs[name]
+        # The default run's commands are dvc.yaml's, character for character.
+        assert job.cmd == stage.cmd, name
+        assert sorted(job.outputs) == sorted(str(o.def_path) for o in stage.outs), name
+        deps = [str(d.def_path) for d in stage.deps if not isinstance(d, ParamsDependency)]
+        assert sorted(job.inputs) == sorted(deps), name
+
+
+def test_sweeps_reuse_shared_work_and_put_each_run_where_its_overrides_say(sweep_jobs):
+    params = load_params(ROOT / "params.yaml")
+    count = pd.Series([j.rule for j in sweep_jobs]).value_counts()
+    for shared in ("sample", "prepare", "features", "retrieve"):
+        assert count[shared] == 1, shared
+    assert count["retrieve_method"] == 2  # random and bm25; simcse is retrieve itself
+    runs = len(params["scales"]) + len(params["ablations"])
+    assert count["train"] == count["decode"] == count["evaluate"] == count["trie"] == runs
+    for job in sweep_jobs:
+        if job.rule not in ("trie", "train", "decode", "evaluate"):
+            continue
+        argv = shlex.split(job.cmd)
+        assert argv[:5] == ["python", "-m", f"stages.{job.rule}", "--params", "params.yaml"]
+        # Replaying the job's --set overrides gives the folder the stage writes to and reads from.
+        p = load_params(ROOT / "params.yaml", [argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
+        run_dir = f"{p['train']['out']}/{p['model']['llm']}/"
+        assert all(o.startswith(run_dir) for o in job.outputs), (job.cmd, job.outputs)
+        if job.rule in ("train", "decode"):
+            assert f"{p['retrieve']['out']}/demos.parquet" in job.inputs, job.cmd
+            assert "gpu=1" in job.resources
+    trains = {j.outputs[0].rsplit("/", 1)[0] for j in sweep_jobs if j.rule == "train"}
+    assert {f"results/{s}" for s in params["scales"]} | {f"results/ablations/{a}/smollm2-135m"
+                                                         for a in params["ablations"]} == trains
+
+
+@pytest.mark.parametrize("bad, key", [
+    ({"model": {"num_demo": 4}}, "num_demo"),            # unknown key
+    ({"model": {"num_demos": "four"}}, "num_demos"),     # wrong type
+    ({"ablations": {"x": {"model.use_image": "no"}}}, "use_image"),  # an ablation sets a wrong type
+])
+def test_schema_rejects_bad_params_naming_the_key(tmp_path, bad, key):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in bad.items():
+        params[section].update(values)
+    wd = workdir(tmp_path / "wd", yaml.safe_dump(params, sort_keys=False))
+    with pytest.raises(ConfigError, match=key):
+        p = load_params(wd / "params.yaml")
+        ablation_runs(p)  # an ablation's overrides are checked when the sweep is built
+    t0 = time.perf_counter()
+    res = snakemake(wd, "-n")
+    assert res.returncode != 0 and key in res.stdout, res.stdout
+    assert time.perf_counter() - t0 < 30
+
+
+def test_ablation_may_not_change_shared_work():
+    params = load_params(ROOT / "params.yaml")
+    with pytest.raises(ConfigError, match=r"ablations\.enc: 'features.encoder' may not change"):
+        check_ablation(params, "enc", {"features.encoder": "open_clip"})
+
+
+def test_paper_scales_fail_fast_naming_model_and_fix(tmp_path, wd):
+    # An empty HF cache: the weights are absent here whatever this machine has downloaded.
+    env = {"HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": str(tmp_path / "hf" / "hub")}
+    t0 = time.perf_counter()
+    res = snakemake(wd, "-n", "eval_all_scales", "--config", "scales=paper", env=env)
+    seconds = time.perf_counter() - t0
+    assert res.returncode != 0
+    assert "opt-350m" in res.stdout and "llms.opt-350m.path" in res.stdout, res.stdout
+    assert "Building DAG" not in res.stdout  # failed while parsing, before any job
+    assert seconds < 30
+
+
+def test_config_may_only_change_scales(wd):
+    res = snakemake(wd, "-n", "--config", "model={llm: gemma3-270m}")
+    assert res.returncode != 0 and "changed model" in res.stdout, res.stdout
+
+
+def test_set_args_are_empty_for_the_default_run_and_round_trip():
+    params = load_params(ROOT / "params.yaml")
+    settings = run_settings(params, params["train"]["out"], params["model"]["llm"])
+    assert set_args(params, settings) == ""
+    tricky = {"model.use_image": False, "model.num_demos": 0, "train.lr": 1e-6, "model.llm": "opt-1.3b",
+              "decode.split": "dev", "train.dev_limit": None}
+    p = effective(params, tricky)
+    for key, value in tricky.items():
+        section, leaf = key.split(".")
+        assert p[section][leaf] == value and type(p[section][leaf]) is type(value), key
+    assert format_value("true") == '"true"'  # a string that YAML would read as a boolean
+
+
+def test_slurm_profile_dry_runs(wd):
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed (pip install 'gemel[slurm]')")
+    jobs = plan(wd, "--profile", "workflow/profiles/slurm", "eval_all_scales")
+    trains = [j for j in jobs if j.rule in ("train", "decode")]
+    assert trains and all("gpu=1" in j.resources and "slurm_partition=<gpu-partition>" in j.resources
+                          for j in trains)
+    assert all("slurm_account=<account>" in j.resources for j in jobs if j.cmd)
+
+
+def fake_metrics(path: Path, accuracy: float) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"accuracy": accuracy, "hits@k": {"3": min(1.0, accuracy + 0.1)}, "n": 10}))
+
+
+@pytest.mark.parametrize("kind", ["scales", "ablations"])
+def test_summarize_stage_writes_table_and_plot(tmp_path, kind):
+    params = load_params(ROOT / "params.yaml")
+    out = tmp_path / "results"
+    overrides = [f"train.out={out}", f"summarize.kind={kind}"] + (["scales=paper"] if kind == "scales" else [])
+    names = [r.name for r in ablation_runs(params)] if kind == "ablations" else params["paper_scales"]
+    accuracy = {name: round(0.1 + 0.8 * i / len(names), 4) for i, name in enumerate(names)}
+    for name in names:
+        llm = params["model"]["llm"] if kind == "ablations" else name
+        folder = out / "ablations" / name if kind == "ablations" else out
+        fake_metrics(folder / llm / "metrics.json", accuracy[name])
+    argv = ["--params", str(ROOT / "params.yaml")] + [a for o in overrides for a in ("--set", o)]
+    assert summarize.main(argv) == 0
+    table = pd.read_csv(out / kind / "summary.csv")
+    assert list(table["name"]) == names
+    assert dict(zip(table["name"], table["accuracy"])) == accuracy
+    assert list(table.columns[:5]) == ["name", "llm", "params_m", "overrides", "accuracy"]
+    assert "hits@k.3" in table.columns
+    if kind == "scales":
+        assert list(table["params_m"]) == [params["llms"][n]["params_m"] for n in names]
+    md = (out / kind / "summary.md").read_text().splitlines()
+    assert len(md) == 2 + len(names) and md[0].startswith("| name | llm |")
+    png = out / kind / ("accuracy_vs_size.png" if kind == "scales" else "accuracy_by_ablation.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_names_the_file_of_a_missing_metric(tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    runs = ablation_runs(effective(params, {"train.out": str(tmp_path)}))
+    with pytest.raises(SummaryError, match="no such metrics file"):
+        summary_table(runs, params["llms"], "accuracy")
+    fake_metrics(Path(runs[0].metrics), 0.5)
+    with pytest.raises(SummaryError, match=re.escape(runs[0].metrics) + ".*no metric 'mrr'"):
+        summary_table(runs[:1], params["llms"], "mrr")
