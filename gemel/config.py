@@ -129,13 +129,13 @@ class ModelParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 5
+    epochs: int = 3
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup: float = 0.1
     grad_clip: float | None = 1.0
-    grad_accum: int = 2
-    batch_size: int = 8
+    grad_accum: int = 1
+    batch_size: int = 4
     eval_every: int = 50
     dev_limit: int | None = 30
     seed: int = 0

@@ -90,6 +90,8 @@ def train(model: Gemel, examples: Sequence[Example], features, pad_id: int, p: T
                 checkpoint()
         if not hist.dev or hist.dev[-1]["step"] != step:
             checkpoint()  # and at the end of every epoch
+    if p.epochs == 0:
+        checkpoint()  # nothing trained (e.g. the text-only ablation): still report dev accuracy
     bar.close()
     hist.examples_per_s = seen / max(1e-9, time.perf_counter() - t0)
     if evaluate is not None:

@@ -2,6 +2,7 @@
 the loss curve and dev accuracy (DVC plots) and train_report.json."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     evaluate = (lambda: linker.accuracy(dev, dp)) if len(dev) else None
     from gemel.training import train  # after the data checks: importing torch's optim is not free
 
+    if not m.use_image:  # the text-only ablation: no image slots, so the mapper has nothing to learn
+        p = dataclasses.replace(p, epochs=0)
     llm_before = fingerprint(linker.model.llm)
     hist = train(linker.model, examples, linker.features, linker.pad_id, p, evaluate)
     if fingerprint(linker.model.llm) != llm_before:  # only the mapper may change
