@@ -1,0 +1,185 @@
+"""The GEMEL model on the real SmolLM2-135M: prompt assembly, the answer-only loss, trie-constrained
+beam search, a short training run and the mapper checkpoint."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from gemel.config import TrainParams, load_params
+from gemel.decoding import beam_search, decode
+from gemel.llm import answer_ids, get_spec, load_llm, load_tokenizer
+from gemel.model import Gemel
+from gemel.prompt import IMAGE, Example, PromptBuilder, collate
+from gemel.training import lr_factor, optimizer_steps, train
+from gemel.trie import build_entity_trie
+
+NAMES = ["Mercury (planet)", "Mercury (element)", "Freddie Mercury", "Jordan", "Jordan River",
+         "Michael Jordan", "Apple Inc.", "Apple", "Mercury Records"]
+DIM = 16
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return get_spec(load_params()["llms"], "smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(spec):
+    return load_tokenizer(spec)
+
+
+@pytest.fixture(scope="module")
+def llm(spec):
+    return load_llm(spec)
+
+
+@pytest.fixture(scope="module")
+def trie(tokenizer):
+    return build_entity_trie(NAMES, [f"E{i}" for i in range(len(NAMES))], tokenizer, "smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, pd.DataFrame, np.ndarray]:
+    """Eight mentions whose gold entity only the image tells apart, and demonstrations."""
+    gold = ["Mercury (planet)", "Freddie Mercury", "Mercury (element)", "Mercury (planet)",
+            "Jordan River", "Michael Jordan", "Jordan", "Michael Jordan"]
+    rows = [{"id": f"m{i}", "split": "train", "text": f"A photo of {g.split()[0] if 'Mercury' in g else 'Jordan'} today.",
+             "mention": "Mercury" if "Mercury" in g else "Jordan", "image": f"img{i}.png",
+             "entity_id": f"E{NAMES.index(g)}", "entity_name": g, "is_nil": False} for i, g in enumerate(gold)]
+    mentions = pd.DataFrame(rows)
+    demos = pd.DataFrame({"id": mentions["id"],
+                          "demo_ids": [[f"m{(i + 2) % 8}", f"m{(i + 1) % 8}"] for i in range(8)],
+                          "demo_scores": [[0.5, 0.9]] * 8})
+    features = np.random.default_rng(0).normal(size=(8, DIM)).astype(np.float32)
+    return mentions, demos, features
+
+
+def builder(data, tokenizer, use_image: bool = True, num_demos: int = 2) -> PromptBuilder:
+    mentions, demos, _ = data
+    return PromptBuilder(mentions, demos, {f"img{i}.png": i for i in range(8)}, tokenizer, 4, use_image, num_demos)
+
+
+def model_for(llm, seed: int = 0) -> Gemel:
+    torch.manual_seed(seed)
+    return Gemel(llm, DIM, 4)
+
+
+def test_prompt_layout(data, tokenizer) -> None:
+    b = builder(data, tokenizer)
+    e = b.example("m0", with_target=True)
+    # two demonstrations and the question, each with its own k = 4 image slots and image
+    assert e.ids.count(IMAGE) == 3 * 4 and e.images == [2, 1, 0]
+    assert e.target == answer_ids(tokenizer, "Mercury (planet)") and e.target[-1] == tokenizer.eos_token_id
+    text = tokenizer.decode([t for t in e.ids if t != IMAGE])
+    # the most similar demonstration (m1, score 0.9) stands right before the question
+    assert text.index("Freddie Mercury") > text.index("Mercury (element)")
+    assert text.endswith("[Question]What does Mercury mentioned in the text refer to?\n[Answer]")
+    assert "m0" not in b.demos["m0"][-2:]
+    no_image = builder(data, tokenizer, use_image=False).example("m0", with_target=False)
+    assert IMAGE not in no_image.ids and no_image.images == [] and no_image.target == []
+    assert builder(data, tokenizer, num_demos=0).example("m0", False).ids.count(IMAGE) == 4
+
+
+def test_answer_loss_matches_full_logits(data, tokenizer, llm) -> None:
+    model = model_for(llm)
+    e = builder(data, tokenizer).example("m1", with_target=True)
+    batch = collate([e], data[2], tokenizer.eos_token_id)
+    with torch.no_grad():
+        logits = llm(inputs_embeds=model.embed(batch)).logits[0]
+        n = len(e.target)
+        reference = torch.nn.functional.cross_entropy(logits[-n - 1:-1], torch.tensor(e.target))
+        assert model.loss(batch).item() == pytest.approx(reference.item(), rel=1e-4)
+
+
+def test_left_padding_changes_nothing(data, tokenizer, llm) -> None:
+    model = model_for(llm)
+    b = builder(data, tokenizer)
+    short = b.example("m0", with_target=True)
+    extra = [t for t in short.ids if t != IMAGE][:30]
+    long = Example("x", extra + short.ids, short.images, short.target)  # a longer prompt pads `short`
+    pad = tokenizer.eos_token_id
+    with torch.no_grad():
+        alone = model.loss(collate([short], data[2], pad)).item()
+        together = model.loss(collate([short, long], data[2], pad)).item()
+        other = model.loss(collate([long], data[2], pad)).item()
+    n = len(short.target)
+    assert together == pytest.approx((alone * n + other * n) / (2 * n), rel=1e-4)
+
+
+def test_beam_search_is_exact_and_yields_kb_names(data, tokenizer, llm, trie) -> None:
+    model = model_for(llm)
+    b = builder(data, tokenizer)
+    examples = [b.example(i, with_target=False) for i in ("m0", "m4", "m5")]
+    pad = tokenizer.eos_token_id
+    batched = decode(model, examples, data[2], pad, trie.trie, num_beams=4, max_new_tokens=16, batch_size=3)
+    for e, hyps in zip(examples, batched):
+        assert len(hyps) == 4 and all(0 <= h.value < len(NAMES) for h in hyps)
+        assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+        single = beam_search(model, collate([e], data[2], pad), trie.trie, 4, 16)[0]
+        assert [h.value for h in single] == [h.value for h in hyps]
+        # each beam's score is its name's mean token log-probability under teacher forcing
+        for h in hyps:
+            target = answer_ids(tokenizer, NAMES[h.value])
+            with torch.no_grad():
+                nll = model.loss(collate([Example(e.id, e.ids, e.images, target)], data[2], pad)).item()
+            assert h.score == pytest.approx(-nll, abs=1e-3)
+    # with as many beams as names, every name is found, and the best is the teacher-forced best
+    e = examples[0]
+    everything = beam_search(model, collate([e], data[2], pad), trie.trie, len(NAMES), 16)[0]
+    assert sorted(h.value for h in everything) == list(range(len(NAMES)))
+    with torch.no_grad():
+        scores = [-model.loss(collate([Example(e.id, e.ids, e.images, answer_ids(tokenizer, n))], data[2], pad)).item()
+                  for n in NAMES]
+    assert everything[0].value == int(np.argmax(scores))
+
+
+def test_training_lowers_answer_loss_and_leaves_llm_untouched(data, tokenizer, llm) -> None:
+    model = model_for(llm)
+    b = builder(data, tokenizer)
+    examples = [b.example(f"m{i}", with_target=True) for i in range(8)]
+    pad = tokenizer.eos_token_id
+    before_llm = {k: v.clone() for k, v in llm.state_dict().items()}
+    before_mapper = model.mapper.weight.detach().clone()
+
+    def mean_loss() -> float:
+        with torch.no_grad():
+            return float(np.mean([model.loss(collate([e], data[2], pad)).item() for e in examples]))
+
+    start = mean_loss()
+    p = TrainParams(epochs=4, lr=1e-3, batch_size=4, grad_accum=1, warmup=0.1, seed=0)
+    hist = train(model, examples, data[2], pad, p, progress=False)
+    assert len(hist.loss) == optimizer_steps(8, p) == 8
+    assert mean_loss() < 0.8 * start
+    assert not torch.equal(model.mapper.weight, before_mapper)
+    assert all(torch.equal(v, before_llm[k]) for k, v in llm.state_dict().items())
+    assert not any(q.requires_grad for q in llm.parameters())
+
+
+def test_mapper_round_trip(tmp_path, data, tokenizer, llm) -> None:
+    model = model_for(llm, seed=1)
+    path = tmp_path / "mapper.safetensors"
+    model.save_mapper(path, {"llm": "smollm2-135m"})
+    other = model_for(llm, seed=2)
+    assert not torch.equal(other.mapper.weight, model.mapper.weight)
+    other.load_mapper(path)
+    assert torch.equal(other.mapper.weight, model.mapper.weight) and torch.equal(other.mapper.bias, model.mapper.bias)
+    e = builder(data, tokenizer).example("m3", with_target=True)
+    batch = collate([e], data[2], tokenizer.eos_token_id)
+    with torch.no_grad():
+        assert other.loss(batch).item() == model.loss(batch).item()
+    with pytest.raises(ValueError, match="does not fit this model"):
+        Gemel(llm, DIM + 1, 4).load_mapper(path)
+
+
+def test_lr_schedule_warms_up_then_decays() -> None:
+    total, warmup = 100, 10
+    f = [lr_factor(s, warmup, total) for s in range(total)]
+    assert f[0] > 0  # the original's first step used lr 0
+    assert f[warmup - 1] == 1.0 and max(f) == 1.0  # warm-up ends after `warmup` optimizer steps
+    assert all(a < b for a, b in zip(f[:warmup], f[1:warmup]))
+    assert all(a > b for a, b in zip(f[warmup:], f[warmup + 1:]))
+    assert f[-1] == pytest.approx(1 / (total - warmup)) and not any(math.isnan(x) for x in f)
