@@ -11,7 +11,7 @@ from typing import Any
 
 import pandas as pd
 
-from gemel.workflow import Run
+from gemel.workflow import Run, format_value
 
 
 class SummaryError(ValueError):
@@ -48,7 +48,7 @@ def summary_table(runs: list[Run], llms: dict[str, dict[str, Any]], metric: str)
         metrics = read_metrics(run.metrics)
         if metric not in metrics:
             raise SummaryError(f"{run.metrics}: no metric '{metric}' (has: {', '.join(metrics)})")
-        changes = ", ".join(f"{k}={json.dumps(v)}" for k, v in run.overrides) or "-"
+        changes = ", ".join(f"{k}={format_value(v)}" for k, v in run.overrides) or "-"
         rows.append({"name": run.name, "llm": run.llm, "params_m": llms[run.llm]["params_m"],
                      "overrides": changes, metric: metrics.pop(metric), **metrics})
     return pd.DataFrame(rows)
@@ -72,6 +72,7 @@ def plot(table: pd.DataFrame, kind: str, metric: str, path: str | Path) -> None:
 
     matplotlib.use("Agg")  # files only, never a display
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     try:
@@ -82,6 +83,10 @@ def plot(table: pd.DataFrame, kind: str, metric: str, path: str | Path) -> None:
                 ax.annotate(row["llm"], (row["params_m"], row[metric]), textcoords="offset points",
                             xytext=(4, 6), fontsize=8)
             ax.set_xscale("log")
+            # Ticks at the LLMs' own sizes: a narrow log range otherwise gets crowded minor labels.
+            ax.set_xticks(list(t["params_m"]), [f"{v:g}" for v in t["params_m"]])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.margins(x=0.15)
             ax.set_xlabel("LLM parameters (millions, log scale)")
             ax.set_title(f"{metric} by LLM size")
         else:
