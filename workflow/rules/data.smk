@@ -4,7 +4,7 @@
 
 rule sample:
     input:
-        code=["gemel/data/sample.py", "stages/sample.py"],
+        code=["gemel/data/sample.py", "gemel/data/sample_images.py", "stages/sample.py"],
     output:
         directory(PARAMS["sample"]["out"]),
     params:
