@@ -125,14 +125,15 @@ def encode_unique(encoder, texts: list[str], batch_size: int) -> tuple[torch.Ten
     return emb.float().cpu(), inverse
 
 
-def _topk_least_first(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top k per row, least similar first. Equal scores rank by pool position (earlier = more
-    similar) so results do not depend on topk's tie order: an index offset below 2**-30 (under the
-    float32 spacing of any |score| >= 2**-7) is subtracted in float64 before ranking; the returned
-    scores are the float32 ones."""
-    n = scores.shape[1]
-    offset = torch.arange(n, dtype=torch.float64) * (2.0**-30 / n)
-    _, idx = torch.topk(scores.double() - offset, k, dim=1)
+def _topk_least_first(scores: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top k per row, least similar first. Equal scores are ordered by a seeded random draw per
+    (query, item): with `query: mention` every train mention of the same surface form ties, and a
+    fixed tie order (say, pool position) would hand every such query the same few demonstrations,
+    often of one entity. The draw is below 2**-30 (under the float32 spacing of any
+    |score| >= 2**-7), added in float64, so it never reorders distinct scores; the returned scores
+    are the float32 ones."""
+    jitter = torch.rand(scores.shape, generator=generator, dtype=torch.float64) * 2.0**-30
+    _, idx = torch.topk(scores.double() + jitter, k, dim=1)
     return scores.gather(1, idx).flip(1), idx.flip(1)
 
 
@@ -146,19 +147,22 @@ def simcse(mentions: pd.DataFrame, pool: np.ndarray, texts: list[str], top_k: in
     if stats is not None:
         stats["encoded"] = int(emb.shape[0])
         stats["encode_seconds"] = time.perf_counter() - t0
-    pool_emb = emb[row[pool]]                       # (P, d)
+    # Score against the distinct texts, then gather the pool's columns: identical texts then tie
+    # exactly (a matmul over repeated rows may differ in the last bits from column to column).
+    pool_cols = torch.from_numpy(row[pool])         # (P,) -> row of emb
     query_emb = emb[row]                            # (Q, d)
     self_col = _self_columns(len(texts), pool)      # query -> its pool column, -1 if none
     k = min(top_k, len(pool))
     chunk = max(1, MAX_CELLS // max(1, len(pool)))
     out: list[tuple] = []
+    generator = torch.Generator().manual_seed(seed)  # chunks run in order: the draws are reproducible
     for start in range(0, len(texts), chunk):
-        scores = query_emb[start:start + chunk] @ pool_emb.T
+        scores = (query_emb[start:start + chunk] @ emb.T)[:, pool_cols]
         q = torch.arange(scores.shape[0])
         cols = torch.from_numpy(self_col[start:start + chunk])
         has_self = cols >= 0
         scores[q[has_self], cols[has_self]] = float("-inf")
-        val, idx = _topk_least_first(scores, k)
+        val, idx = _topk_least_first(scores, k, generator)
         out.extend(_rows(val.numpy(), idx.numpy()))
     return out
 
