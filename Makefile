@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.decode
 	$(PY) -m benchmarks.train
 	$(PY) -m benchmarks.retrieve
+	$(PY) -m benchmarks.trie
 
 clean-venv:
 	rm -rf $(VENV)

@@ -59,6 +59,7 @@ def build_linker(params: dict[str, Any], mentions: pd.DataFrame, demos: pd.DataF
     llm = load_llm(spec, dev, torch.bfloat16 if dev == "cuda" else torch.float32)
     (rows, matrix), _ = load_features(features_path)
     builder = PromptBuilder(mentions, demos, rows, tokenizer, m.prefix_tokens, m.use_image, m.num_demos)
+    torch.manual_seed(params["train"]["seed"])  # the mapper's initial weights are part of the run
     model = Gemel(llm, matrix.shape[1], m.prefix_tokens).to(dev)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return Linker(model, builder, matrix, EntityTrie.load(trie_path), pad)
