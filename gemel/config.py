@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,7 +46,13 @@ def apply_override(params: dict[str, Any], assignment: str) -> None:
         if not isinstance(node.get(part), dict):
             raise ConfigError(f"--set {assignment!r}: '{part}' is not a section of params")
         node = node[part]
-    node[leaf] = yaml.safe_load(raw)
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and _FLOAT.fullmatch(value):
+        value = float(value)  # PyYAML follows YAML 1.1, where 1e-4 (no dot) is a string
+    node[leaf] = value
+
+
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
@@ -129,7 +136,7 @@ class ModelParams:
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 3
+    epochs: int = 5
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup: float = 0.1
@@ -137,7 +144,7 @@ class TrainParams:
     grad_accum: int = 1
     batch_size: int = 4
     eval_every: int = 50
-    dev_limit: int | None = 30
+    dev_limit: int | None = None
     seed: int = 0
     out: str = "results"
 

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from gemel.config import ConfigError, load_params
+from gemel.config import ConfigError, apply_override, load_params
 from gemel.summary import SummaryError, summary_table
 from gemel.workflow import ablation_runs, check_ablation, effective, format_value, run_settings, set_args
 from stages import summarize
@@ -225,3 +225,15 @@ def test_summary_names_the_file_of_a_missing_metric(tmp_path):
     fake_metrics(Path(runs[0].metrics), 0.5)
     with pytest.raises(SummaryError, match=re.escape(runs[0].metrics) + ".*no metric 'mrr'"):
         summary_table(runs[:1], params["llms"], "mrr")
+
+
+@pytest.mark.parametrize("raw, value", [("1e-4", 1e-4), ("2.5E3", 2500.0), ("1.0e-6", 1e-6), ("3", 3),
+                                        ("1e4x", "1e4x"), ("false", False), ("null", None)])
+def test_set_reads_numbers_as_a_user_types_them(raw, value):
+    """`--set train.lr=1e-4` is a float, though PyYAML alone (YAML 1.1) reads it as a string."""
+    params = load_params(ROOT / "params.yaml", [f"train.lr={raw}"] if isinstance(value, float) else [])
+    if isinstance(value, float):
+        assert params["train"]["lr"] == value and isinstance(params["train"]["lr"], float)
+    p: dict = {"x": {}}
+    apply_override(p, f"x.y={raw}")
+    assert p["x"]["y"] == value and type(p["x"]["y"]) is type(value)
