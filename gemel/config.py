@@ -131,13 +131,13 @@ class ModelParams:
     llm: str = "smollm2-135m"
     prefix_tokens: int = 4
     use_image: bool = True
-    num_demos: int = 4
+    num_demos: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainParams:
     epochs: int = 5
-    lr: float = 1e-3
+    lr: float = 3e-3
     weight_decay: float = 0.0
     warmup: float = 0.1
     grad_clip: float | None = 1.0

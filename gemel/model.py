@@ -13,6 +13,37 @@ from transformers import PreTrainedModel
 from gemel.prompt import IMAGE, Batch
 
 
+class Mapper(nn.Module):
+    """Image vector -> k token embeddings: a fixed standardisation, then the one trained linear layer.
+
+    Frozen image features share a large common component (EfficientNet's pooled features are all
+    positive); centring them on the training images' mean and scaling them to unit average norm
+    lets AdamW's per-weight steps move the image-specific part instead of that offset. The pair is
+    fitted once before training and saved with the layer, so the whole map stays affine.
+
+    The bias starts at the LLM's mean token embedding: a default-initialised layer maps every image
+    to near-zero vectors (norm ~0.5 where SmolLM2's tokens have ~3), which the LLM reads as
+    nothing, and the mapper then spends most of a short training run just reaching token scale."""
+
+    def __init__(self, image_dim: int, out_dim: int, token_mean: torch.Tensor | None = None):
+        super().__init__()
+        self.register_buffer("shift", torch.zeros(image_dim))
+        self.register_buffer("scale", torch.ones(()))
+        self.linear = nn.Linear(image_dim, out_dim, dtype=torch.float32)
+        if token_mean is not None:
+            with torch.no_grad():
+                self.linear.bias.copy_(token_mean.float().repeat(out_dim // token_mean.numel()))
+
+    def fit(self, vectors: torch.Tensor) -> None:
+        shift = vectors.mean(0)
+        spread = (vectors - shift).norm(dim=1).pow(2).mean().sqrt()
+        self.shift.copy_(shift)
+        self.scale.fill_(1.0 / float(spread) if spread > 0 else 1.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear((x - self.shift) * self.scale)
+
+
 class Gemel(nn.Module):
     def __init__(self, llm: PreTrainedModel, image_dim: int, prefix_tokens: int):
         super().__init__()
@@ -20,12 +51,13 @@ class Gemel(nn.Module):
         self.k = prefix_tokens
         self.embed_dim = llm.get_input_embeddings().embedding_dim  # not hidden_size: OPT-350M differs
         # The mapper stays fp32 even beside a bf16 LLM: AdamW's second moment underflows in fp16.
-        self.mapper = nn.Linear(image_dim, prefix_tokens * self.embed_dim, dtype=torch.float32)
+        token_mean = llm.get_input_embeddings().weight.detach().float().mean(0)
+        self.mapper = Mapper(image_dim, prefix_tokens * self.embed_dim, token_mean)
         self.softcap = getattr(llm.config, "final_logit_softcapping", None)
 
     @property
     def device(self) -> torch.device:
-        return self.mapper.weight.device
+        return self.mapper.linear.weight.device
 
     def embed(self, batch: Batch) -> torch.Tensor:
         """Token embeddings with every image slot replaced by the mapped image vectors."""
@@ -63,14 +95,16 @@ class Gemel(nn.Module):
     def save_mapper(self, path: str | Path, metadata: dict[str, str]) -> None:
         state = {k: v.detach().cpu().contiguous() for k, v in self.mapper.state_dict().items()}
         save_file(state, str(path), metadata={**metadata, "prefix_tokens": str(self.k),
-                                              "image_dim": str(self.mapper.in_features),
+                                              "image_dim": str(self.mapper.linear.in_features),
                                               "embed_dim": str(self.embed_dim)})
 
     def load_mapper(self, path: str | Path) -> None:
         state = load_file(str(path), device=str(self.device))
-        if state["weight"].shape != self.mapper.weight.shape:
-            raise ValueError(f"{path}: mapper of shape {tuple(state['weight'].shape)} does not fit this model "
-                             f"({tuple(self.mapper.weight.shape)}): was it trained for another LLM, k or encoder?")
+        got, want = state.get("linear.weight"), self.mapper.linear.weight
+        if got is None or got.shape != want.shape:
+            shape = tuple(got.shape) if got is not None else "unknown"
+            raise ValueError(f"{path}: mapper of shape {shape} does not fit this model "
+                             f"({tuple(want.shape)}): was it trained for another LLM, k or encoder?")
         self.mapper.load_state_dict(state)
 
 

@@ -143,7 +143,7 @@ def test_training_lowers_answer_loss_and_leaves_llm_untouched(data, tokenizer, l
     examples = [b.example(f"m{i}", with_target=True) for i in range(8)]
     pad = tokenizer.eos_token_id
     before_llm = {k: v.clone() for k, v in llm.state_dict().items()}
-    before_mapper = model.mapper.weight.detach().clone()
+    before_mapper = model.mapper.linear.weight.detach().clone()
 
     def mean_loss() -> float:
         with torch.no_grad():
@@ -154,19 +154,21 @@ def test_training_lowers_answer_loss_and_leaves_llm_untouched(data, tokenizer, l
     hist = train(model, examples, data[2], pad, p, progress=False)
     assert len(hist.loss) == optimizer_steps(8, p) == 8
     assert mean_loss() < 0.8 * start
-    assert not torch.equal(model.mapper.weight, before_mapper)
+    assert not torch.equal(model.mapper.linear.weight, before_mapper)
     assert all(torch.equal(v, before_llm[k]) for k, v in llm.state_dict().items())
     assert not any(q.requires_grad for q in llm.parameters())
 
 
 def test_mapper_round_trip(tmp_path, data, tokenizer, llm) -> None:
     model = model_for(llm, seed=1)
+    model.mapper.fit(torch.from_numpy(data[2]))
     path = tmp_path / "mapper.safetensors"
     model.save_mapper(path, {"llm": "smollm2-135m"})
     other = model_for(llm, seed=2)
-    assert not torch.equal(other.mapper.weight, model.mapper.weight)
+    assert not torch.equal(other.mapper.linear.weight, model.mapper.linear.weight)
     other.load_mapper(path)
-    assert torch.equal(other.mapper.weight, model.mapper.weight) and torch.equal(other.mapper.bias, model.mapper.bias)
+    assert all(torch.equal(a, b) for a, b in zip(other.mapper.state_dict().values(), model.mapper.state_dict().values()))
+    assert other.mapper.scale.item() != 1.0  # the fitted standardisation travels with the weights
     e = builder(data, tokenizer).example("m3", with_target=True)
     batch = collate([e], data[2], tokenizer.eos_token_id)
     with torch.no_grad():
