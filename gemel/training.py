@@ -39,8 +39,12 @@ class History:
 
 def train(model: Gemel, examples: Sequence[Example], features, pad_id: int, p: TrainParams,
           evaluate: Callable[[], float] | None = None, progress: bool = True) -> History:
-    """Train `model.mapper` in place; on return it holds the best mapper by dev accuracy
+    """Fit the mapper's input standardisation on the training images, then train `model.mapper` in
+    place; on return it holds the best mapper by dev accuracy
     (the last one when there is no dev evaluation)."""
+    rows = sorted({r for e in examples for r in e.images if r >= 0})
+    if rows:  # the mapper's input standardisation comes from the training images
+        model.mapper.fit(torch.from_numpy(features[rows]).to(model.device))
     torch.manual_seed(p.seed)
     gen = torch.Generator().manual_seed(p.seed)
     opt = torch.optim.AdamW(model.mapper.parameters(), lr=p.lr, weight_decay=p.weight_decay)

@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from gemel.config import DecodeParams, ModelParams, TrainParams, section
 from gemel.data.tables import read_mentions, write_text_atomic
@@ -33,9 +32,6 @@ def main(argv: list[str] | None = None) -> int:
     dev = linked[linked["split"] == "dev"]
     dev = dev.head(p.dev_limit) if p.dev_limit else dev
     examples = linker.examples(train_ids, with_target=True)
-    rows = sorted({r for e in examples for r in e.images if r >= 0})
-    if rows:  # the mapper's input standardisation comes from the training images
-        linker.model.mapper.fit(torch.from_numpy(linker.features[rows]).to(linker.model.device))
     evaluate = (lambda: linker.accuracy(dev, dp)) if len(dev) else None
     from gemel.training import train  # after the data checks: importing torch's optim is not free
 
