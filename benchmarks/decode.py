@@ -4,9 +4,9 @@
     python -m benchmarks.decode [--n 16] [--batch-size 8]
 
 Prints mentions/s and the ratio of decode time per mention to one plain forward pass over the
-same prompt (the target is at most 1.25: each prompt is prefilled once, its KV cache copied to
-the beams). For contrast it also times what the original code did: a forward over one copy of
-the prompt per beam.
+same prompt (the target is at most 1.25: each prompt is prefilled once and the beams attend to
+its one KV cache). For contrast it also times what the original code did: a forward over one
+copy of the prompt per beam.
 """
 from __future__ import annotations
 

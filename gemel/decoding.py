@@ -1,20 +1,31 @@
 """Batched beam search constrained by the entity-name trie.
 
-Each prompt is run through the LLM once; its KV cache is then copied to the beams (the original
-code fed the same prompt once per beam). Every step masks the vocabulary to the tokens the trie
-allows after each beam's prefix, so every finished hypothesis is a KB entity name.
+Three things keep it close to the cost of one forward pass over the prompt:
+
+- Each prompt is prefilled once, alone (no padding, so the causal fast path), and its KV cache is
+  never copied per beam: the beams are fed as parallel positions after their prompt, and a 4-D
+  attention mask lets each token see the prompt and its own ancestors only ("tree attention").
+  The original code fed one copy of the prompt per beam.
+- A beam step reads every LLM weight once whatever the number of tokens, so it costs about as
+  much for one token as for fifty. Where the trie allows a single continuation (most of a name
+  after its first tokens), those forced tokens are fed together with the token that led there,
+  and later steps take their log-probabilities from that pass instead of running the LLM again.
+  Scores are exactly those of one-token-at-a-time beam search.
+- The trie is applied as a vectorised mask over the vocabulary, so every finished hypothesis is a
+  KB entity name.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
+from transformers import DynamicCache
 
 from gemel.model import Gemel, positions
 from gemel.prompt import Batch, Example, collate
-from gemel.trie import Trie
+from gemel.trie import ROOT, Trie
 
 
 @dataclass(frozen=True)
@@ -23,71 +34,204 @@ class Hypothesis:
     score: float  # sum of token log-probabilities / length ** length_penalty
 
 
+@dataclass
+class _Beam:
+    node: int  # trie node after the beam's tokens
+    score: float  # sum of their log-probabilities
+    last: int = -1  # generated slot of its last token (-1: the prompt's end); set when fed
+    row: torch.Tensor | None = None  # log-probabilities after its last fed token
+    forced: list[tuple[int, int, float]] = field(default_factory=list)  # fed, not yet taken: (slot, token, log-p)
+    feed: list[int] = field(default_factory=list)  # tokens to feed next round: its new token + forced chain
+
+
+class _Tree:
+    """The generated slots of every prompt in the batch, and the attention masks that feed beams as
+    parallel positions: a slot sees its prompt's real tokens and the slots on its own path.
+    Sliding-window layers (Gemma 3) get a second mask that also hides keys too far back, since
+    the cache keeps every position."""
+
+    def __init__(self, model: Gemel, prompt_mask: torch.Tensor):
+        self.prompt = prompt_mask.bool().cpu().numpy()  # [n, L]
+        self.prompt_pos = positions(prompt_mask).cpu().numpy()  # [n, L], padding aside
+        self.start = prompt_mask.sum(1).cpu().numpy()  # [n] position of the first generated token
+        n = self.prompt.shape[0]
+        self.anc = np.zeros((n, 0, 0), dtype=bool)  # [n, G, G] ancestors (and self) of each slot
+        self.pos = np.zeros((n, 0), dtype=np.int64)  # [n, G] position of each slot
+        config = model.llm.config
+        sliding = "sliding_attention" in (getattr(config, "layer_types", None) or ())
+        self.window = getattr(config, "sliding_window", None) if sliding else None
+        self.eager = config._attn_implementation == "eager"  # eager adds a float mask; sdpa takes bool
+        self.dtype, self.device = model.llm.dtype, model.device
+
+    def add(self, feeds: list[list[tuple[int, int, list[int]]]]
+            ) -> tuple[np.ndarray, np.ndarray, torch.Tensor | dict[str, torch.Tensor], np.ndarray]:
+        """Append one round of slots. feeds[b] lists (parent slot, depth of first token, tokens) per
+        beam. Returns input ids [n, Q], position ids [n, Q], the mask(s), and each new slot's index
+        ([n, Q], -1 for padding)."""
+        n, g = self.pos.shape
+        q = max(1, max(sum(len(t) for _, _, t in f) for f in feeds))
+        ids = np.zeros((n, q), dtype=np.int64)
+        pos = np.repeat(self.start[:, None], q, axis=1)
+        slot = np.full((n, q), -1, dtype=np.int64)
+        anc = np.zeros((n, g + q, g + q), dtype=bool)
+        anc[:, :g, :g] = self.anc
+        anc[:, np.arange(g, g + q), np.arange(g, g + q)] = True  # every slot sees itself (padding too)
+        for b, f in enumerate(feeds):
+            i = 0
+            for parent, depth, tokens in f:
+                for k, t in enumerate(tokens):
+                    row = g + i
+                    if parent >= 0:
+                        anc[b, row, :g] = self.anc[b, parent]
+                    anc[b, row, row - k:row + 1] = True  # its own chain so far
+                    ids[b, i], pos[b, i], slot[b, i] = t, self.start[b] + depth + k, row
+                    i += 1
+        self.anc, self.pos = anc, np.concatenate([self.pos, pos], 1)
+        new = anc[:, g:, :]  # [n, Q, G+Q]
+        full = np.concatenate([np.repeat(self.prompt[:, None, :], q, axis=1), new], 2)
+        if self.window is None:
+            masks: torch.Tensor | dict[str, torch.Tensor] = self._format(full)
+        else:
+            keys = np.concatenate([self.prompt_pos, self.pos], 1)
+            near = pos[:, :, None] - keys[:, None, :] < self.window
+            masks = {"full_attention": self._format(full), "sliding_attention": self._format(full & near)}
+        return ids, pos, masks, slot
+
+    def _format(self, allowed: np.ndarray) -> torch.Tensor:
+        mask = torch.from_numpy(np.ascontiguousarray(allowed[:, None])).to(self.device)  # [n, 1 head, Q, keys]
+        if not self.eager:
+            return mask
+        return torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill(~mask, torch.finfo(self.dtype).min)
+
+
+def _prefill(model: Gemel, batch: Batch) -> tuple[DynamicCache, torch.Tensor]:
+    """Run each prompt alone (padding would cost compute and push attention off its causal fast
+    path), then stack the caches left-padded. Returns the cache and each prompt's next-token
+    log-probabilities. A cache made without the model's config keeps every position in every
+    layer: a sliding-window layer's own cache would evict by count, and beams are extra positions."""
+    dev = model.device
+    embeds = model.embed(batch)
+    attn = batch.attention_mask
+    n, width = attn.shape
+    caches, last = [], []
+    for b in range(n):
+        start = int(width - attn[b].sum())
+        cache = DynamicCache()
+        h = model.llm.base_model(inputs_embeds=embeds[b:b + 1, start:], cache=cache, use_cache=True,
+                                 position_ids=torch.arange(width - start, device=dev)[None]).last_hidden_state
+        caches.append(cache)
+        last.append(h[0, -1])
+    logp = torch.log_softmax(model.logits(torch.stack(last)), dim=-1)
+    if n == 1:
+        return caches[0], logp
+    stacked = DynamicCache()
+    for layer in range(len(caches[0].layers)):
+        parts = []
+        for kind in ("keys", "values"):
+            first = getattr(caches[0].layers[layer], kind)
+            x = first.new_zeros((n, first.shape[1], width, first.shape[3]))
+            for b, c in enumerate(caches):
+                part = getattr(c.layers[layer], kind)
+                x[b, :, width - part.shape[2]:] = part[0]
+                setattr(c.layers[layer], kind, None)  # free as we go
+            parts.append(x)
+        stacked.update(parts[0], parts[1], layer)
+    return stacked, logp
+
+
+def _forced_chain(trie: Trie, node: int, budget: int) -> list[int]:
+    """Tokens the trie forces after `node` (single child, not the EOS that ends a name)."""
+    chain: list[int] = []
+    while len(chain) < budget:
+        toks, nodes = trie.children(node)
+        if len(toks) != 1 or trie.value(int(nodes[0])) >= 0:
+            break
+        chain.append(int(toks[0]))
+        node = int(nodes[0])
+    return chain
+
+
 @torch.inference_mode()
 def beam_search(model: Gemel, batch: Batch, trie: Trie, num_beams: int, max_new_tokens: int,
                 length_penalty: float = 1.0) -> list[list[Hypothesis]]:
     """The best `num_beams` finished names of each prompt in `batch`, best first."""
     dev = model.device
     n = batch.ids.shape[0]
-    attn = batch.attention_mask.to(dev)
-    out = model.forward_hidden(batch, use_cache=True)
-    cache = out.cache
-    logp = torch.log_softmax(model.logits(out.last_hidden_state[:, -1]), dim=-1)
-    vocab = logp.shape[-1]
-    nodes = np.zeros(n, dtype=np.int64)  # every prompt starts at the trie's root
-    beam_scores = torch.zeros((n, 1), device=dev)  # one beam per prompt until the first step
+    cache, first = _prefill(model, batch)
+    vocab = first.shape[-1]
+    tree = _Tree(model, batch.attention_mask)
+    live = [[_Beam(ROOT, 0.0, row=first[b])] for b in range(n)]
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
     done = np.zeros(n, dtype=bool)
 
     for step in range(max_new_tokens):
-        logp = logp.masked_fill(~trie.allowed_mask(nodes, vocab).to(dev), float("-inf"))
-        width = beam_scores.shape[1]
-        cand = (beam_scores.unsqueeze(-1) + logp.view(n, width, vocab)).view(n, -1)
-        top_s, top_i = cand.topk(min(2 * num_beams, cand.shape[1]), dim=1)
+        width = max(len(bs) for bs in live)
+        beams = [bs[j] if j < len(bs) else None for bs in live for j in range(width)]
+        nodes = np.array([bm.node if bm else -1 for bm in beams], dtype=np.int64)
+        rows = torch.stack([bm.row if bm and not bm.forced else first.new_zeros(vocab) for bm in beams])
+        scores = torch.tensor([bm.score if bm else 0.0 for bm in beams], device=dev)
+        cand = (scores[:, None] + rows).masked_fill(~trie.allowed_mask(nodes, vocab).to(dev), float("-inf"))
+        for i, bm in enumerate(beams):
+            if bm and bm.forced:  # its node has this one child: the row needed is that one log-p
+                cand[i, bm.forced[0][1]] = bm.score + bm.forced[0][2]
+        top_s, top_i = cand.view(n, -1).topk(min(2 * num_beams, width * vocab), dim=1)
         top_s, top_i = top_s.cpu().numpy(), top_i.cpu().numpy()
-        src = np.zeros((n, num_beams), dtype=np.int64)
-        tok = np.zeros((n, num_beams), dtype=np.int64)
-        score = np.full((n, num_beams), -np.inf, dtype=np.float32)
-        nxt = np.full((n, num_beams), -1, dtype=np.int64)
         norm = float(step + 1) ** length_penalty
         for b in range(n):
-            src[b] = b * width  # dead or done slots keep a harmless source row
-            alive = 0
+            chosen: list[_Beam] = []
             for j in range(top_s.shape[1]):
-                if done[b] or alive == num_beams or not np.isfinite(top_s[b, j]):
+                if done[b] or len(chosen) == num_beams or not np.isfinite(top_s[b, j]):
                     break
-                s_row = b * width + top_i[b, j] // vocab
-                t = int(top_i[b, j] % vocab)
-                node = trie.step(int(nodes[s_row]), t)
+                parent, t = live[b][int(top_i[b, j] // vocab)], int(top_i[b, j] % vocab)
+                node = trie.step(parent.node, t)
                 if trie.value(node) >= 0:  # EOS closed a name: a finished hypothesis
                     if j < num_beams:
                         finished[b].append(Hypothesis(trie.value(node), float(top_s[b, j]) / norm))
                     continue
-                src[b, alive], tok[b, alive], score[b, alive], nxt[b, alive] = s_row, t, top_s[b, j], node
-                alive += 1
-            done[b] = done[b] or alive == 0 or _cannot_improve(finished[b], score[b], norm, num_beams)
+                s = float(top_s[b, j])
+                if parent.forced:  # already fed: take it from the pass that fed it
+                    chosen.append(_Beam(node, s, parent.forced[0][0], parent.row, parent.forced[1:]))
+                else:
+                    chosen.append(_Beam(node, s, parent.last,
+                                        feed=[t] + _forced_chain(trie, node, max_new_tokens - step - 2)))
+            live[b] = chosen
+            best = max((bm.score for bm in chosen), default=float("-inf"))
+            done[b] = done[b] or not chosen or _cannot_improve(finished[b], best, norm, num_beams)
         if done.all():
             break
-        # Gathering rows by `src` copies each prompt's cache to its beams on the first step,
-        # and reorders beams afterwards.
-        index = torch.from_numpy(src.reshape(-1)).to(dev)
-        cache.reorder_cache(index)
-        attn = torch.cat([attn.index_select(0, index), attn.new_ones((index.shape[0], 1))], dim=1)
-        out = model.llm.base_model(input_ids=torch.from_numpy(tok.reshape(-1, 1)).to(dev), attention_mask=attn,
-                                   position_ids=positions(attn)[:, -1:], cache=cache, use_cache=True)
-        cache = out.cache
-        logp = torch.log_softmax(model.logits(out.last_hidden_state[:, -1]), dim=-1)
-        beam_scores = torch.from_numpy(score).to(dev)
-        nodes = nxt.reshape(-1)
+        if any(bm.feed for bs in live for bm in bs):
+            _feed(model, tree, cache, live, step)
     return [sorted(f, key=lambda h: -h.score)[:num_beams] for f in finished]
 
 
-def _cannot_improve(finished: list[Hypothesis], alive: np.ndarray, norm: float, num_beams: int) -> bool:
+def _feed(model: Gemel, tree: _Tree, cache: DynamicCache, live: list[list[_Beam]], step: int) -> None:
+    """One LLM pass over every beam's new token and forced chain; fills in their slots, the forced
+    tokens' log-probabilities and the row after each chain."""
+    dev = model.device
+    feeding = [[bm for bm in bs if bm.feed] for bs in live]
+    ids, pos, masks, slot = tree.add([[(bm.last, step, bm.feed) for bm in f] for f in feeding])
+    h = model.llm.base_model(input_ids=torch.from_numpy(ids).to(dev), attention_mask=masks,
+                             position_ids=torch.from_numpy(pos).to(dev), cache=cache, use_cache=True).last_hidden_state
+    real = slot >= 0
+    logp = torch.log_softmax(model.logits(h[torch.from_numpy(real).to(dev)]), dim=-1)
+    flat = slot[real]  # h[real] and `flat` run prompt by prompt, beam by beam, as `feeding` does
+    i = 0
+    for f in feeding:
+        for bm in f:
+            k = len(bm.feed)
+            rows, slots = logp[i:i + k], flat[i:i + k]
+            bm.last, bm.row = int(slots[0]), rows[-1]
+            bm.forced = [(int(slots[m]), bm.feed[m], float(rows[m - 1, bm.feed[m]])) for m in range(1, k)]
+            bm.feed = []
+            i += k
+
+
+def _cannot_improve(finished: list[Hypothesis], best_alive: float, norm: float, num_beams: int) -> bool:
     """Enough names are finished and no live beam, at its current length, scores above the worst."""
     if len(finished) < num_beams:
         return False
     worst = sorted(h.score for h in finished)[-num_beams]
-    return bool(alive.max() / norm <= worst)
+    return best_alive / norm <= worst
 
 
 def batches_by_length(examples: Sequence[Example], batch_size: int) -> Iterator[list[int]]:

@@ -1,0 +1,96 @@
+"""Tree-attention beam search against a naive beam search that re-runs the whole prompt for every
+beam at every step, on tiny random LLMs of each architecture family the registry covers: Llama
+(SmolLM2), Gemma 3 (sliding-window layers, here a window shorter than the prompt) and OPT, with
+sdpa and eager attention. The real-model test in test_model.py checks scores against teacher forcing."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, OPTConfig
+
+from gemel.decoding import Hypothesis, beam_search, decode
+from gemel.model import Gemel
+from gemel.prompt import IMAGE, Example, collate
+from gemel.trie import ROOT, Trie
+
+VOCAB, EOS, PAD, DIM, K = 48, 1, 0, 8, 2
+
+
+def tiny_llm(arch: str, attn: str):
+    common = dict(vocab_size=VOCAB, hidden_size=32, num_attention_heads=4, max_position_embeddings=256,
+                  eos_token_id=EOS, pad_token_id=PAD, bos_token_id=2, initializer_range=0.4)
+    if arch == "llama":
+        config = LlamaConfig(intermediate_size=64, num_hidden_layers=2, num_key_value_heads=2, **common)
+    elif arch == "gemma3":
+        config = Gemma3TextConfig(intermediate_size=64, num_hidden_layers=4, num_key_value_heads=2, head_dim=8,
+                                  sliding_window=6, layer_types=["sliding_attention", "full_attention"] * 2, **common)
+    else:
+        config = OPTConfig(ffn_dim=64, num_hidden_layers=2, word_embed_proj_dim=32, **common)
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval().requires_grad_(False)
+
+
+def names_trie() -> tuple[Trie, list[list[int]]]:
+    """Names that share prefixes (branching) and have long single continuations (forced chains)."""
+    names = [[5, 6], [5, 6, 7, 8, 9], [5, 6, 7, 8, 10], [5, 11, 12, 13, 14, 15], [16], [16, 17, 18, 19],
+             [20, 21, 22, 23, 24, 25, 26], [20, 27], [28, 29, 30]]
+    return Trie.build([n + [EOS] for n in names]), names
+
+
+def examples(rng: np.random.Generator) -> list[Example]:
+    """Prompts of different lengths (so a batch is left-padded), longer than the sliding window."""
+    out = []
+    for i, n in enumerate((11, 19, 14)):
+        text = rng.integers(31, VOCAB, size=n).tolist()
+        out.append(Example(f"q{i}", [IMAGE] * K + text[:5] + [IMAGE] * K + text[5:], [i, i + 1], []))
+    return out
+
+
+def naive_beam_search(model: Gemel, e: Example, features: np.ndarray, trie: Trie, num_beams: int,
+                      max_new_tokens: int) -> list[Hypothesis]:
+    """Textbook constrained beam search: one full forward per beam per step, no cache."""
+    beams: list[tuple[list[int], float, int]] = [([], 0.0, ROOT)]
+    finished: list[Hypothesis] = []
+    for step in range(max_new_tokens):
+        cand = []
+        for toks, score, node in beams:
+            batch = collate([Example(e.id, e.ids + toks, e.images, [])], features, PAD)
+            with torch.no_grad():
+                logp = torch.log_softmax(model.logits(model.forward_hidden(batch).last_hidden_state[0, -1]), -1)
+            cand += [(score + float(logp[t]), toks + [int(t)], trie.step(node, int(t))) for t in trie.children(node)[0]]
+        cand.sort(key=lambda c: -c[0])
+        beams = []
+        for j, (score, toks, node) in enumerate(cand[:2 * num_beams]):
+            if len(beams) == num_beams:
+                break
+            if trie.value(node) >= 0:
+                if j < num_beams:
+                    finished.append(Hypothesis(trie.value(node), score / (step + 1)))
+            else:
+                beams.append((toks, score, node))
+        worst = sorted(h.score for h in finished)[-num_beams] if len(finished) >= num_beams else None
+        if not beams or (worst is not None and max(b[1] for b in beams) / (step + 1) <= worst):
+            break
+    return sorted(finished, key=lambda h: -h.score)[:num_beams]
+
+
+@pytest.mark.parametrize("arch,attn", [("llama", "sdpa"), ("gemma3", "sdpa"), ("opt", "sdpa"), ("llama", "eager"),
+                                       ("gemma3", "eager")])
+def test_tree_beam_search_matches_naive_beam_search(arch: str, attn: str) -> None:
+    model = Gemel(tiny_llm(arch, attn), DIM, K)
+    rng = np.random.default_rng(1)
+    features = rng.normal(size=(4, DIM)).astype(np.float32)
+    trie, names = names_trie()
+    prompts = examples(rng)
+    for beams in (1, 3, len(names)):
+        batched = decode(model, prompts, features, PAD, trie, beams, 12, batch_size=3)
+        for e, got in zip(prompts, batched):
+            want = naive_beam_search(model, e, features, trie, beams, 12)
+            assert [h.value for h in got] == [h.value for h in want]
+            assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-4)
+            alone = beam_search(model, collate([e], features, PAD), trie, beams, 12)[0]
+            assert [h.value for h in alone] == [h.value for h in got]
+    # with a beam per name, every name is found
+    everything = beam_search(model, collate(prompts[:1], features, PAD), trie, len(names), 12)[0]
+    assert sorted(h.value for h in everything) == list(range(len(names)))
