@@ -28,8 +28,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--beams", type=int, default=5)
     ap.add_argument("--demos", type=int, default=16)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the LLM is then bf16)")
     args = ap.parse_args()
-    w = build(num_demos=args.demos)
+    w = build(num_demos=args.demos, device=args.device)
     test = w.mentions[w.mentions["split"] == "test"]
     ids = list(test["id"].sample(n=args.n, random_state=0))
     examples = [w.builder.example(i, with_target=False) for i in ids]
@@ -37,7 +38,7 @@ def main() -> None:
     trie, model = w.trie.trie, w.model
 
     def forward(batch) -> None:  # one plain forward over the prompt, the LM head on its last token
-        model.logits(model.forward_hidden(batch, use_cache=False).last_hidden_state[:, -1])
+        model.logits(model.forward_hidden(batch, use_cache=False).last_hidden_state[:, -1]).cpu()  # .cpu() waits for a GPU
 
     with torch.inference_mode():
         forward(collate(examples[:1], w.features, w.pad_id))  # warm-up

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -43,7 +44,9 @@ class Workload:
     pad_id: int
 
 
-def build(llm: str = "smollm2-135m", num_demos: int = 16, prefix_tokens: int = 4, data: Path = RICHPEDIA) -> Workload:
+def build(llm: str = "smollm2-135m", num_demos: int = 16, prefix_tokens: int = 4, data: Path = RICHPEDIA,
+          device: str = "cpu") -> Workload:
+    """The workload on `device`; on a GPU the LLM is bf16, as the pipeline loads it there."""
     params = load_params(ROOT / "params.yaml")
     mentions = prepare(PrepareParams(format="melbench", dataset="richpedia", input=str(data),
                                      invalid_records="skip")).mentions  # one train record has an empty mention
@@ -56,7 +59,8 @@ def build(llm: str = "smollm2-135m", num_demos: int = 16, prefix_tokens: int = 4
     features = np.random.default_rng(0).normal(size=(len(paths), IMAGE_DIM)).astype(np.float32)
     builder = PromptBuilder(mentions, demos, {p: i for i, p in enumerate(paths)}, tokenizer,
                             prefix_tokens, use_image=True, num_demos=num_demos)
-    model = Gemel(load_llm(spec), IMAGE_DIM, prefix_tokens)
+    llm_model = load_llm(spec, device, torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    model = Gemel(llm_model, IMAGE_DIM, prefix_tokens).to(device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return Workload(mentions, builder, features, model, trie, pad)
 

@@ -145,6 +145,8 @@ class TrainParams:
     batch_size: int = 4
     eval_every: int = 50
     dev_limit: int | None = None
+    precision: str = "auto"
+    demo_image_grad: bool = True
     seed: int = 0
     out: str = "results"
 

@@ -105,14 +105,20 @@ class _Tree:
 
 
 def _prefill(model: Gemel, batch: Batch) -> tuple[DynamicCache, torch.Tensor]:
-    """Run each prompt alone (padding would cost compute and push attention off its causal fast
-    path), then stack the caches left-padded. Returns the cache and each prompt's next-token
-    log-probabilities. A cache made without the model's config keeps every position in every
-    layer: a sliding-window layer's own cache would evict by count, and beams are extra positions."""
+    """The prompts' KV cache, left-padded, and each prompt's next-token log-probabilities.
+
+    On a CPU each prompt runs alone and the caches are stacked: padding would cost compute and
+    push attention off its causal fast path. A GPU runs the padded batch in one pass. Either way
+    the cache is made without the model's config, so it keeps every position in every layer: a
+    sliding-window layer's own cache would evict by count, and beams are extra positions."""
     dev = model.device
-    embeds = model.embed(batch)
     attn = batch.attention_mask
     n, width = attn.shape
+    if dev.type != "cpu" or n == 1:
+        cache = DynamicCache()
+        h = model.forward_hidden(batch, cache=cache, use_cache=True).last_hidden_state[:, -1]
+        return cache, torch.log_softmax(model.logits(h), dim=-1)
+    embeds = model.embed(batch)
     caches, last = [], []
     for b in range(n):
         start = int(width - attn[b].sum())
@@ -121,9 +127,6 @@ def _prefill(model: Gemel, batch: Batch) -> tuple[DynamicCache, torch.Tensor]:
                                  position_ids=torch.arange(width - start, device=dev)[None]).last_hidden_state
         caches.append(cache)
         last.append(h[0, -1])
-    logp = torch.log_softmax(model.logits(torch.stack(last)), dim=-1)
-    if n == 1:
-        return caches[0], logp
     stacked = DynamicCache()
     for layer in range(len(caches[0].layers)):
         parts = []
@@ -136,7 +139,7 @@ def _prefill(model: Gemel, batch: Batch) -> tuple[DynamicCache, torch.Tensor]:
                 setattr(c.layers[layer], kind, None)  # free as we go
             parts.append(x)
         stacked.update(parts[0], parts[1], layer)
-    return stacked, logp
+    return stacked, torch.log_softmax(model.logits(torch.stack(last)), dim=-1)
 
 
 def _forced_chain(trie: Trie, node: int, budget: int) -> list[int]:

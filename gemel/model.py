@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 
 from gemel.prompt import IMAGE, Batch
 
@@ -59,13 +59,17 @@ class Gemel(nn.Module):
     def device(self) -> torch.device:
         return self.mapper.linear.weight.device
 
-    def embed(self, batch: Batch) -> torch.Tensor:
-        """Token embeddings with every image slot replaced by the mapped image vectors."""
+    def embed(self, batch: Batch, demo_image_grad: bool = True) -> torch.Tensor:
+        """Token embeddings with every image slot replaced by the mapped image vectors; without
+        `demo_image_grad`, only the question's own image passes gradient to the mapper."""
         ids = batch.ids.to(self.device)
         slots = ids == IMAGE
         embeds = self.llm.get_input_embeddings()(ids.clamp(min=0))
         if batch.images.shape[0]:
-            mapped = self.mapper(batch.images.to(self.device)).view(-1, self.embed_dim).to(embeds.dtype)
+            mapped = self.mapper(batch.images.to(self.device))
+            if not demo_image_grad:
+                mapped = torch.where(batch.query_images.to(self.device)[:, None], mapped, mapped.detach())
+            mapped = mapped.view(-1, self.embed_dim).to(embeds.dtype)
             # masked_scatter fills slots in row-major order: the order collate() gathered images in.
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), mapped)
         return embeds
@@ -81,15 +85,37 @@ class Gemel(nn.Module):
         return self.llm.base_model(inputs_embeds=self.embed(batch), attention_mask=attn,
                                    position_ids=positions(attn), **kw)
 
-    def loss(self, batch: Batch) -> torch.Tensor:
+    def loss(self, batch: Batch, demo_image_grad: bool = True) -> torch.Tensor:
         """Mean cross-entropy over the answer tokens (name + EOS). Vocabulary logits are computed
-        only at the positions that predict them, never over the whole prompt."""
-        hidden = self.forward_hidden(batch, use_cache=False).last_hidden_state
-        target = batch.target_mask.to(self.device)
+        only at the positions that predict them, never over the whole prompt.
+
+        Without `demo_image_grad` the demonstrations' image tokens still use the current mapper but
+        pass no gradient, so everything before the question runs once without autograd (as a KV
+        cache) and the backward pass covers only the question and its answer: the same loss, a
+        step that costs about one forward pass. The paper's gradient flows through every image."""
+        cut = int(batch.query_start.min())
+        if demo_image_grad or cut == 0:
+            hidden = self.forward_hidden(batch, use_cache=False).last_hidden_state
+            cut = 0
+        else:
+            hidden = self._question_hidden(batch, cut)
+        target = batch.target_mask[:, cut:].to(self.device)
         predictors = target[:, 1:]  # position t predicts token t+1
         h = hidden[:, :-1][predictors]
-        labels = batch.ids.to(self.device)[:, 1:][predictors]
+        labels = batch.ids[:, cut:].to(self.device)[:, 1:][predictors]
         return F.cross_entropy(self.logits(h), labels)
+
+    def _question_hidden(self, batch: Batch, cut: int) -> torch.Tensor:
+        """Hidden states of columns `cut`: onward, the columns before them run without autograd."""
+        attn = batch.attention_mask.to(self.device)
+        pos = positions(attn)
+        embeds = self.embed(batch, demo_image_grad=False)
+        cache = DynamicCache()  # every position in every layer; masks apply sliding windows
+        with torch.no_grad():
+            self.llm.base_model(inputs_embeds=embeds[:, :cut], attention_mask=attn[:, :cut],
+                                position_ids=pos[:, :cut], cache=cache, use_cache=True)
+        return self.llm.base_model(inputs_embeds=embeds[:, cut:], attention_mask=attn, position_ids=pos[:, cut:],
+                                   cache=cache, use_cache=True).last_hidden_state
 
     # ------------------------------------------------------------------ mapper checkpoints
     def save_mapper(self, path: str | Path, metadata: dict[str, str]) -> None:

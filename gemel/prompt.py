@@ -30,6 +30,7 @@ class Example:
     ids: list[int]  # token ids, IMAGE at image slots
     images: list[int]  # one feature row per image, in order (k slots each)
     target: list[int]  # answer ids (name + EOS); empty when decoding
+    query_start: int = 0  # index in `ids` where the question's own part (its image slots) begins
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,8 @@ class Batch:
     attention_mask: torch.Tensor  # [B, T]
     images: torch.Tensor  # [N, D]: the vectors of every slot group, in row-major slot order
     target_mask: torch.Tensor  # [B, T] True where a target token sits
+    query_start: torch.Tensor  # [B] column where each row's question part begins
+    query_images: torch.Tensor  # [N] True for the question's own image (the last of each row)
 
 
 class PromptBuilder:
@@ -65,9 +68,10 @@ class PromptBuilder:
         for d in chosen:
             self._append(ids, images, d)
             ids += self.answer[d]
+        query_start = len(ids)
         self._append(ids, images, mention_id)
         target = self.answer[mention_id] if with_target else []
-        return Example(mention_id, ids, images, target)
+        return Example(mention_id, ids, images, target, query_start)
 
     def _append(self, ids: list[int], images: list[int], mention_id: str) -> None:
         if self.k:
@@ -84,15 +88,17 @@ def collate(examples: Sequence[Example], features: np.ndarray, pad_id: int) -> B
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     attn = torch.zeros((len(seqs), width), dtype=torch.long)
     target = torch.zeros((len(seqs), width), dtype=torch.bool)
+    query_start = torch.tensor([width - len(s) + e.query_start for e, s in zip(examples, seqs)])
     for row, (e, s) in enumerate(zip(examples, seqs)):
         ids[row, width - len(s):] = torch.tensor(s)
         attn[row, width - len(s):] = 1
         if e.target:
             target[row, width - len(e.target):] = True
     rows = [r for e in examples for r in e.images]
+    query_images = torch.tensor([i == len(e.images) - 1 for e in examples for i in range(len(e.images))], dtype=torch.bool)
     dim = features.shape[1]
     vectors = np.zeros((len(rows), dim), dtype=np.float32)
     present = np.array([r != NO_IMAGE for r in rows], dtype=bool)
     if present.any():
         vectors[present] = features[np.array(rows)[present]]
-    return Batch(ids, attn, torch.from_numpy(vectors), target)
+    return Batch(ids, attn, torch.from_numpy(vectors), target, query_start, query_images)

@@ -24,6 +24,17 @@ def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
     return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of the LLM's forward and backward passes, None for plain fp32. `auto` is
+    bf16 on a GPU and fp32 on a CPU (where bf16 is fast only with AVX512-BF16 or AMX, and slow
+    without). The mapper's weights and AdamW's moments stay fp32 either way."""
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision in ("bf16", "fp32"):
+        return torch.bfloat16 if precision == "bf16" else None
+    raise ValueError(f"train.precision: '{precision}' is not one of auto, fp32, bf16")
+
+
 def optimizer_steps(n_examples: int, p: TrainParams) -> int:
     return math.ceil(math.ceil(n_examples / p.batch_size) / p.grad_accum) * p.epochs
 
@@ -54,7 +65,7 @@ def train(model: Gemel, examples: Sequence[Example], features, pad_id: int, p: T
     hist = History()
     best_state = {k: v.detach().clone() for k, v in model.mapper.state_dict().items()}
     step, seen, t0 = 0, 0, time.perf_counter()
-    use_amp = model.device.type == "cuda"
+    amp = autocast_dtype(p.precision, model.device)
 
     def checkpoint() -> None:
         nonlocal best_state
@@ -76,8 +87,8 @@ def train(model: Gemel, examples: Sequence[Example], features, pad_id: int, p: T
             losses = []
             for idx in group:
                 batch = collate([examples[i] for i in idx], features, pad_id)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                    loss = model.loss(batch)
+                with torch.autocast(model.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
+                    loss = model.loss(batch, p.demo_image_grad)
                 (loss / len(group)).backward()
                 losses.append(loss.item())
                 seen += len(idx)

@@ -1,8 +1,11 @@
 """Tree-attention beam search against a naive beam search that re-runs the whole prompt for every
 beam at every step, on tiny random LLMs of each architecture family the registry covers: Llama
 (SmolLM2), Gemma 3 (sliding-window layers, here a window shorter than the prompt) and OPT, with
-sdpa and eager attention. The real-model test in test_model.py checks scores against teacher forcing."""
+sdpa and eager attention. The real-model test in test_model.py checks scores against teacher forcing.
+GEMEL_TEST_DEVICE=cuda runs them on a GPU."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
@@ -15,6 +18,7 @@ from gemel.prompt import IMAGE, Example, collate
 from gemel.trie import ROOT, Trie
 
 VOCAB, EOS, PAD, DIM, K = 48, 1, 0, 8, 2
+DEVICE = os.environ.get("GEMEL_TEST_DEVICE", "cpu")
 
 
 def tiny_llm(arch: str, attn: str):
@@ -28,7 +32,7 @@ def tiny_llm(arch: str, attn: str):
     else:
         config = OPTConfig(ffn_dim=64, num_hidden_layers=2, word_embed_proj_dim=32, **common)
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=attn).eval().requires_grad_(False)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn).to(DEVICE).eval().requires_grad_(False)
 
 
 def names_trie() -> tuple[Trie, list[list[int]]]:
@@ -78,7 +82,7 @@ def naive_beam_search(model: Gemel, e: Example, features: np.ndarray, trie: Trie
 @pytest.mark.parametrize("arch,attn", [("llama", "sdpa"), ("gemma3", "sdpa"), ("opt", "sdpa"), ("llama", "eager"),
                                        ("gemma3", "eager")])
 def test_tree_beam_search_matches_naive_beam_search(arch: str, attn: str) -> None:
-    model = Gemel(tiny_llm(arch, attn), DIM, K)
+    model = Gemel(tiny_llm(arch, attn), DIM, K).to(DEVICE)
     rng = np.random.default_rng(1)
     features = rng.normal(size=(4, DIM)).astype(np.float32)
     trie, names = names_trie()

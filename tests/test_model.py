@@ -110,6 +110,37 @@ def test_left_padding_changes_nothing(data, tokenizer, llm) -> None:
     assert together == pytest.approx((alone * n + other * n) / (2 * n), rel=1e-4)
 
 
+def test_question_only_gradient_matches_a_full_pass_with_detached_demonstrations(data, tokenizer, llm) -> None:
+    """demo_image_grad=False runs the demonstrations without autograd and backpropagates through the
+    question only; loss and gradient must equal a full pass whose demonstration images are detached."""
+    model = model_for(llm)
+    b = builder(data, tokenizer)
+    short, e = b.example("m0", with_target=True), b.example("m5", with_target=True)
+    text = [t for t in e.ids if t != IMAGE][:2]
+    long = Example("x", text + e.ids, e.images, e.target, e.query_start + 2)  # pads `short` on the left
+    batch = collate([short, long], data[2], tokenizer.eos_token_id)
+    assert batch.query_images.tolist() == [False, False, True] * 2
+
+    def grads(loss: torch.Tensor) -> tuple[float, torch.Tensor]:
+        model.mapper.zero_grad()
+        loss.backward()
+        return loss.item(), model.mapper.linear.weight.grad.clone()
+
+    fast_loss, fast = grads(model.loss(batch, demo_image_grad=False))
+    attn = batch.attention_mask
+    hidden = llm.base_model(inputs_embeds=model.embed(batch, demo_image_grad=False), attention_mask=attn,
+                            position_ids=(attn.cumsum(-1) - 1).clamp(min=0)).last_hidden_state
+    pred = batch.target_mask[:, 1:]
+    ref_loss, ref = grads(torch.nn.functional.cross_entropy(model.logits(hidden[:, :-1][pred]), batch.ids[:, 1:][pred]))
+    full_loss, full = grads(model.loss(batch))
+    assert fast_loss == pytest.approx(ref_loss, rel=1e-5) and full_loss == pytest.approx(ref_loss, rel=1e-5)
+    def rel(a: torch.Tensor) -> float:
+        return float((a - ref).norm() / ref.norm())
+
+    assert rel(fast) < 1e-4
+    assert rel(full) > 1e-2  # the demonstrations' images do carry gradient
+
+
 def test_beam_search_is_exact_and_yields_kb_names(data, tokenizer, llm, trie) -> None:
     model = model_for(llm)
     b = builder(data, tokenizer)
