@@ -197,9 +197,9 @@ def beam_search(model: Gemel, batch: Batch, trie: Trie, num_beams: int, max_new_
                 else:
                     chosen.append(_Beam(node, s, parent.last,
                                         feed=[t] + _forced_chain(trie, node, max_new_tokens - step - 2)))
-            live[b] = chosen
             best = max((bm.score for bm in chosen), default=float("-inf"))
             done[b] = done[b] or not chosen or _cannot_improve(finished[b], best, norm, num_beams)
+            live[b] = [] if done[b] else chosen  # a finished prompt feeds nothing more
         if done.all():
             break
         if any(bm.feed for bs in live for bm in bs):
