@@ -91,8 +91,9 @@ class Gemel(nn.Module):
 
         Without `demo_image_grad` the demonstrations' image tokens still use the current mapper but
         pass no gradient, so everything before the question runs once without autograd (as a KV
-        cache) and the backward pass covers only the question and its answer: the same loss, a
-        step that costs about one forward pass. The paper's gradient flows through every image."""
+        cache) and the backward pass covers only the question and its answer: the same loss, and on
+        a CPU a step that costs little more than one forward. The paper's gradient flows through
+        every image."""
         cut = int(batch.query_start.min())
         if demo_image_grad or cut == 0:
             hidden = self.forward_hidden(batch, use_cache=False).last_hidden_state
@@ -106,11 +107,11 @@ class Gemel(nn.Module):
         return F.cross_entropy(self.logits(h), labels)
 
     def _question_hidden(self, batch: Batch, cut: int) -> torch.Tensor:
-        """Hidden states of columns `cut`: onward, the columns before them run without autograd."""
+        """Hidden states from column `cut` on; the columns before it run once without autograd."""
         attn = batch.attention_mask.to(self.device)
         pos = positions(attn)
         embeds = self.embed(batch, demo_image_grad=False)
-        cache = DynamicCache()  # every position in every layer; masks apply sliding windows
+        cache = DynamicCache()  # filled by the no-grad pass, read by the question's pass
         with torch.no_grad():
             self.llm.base_model(inputs_embeds=embeds[:, :cut], attention_mask=attn[:, :cut],
                                 position_ids=pos[:, :cut], cache=cache, use_cache=True)

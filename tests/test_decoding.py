@@ -1,7 +1,8 @@
-"""Tree-attention beam search against a naive beam search that re-runs the whole prompt for every
-beam at every step, on tiny random LLMs of each architecture family the registry covers: Llama
-(SmolLM2), Gemma 3 (sliding-window layers, here a window shorter than the prompt) and OPT, with
-sdpa and eager attention. The real-model test in test_model.py checks scores against teacher forcing.
+"""Tiny random LLMs of each architecture family the registry covers: Llama (SmolLM2), Gemma 3
+(sliding-window layers, here a window shorter than the prompt) and OPT, with sdpa and eager
+attention. Tree-attention beam search is checked against a naive beam search that re-runs the
+whole prompt for every beam at every step, and the question-only loss (a cached prefix) against
+the one-pass loss. The real-model test in test_model.py checks scores against teacher forcing.
 GEMEL_TEST_DEVICE=cuda runs them on a GPU."""
 from __future__ import annotations
 
@@ -98,3 +99,16 @@ def test_tree_beam_search_matches_naive_beam_search(arch: str, attn: str) -> Non
     # with a beam per name, every name is found
     everything = beam_search(model, collate(prompts[:1], features, PAD), trie, len(names), 12)[0]
     assert sorted(h.value for h in everything) == list(range(len(names)))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3", "opt"])
+def test_question_only_loss_equals_one_pass_loss(arch: str) -> None:
+    """The prefix-cached pass of demo_image_grad=False computes the same loss, also across a
+    sliding window and with left padding."""
+    model = Gemel(tiny_llm(arch, "sdpa"), DIM, K).to(DEVICE)
+    rng = np.random.default_rng(2)
+    features = rng.normal(size=(4, DIM)).astype(np.float32)
+    prompts = [Example(e.id, e.ids, e.images, [7, 8, EOS], 5 + K) for e in examples(rng)]
+    batch = collate(prompts, features, PAD)
+    with torch.no_grad():
+        assert model.loss(batch, demo_image_grad=False).item() == pytest.approx(model.loss(batch).item(), rel=1e-5)
