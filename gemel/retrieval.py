@@ -151,18 +151,26 @@ def simcse(mentions: pd.DataFrame, pool: np.ndarray, texts: list[str], top_k: in
     # exactly (a matmul over repeated rows may differ in the last bits from column to column).
     pool_cols = torch.from_numpy(row[pool])         # (P,) -> row of emb
     query_emb = emb[row]                            # (Q, d)
-    self_col = _self_columns(len(texts), pool)      # query -> its pool column, -1 if none
+    return _rank(len(texts), pool, top_k, seed, lambda a, b: (query_emb[a:b] @ emb.T)[:, pool_cols])
+
+
+def _rank(n_queries: int, pool: np.ndarray, top_k: int, seed: int,
+          scores: Callable[[int, int], torch.Tensor]) -> list[tuple]:
+    """Top k pool items per query, least similar first, from `scores(a, b)` (queries a..b-1 x
+    pool), chunk by chunk; a query never retrieves itself, and ties break by the seeded draw of
+    `_topk_least_first`, the same for every scoring method."""
+    self_col = _self_columns(n_queries, pool)       # query -> its pool column, -1 if none
     k = min(top_k, len(pool))
     chunk = max(1, MAX_CELLS // max(1, len(pool)))
     out: list[tuple] = []
     generator = torch.Generator().manual_seed(seed)  # chunks run in order: the draws are reproducible
-    for start in range(0, len(texts), chunk):
-        scores = (query_emb[start:start + chunk] @ emb.T)[:, pool_cols]
-        q = torch.arange(scores.shape[0])
+    for start in range(0, n_queries, chunk):
+        block = scores(start, min(start + chunk, n_queries)).float()
+        q = torch.arange(block.shape[0])
         cols = torch.from_numpy(self_col[start:start + chunk])
         has_self = cols >= 0
-        scores[q[has_self], cols[has_self]] = float("-inf")
-        val, idx = _topk_least_first(scores, k, generator)
+        block[q[has_self], cols[has_self]] = float("-inf")
+        val, idx = _topk_least_first(block, k, generator)
         out.extend(_rows(val.numpy(), idx.numpy()))
     return out
 
@@ -192,7 +200,10 @@ def random_demos(mentions: pd.DataFrame, pool: np.ndarray, texts: list[str], top
 
 def bm25(mentions: pd.DataFrame, pool: np.ndarray, texts: list[str], top_k: int,
          encoder=None, batch_size: int = 64, seed: int = 0, stats: dict | None = None) -> list[tuple]:
-    """Lexical BM25 (bm25s) over the pool's query texts; top_k + 1 retrieved, then self dropped."""
+    """Lexical BM25 (bm25s) over the pool's query texts. Every query is scored against the whole
+    pool (bm25s scores one query at a time), so ties break by the same seeded draw as `simcse`:
+    a top-k from bm25s would break them by pool order and give every query of a surface form
+    the same demonstrations."""
     import bm25s
     from bm25s.tokenization import Tokenizer
 
@@ -203,15 +214,12 @@ def bm25(mentions: pd.DataFrame, pool: np.ndarray, texts: list[str], top_k: int,
     vocab = index.vocab_dict
     tokens = tokenizer.tokenize(texts, return_as="string", update_vocab=False, show_progress=False)
     tokens = [[t for t in q if t and t in vocab] for q in tokens]  # bm25s rejects unknown tokens
-    n = min(top_k + 1, len(pool))
-    idx, val = index.retrieve(tokens, k=n, show_progress=False, n_threads=0)
-    self_col = _self_columns(len(texts), pool)
-    out = []
-    for i, v, col in zip(idx, val, self_col):
-        keep = i != col
-        i, v = i[keep][:top_k], v[keep][:top_k]
-        out.append((i[::-1], v[::-1].astype(np.float32)))
-    return out
+    empty = np.zeros(len(pool), dtype=np.float32)  # no known token: every item ties at 0
+
+    def scores(a: int, b: int) -> torch.Tensor:
+        return torch.from_numpy(np.stack([index.get_scores(q) if q else empty for q in tokens[a:b]]).astype(np.float32))
+
+    return _rank(len(texts), pool, top_k, seed, scores)
 
 
 METHODS: dict[str, Callable[..., list[tuple]]] = {"simcse": simcse, "random": random_demos, "bm25": bm25}

@@ -110,15 +110,17 @@ def test_order_self_exclusion_and_pool(encoder):
     assert set(by_id.loc["m00", "demo_ids"][-2:]) == {"m02", "m01"}  # the two other exact "Paris"
 
 
-def test_ties_are_broken_at_random_but_reproducibly(encoder):
+@pytest.mark.parametrize("method", ["simcse", "bm25"])
+def test_ties_are_broken_at_random_but_reproducibly(encoder, method):
     """Identical strings tie exactly. Each query orders its ties by a seeded draw, so queries that
     share a surface form get different demonstrations (not the same first few of the pool), and
-    the same seed gives the same result; distinct scores are never reordered."""
+    the same seed gives the same result; distinct scores are never reordered. BM25 too: a plain
+    top-k would break its ties by pool order, and the retrieval ablation would measure that."""
     mentions = make_mentions([("train", "Paris", False)] * 40 + [("test", "Paris", False)] * 10
                              + [("test", "Paris Hilton", False)])
-    first = retrieve(mentions, "simcse", 3, encoder=encoder, seed=0).set_index("id")
-    again = retrieve(mentions, "simcse", 3, encoder=encoder, seed=0).set_index("id")
-    other = retrieve(mentions, "simcse", 3, encoder=encoder, seed=1).set_index("id")
+    first = retrieve(mentions, method, 3, encoder=encoder, seed=0).set_index("id")
+    again = retrieve(mentions, method, 3, encoder=encoder, seed=0).set_index("id")
+    other = retrieve(mentions, method, 3, encoder=encoder, seed=1).set_index("id")
     assert first["demo_ids"].map(list).tolist() == again["demo_ids"].map(list).tolist()
     assert first["demo_ids"].map(list).tolist() != other["demo_ids"].map(list).tolist()
     tests = [f"m{i}" for i in range(40, 50)]
