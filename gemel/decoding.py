@@ -16,12 +16,15 @@ Three things keep it close to the cost of one forward pass over the prompt:
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
-from transformers import DynamicCache
+import torch.nn.functional as F
+from transformers import AttentionInterface, DynamicCache, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicLayer
 
 from gemel.model import Gemel, positions
 from gemel.prompt import Batch, Example, collate
@@ -104,18 +107,81 @@ class _Tree:
         return torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill(~mask, torch.finfo(self.dtype).min)
 
 
-def _prefill(model: Gemel, batch: Batch) -> tuple[DynamicCache, torch.Tensor]:
+class _GrowingLayer(DynamicLayer):
+    """A cache layer with spare room: a beam round appends a few tokens, where DynamicLayer's
+    torch.cat would copy the whole prompt cache every round."""
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any, **kwargs: Any
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+            self.used, self.room = 0, None
+        used, n = self.used, key_states.shape[-2]
+        if self.room is None or used + n > self.room[0].shape[-2]:
+            size = used + n + max(512, (used + n) // 2)
+            room = tuple(x.new_empty((*x.shape[:-2], size, x.shape[-1])) for x in (key_states, value_states))
+            if used:
+                room[0][..., :used, :], room[1][..., :used, :] = self.keys, self.values
+            self.room = room
+        self.room[0][..., used:used + n, :] = key_states
+        self.room[1][..., used:used + n, :] = value_states
+        self.used = used + n
+        self.keys, self.values = self.room[0][..., :self.used, :], self.room[1][..., :self.used, :]
+        return self.keys, self.values
+
+
+def _growing_cache() -> Cache:
+    """Made without the model's config, it keeps every position in every layer: a sliding-window
+    layer's own cache would evict by count, and beams are extra positions (_Tree applies windows)."""
+    return Cache(layer_class_to_replicate=_GrowingLayer)
+
+
+def _grouped_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                  attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                  **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """sdpa for beam rounds. Given a mask, transformers' sdpa copies every cached key and value
+    once per query-head group (repeat_kv); folding the groups into the query length reads each
+    one once. Windows and padding are in the mask."""
+    b, h, q, d = query.shape
+    groups = h // key.shape[1]
+    query = query.reshape(b, key.shape[1], groups * q, d)
+    if attention_mask is not None and groups > 1:
+        m = attention_mask
+        attention_mask = m.unsqueeze(2).expand(m.shape[0], m.shape[1], groups, q, m.shape[-1]).reshape(
+            m.shape[0], m.shape[1], groups * q, m.shape[-1])
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling)
+    return out.reshape(b, h, q, d).transpose(1, 2).contiguous(), None
+
+
+GROUPED_SDPA = "gemel_grouped_sdpa"
+AttentionInterface.register(GROUPED_SDPA, _grouped_sdpa)
+
+
+@contextlib.contextmanager
+def _beam_attention(llm: PreTrainedModel) -> Iterator[None]:
+    """Beam rounds of an sdpa model use `_grouped_sdpa`; the prefill and everything else keep sdpa."""
+    impl = llm.config._attn_implementation
+    if impl != "sdpa":
+        yield
+        return
+    llm.set_attn_implementation(GROUPED_SDPA)
+    try:
+        yield
+    finally:
+        llm.set_attn_implementation(impl)
+
+
+def _prefill(model: Gemel, batch: Batch) -> tuple[Cache, torch.Tensor]:
     """The prompts' KV cache, left-padded, and each prompt's next-token log-probabilities.
 
     On a CPU each prompt runs alone and the caches are stacked: padding would cost compute and
     push attention off its causal fast path. A GPU runs the padded batch in one pass. Either way
-    the cache is made without the model's config, so it keeps every position in every layer: a
-    sliding-window layer's own cache would evict by count, and beams are extra positions."""
+    the cache has room for the beams' tokens (`_growing_cache`)."""
     dev = model.device
     attn = batch.attention_mask
     n, width = attn.shape
     if dev.type != "cpu" or n == 1:
-        cache = DynamicCache()
+        cache = _growing_cache()
         h = model.forward_hidden(batch, cache=cache, use_cache=True).last_hidden_state[:, -1]
         return cache, torch.log_softmax(model.logits(h), dim=-1)
     embeds = model.embed(batch)
@@ -127,7 +193,7 @@ def _prefill(model: Gemel, batch: Batch) -> tuple[DynamicCache, torch.Tensor]:
                                  position_ids=torch.arange(width - start, device=dev)[None]).last_hidden_state
         caches.append(cache)
         last.append(h[0, -1])
-    stacked = DynamicCache()
+    stacked = _growing_cache()
     for layer in range(len(caches[0].layers)):
         parts = []
         for kind in ("keys", "values"):
@@ -207,14 +273,15 @@ def beam_search(model: Gemel, batch: Batch, trie: Trie, num_beams: int, max_new_
     return [sorted(f, key=lambda h: -h.score)[:num_beams] for f in finished]
 
 
-def _feed(model: Gemel, tree: _Tree, cache: DynamicCache, live: list[list[_Beam]], step: int) -> None:
+def _feed(model: Gemel, tree: _Tree, cache: Cache, live: list[list[_Beam]], step: int) -> None:
     """One LLM pass over every beam's new token and forced chain; fills in their slots, the forced
     tokens' log-probabilities and the row after each chain."""
     dev = model.device
     feeding = [[bm for bm in bs if bm.feed] for bs in live]
     ids, pos, masks, slot = tree.add([[(bm.last, step, bm.feed) for bm in f] for f in feeding])
-    h = model.llm.base_model(input_ids=torch.from_numpy(ids).to(dev), attention_mask=masks,
-                             position_ids=torch.from_numpy(pos).to(dev), cache=cache, use_cache=True).last_hidden_state
+    with _beam_attention(model.llm):
+        h = model.llm.base_model(input_ids=torch.from_numpy(ids).to(dev), attention_mask=masks,
+                                 position_ids=torch.from_numpy(pos).to(dev), cache=cache, use_cache=True).last_hidden_state
     real = slot >= 0
     logp = torch.log_softmax(model.logits(h[torch.from_numpy(real).to(dev)]), dim=-1)
     flat = slot[real]  # h[real] and `flat` run prompt by prompt, beam by beam, as `feeding` does
