@@ -28,11 +28,10 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype of the LLM's forward and backward passes, None for plain fp32. `auto` is
     bf16 on a GPU and fp32 on a CPU (where bf16 is fast only with AVX512-BF16 or AMX, and slow
     without). The mapper's weights and AdamW's moments stay fp32 either way."""
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
-    if precision in ("bf16", "fp32"):
-        return torch.bfloat16 if precision == "bf16" else None
-    raise ValueError(f"train.precision: '{precision}' is not one of auto, fp32, bf16")
+    choices = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bf16": torch.bfloat16, "fp32": None}
+    if precision not in choices:
+        raise ValueError(f"train.precision: '{precision}' is not one of {', '.join(choices)}")
+    return choices[precision]
 
 
 def optimizer_steps(n_examples: int, p: TrainParams) -> int:
