@@ -102,6 +102,8 @@ class PrepareParams:
     dev_fraction: float = 0.1
     seed: int = 0
     invalid_records: str = "error"
+    split_key: str | None = None  # the dataset's entry in a split file nesting several datasets
+    limit: dict[str, int | None] | None = None  # split -> first N mentions (a subset run)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -173,3 +173,294 @@ def test_skip_policy_counts_bad_records(tmp_path: Path) -> None:
     assert "x9" not in set(out.mentions["id"]) and "x10" in set(out.mentions["id"])
     assert out.report["skipped_records"] == 1
     assert out.report["skipped"][0]["record"] == "x9" and out.report["skipped"][0]["field"] == "mention"
+
+
+# ---------------------------------------------------------------- WikiMEL (MELBench + GHMFC)
+
+def wikimel_fixture(tmp: Path) -> Path:
+    """WikiMEL as published: one JSON object keyed by (string) record id for all splits, GHMFC's
+    splits.json listing string ids (two with no record), qid2ne/qid2abs, images named by id."""
+    d = tmp / "WikiMEL"
+    (d / "images").mkdir(parents=True)
+    (d / "images" / "101.jpg").write_bytes(b"x")
+    rec = lambda rid, sentence, mentions, entities, answer: {  # noqa: E731
+        "id": rid, "sentence": sentence, "imgPath": f"{rid}.jpg", "mentions": mentions, "entities": entities, "answer": answer}
+    data = {
+        "101": rec("101", "Obama met Merkel.", ["Obama", "Merkel"], ["Barack Obama", "Angela Merkel"], ["Q76", "Q567"]),
+        "102": rec("102", "Merkel spoke.", ["Merkel"], ["Merkel"], ["Q567"]),  # a name that is not the KB's
+        "103": rec("103", "Obama waved.", ["Obama"], ["Barack Obama"], ["Q76"]),
+        "104": rec("104", "Paris at night.", ["Paris"], ["Paris"], ["Q90"]),
+        "105": rec("105", "Bob smiled.", ["Bob"], ["nil"], ["nil"]),
+        "106": rec("106", "Not in any split.", ["split"], ["Paris"], ["Q90"]),
+        "107": rec("107", "Nor this one.", ["one"], ["Paris"], ["Q90"]),
+    }
+    (d / "Wikidata-MEL.json").write_text(json.dumps(data))
+    (d / "splits.json").write_text(json.dumps({"train": ["101", "102", "999"], "dev": ["103"], "test": ["104", "105", "998"]}))
+    (d / "qid2ne.json").write_text(json.dumps({"Q76": "Barack Obama", "Q567": "Angela Merkel", "Q90": "Paris"}))
+    (d / "qid2abs.json").write_text(json.dumps({"Q90": "Capital of France."}))
+    return d
+
+
+def wikimel(d: Path, input: Path | None = None, **kw) -> PrepareParams:
+    return PrepareParams(format="melbench", dataset="wikimel", input=str(input or d / "Wikidata-MEL.json"),
+                         split_file=str(d / "splits.json"), **kw)
+
+
+def test_wikimel_single_file_with_split_file(tmp_path: Path) -> None:
+    d = wikimel_fixture(tmp_path)
+    out = prepare(wikimel(d), root=Path("/"))
+    m = out.mentions.set_index("id")
+    assert list(m.index) == ["101-0", "101-1", "102-0", "103-0", "104-0", "105-0"]  # split-list order
+    assert list(m["split"]) == ["train", "train", "train", "dev", "test", "test"]
+    assert m.loc["101-1", "entity_id"] == "Q567" and m.loc["101-1", "start"] == 10
+    assert m.loc["102-0", "entity_name"] == "Angela Merkel"  # the KB's name, not the record's "Merkel"
+    assert bool(m.loc["105-0", "is_nil"]) and pd_isna(m.loc["105-0", "entity_id"])
+    assert m.loc["101-0", "image"] == str(d / "images" / "101.jpg")
+    assert m.loc["104-0", "image"] == str(d / "images" / "104.jpg")  # expected path, counted missing
+    r = out.report
+    assert r["records_read"] == {"train": 2, "dev": 1, "test": 2}
+    assert r["split_ids_not_in_annotations"] == {"train": 1, "dev": 0, "test": 1}
+    assert r["records_in_no_split"] == 2
+    assert r["split_overlaps"] == {} and r["split_ids_repeated"] == 0
+    assert r["gold_names_from_kb"] == 1 and r["kb_names_merged"] == 0
+    assert r["dev_carved_from_train"] is False
+    assert r["kb_entities"] == 3 and r["gold_not_in_kb"] == 0 and r["missing_image"] == 4
+
+
+def test_wikimel_folder_input_finds_the_annotation_file(tmp_path: Path) -> None:
+    d = wikimel_fixture(tmp_path)
+    by_file, by_folder = prepare(wikimel(d), root=Path("/")), prepare(wikimel(d, input=d), root=Path("/"))
+    assert by_file.mentions.equals(by_folder.mentions) and by_file.report == by_folder.report
+
+
+def test_wikimel_folder_with_two_annotation_files(tmp_path: Path) -> None:
+    d = wikimel_fixture(tmp_path)
+    (d / "extra.json").write_text("{}")
+    with pytest.raises(DataError, match=r"WikiMEL: with prepare.split_file, format melbench expects one annotation JSON "
+                                        r"here .*found Wikidata-MEL\.json, extra\.json"):
+        prepare(wikimel(d, input=d), root=Path("/"))
+
+
+def test_melbench_single_file_needs_split_file(tmp_path: Path) -> None:
+    d = wikimel_fixture(tmp_path)
+    with pytest.raises(DataError, match=r"Wikidata-MEL\.json: one annotation file for all splits .* needs prepare\.split_file"):
+        prepare(PrepareParams(format="melbench", dataset="w", input=str(d / "Wikidata-MEL.json")), root=Path("/"))
+
+
+def test_melbench_folder_layout_expected_vs_found(tmp_path: Path) -> None:
+    d = wikimel_fixture(tmp_path)
+    with pytest.raises(DataError, match=r"WikiMEL: format melbench expects train\.json and test\.json here .*"
+                                        r"found Wikidata-MEL\.json, qid2abs\.json, qid2ne\.json, splits\.json"):
+        prepare(PrepareParams(format="melbench", dataset="w", input=str(d)), root=Path("/"))
+
+
+def test_melbench_given_a_list_says_expected_and_found(tmp_path: Path) -> None:
+    d = wikimel_fixture(tmp_path)
+    (d / "Wikidata-MEL.json").write_text(json.dumps([{"id": "101", "sentence": "s"}]))
+    with pytest.raises(DataError, match=r"Wikidata-MEL\.json: format melbench expects a JSON object keyed by record id, "
+                                        r".*; found a JSON list of 1 item"):
+        prepare(wikimel(d), root=Path("/"))
+
+
+def test_wikimel_malformed_mention_names_file_record_field(tmp_path: Path) -> None:
+    d = wikimel_fixture(tmp_path)
+    data = json.loads((d / "Wikidata-MEL.json").read_text())
+    data["101"]["mentions"][1] = ["Merkel"]
+    (d / "Wikidata-MEL.json").write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"Wikidata-MEL\.json: record 101: field 'mentions\[1\]': expected a string; found a JSON list"):
+        prepare(wikimel(d), root=Path("/"))
+    out = prepare(wikimel(d, invalid_records="skip"), root=Path("/"))
+    assert "101-1" not in set(out.mentions["id"]) and "101-0" in set(out.mentions["id"])
+    assert out.report["skipped"][0] == {"file": str(d / "Wikidata-MEL.json"), "record": "101", "field": "mentions[1]",
+                                        "reason": "expected a string; found a JSON list of 1 item(s)"}
+
+
+# ---------------------------------------------------------------- WikiDiverse (KGMEL)
+
+def wikidiverse_fixture(tmp: Path) -> Path:
+    """KGMEL's WikiDiverse as published: a JSON list with int ids, parallel mention/entity/answer
+    lists, no KB, and ids_split_mappings.json nesting three datasets' splits (int ids, `val`,
+    overlapping lists, one listed id with no record, one record in no split)."""
+    d = tmp / "WikiDiverse"
+    d.mkdir()
+    rec = lambda rid, sentence, mention, entity, answer: {  # noqa: E731
+        "id": rid, "sentence": sentence, "imgPath": f"wikinews/{rid}.jpg", "img-url": f"https://upload.example/{rid}.jpg",
+        "mention": mention, "entity": entity, "answer": answer}
+    data = [
+        rec(0, "Paris in spring.", ["Paris"], ["Paris"], ["Q90"]),
+        rec(1, "Hilton and Paris.", ["Hilton", "Paris"], ["Hilton Hotels", "Paris Hilton"], ["Q598884", "Q47899"]),
+        rec(2, "Paris, France.", ["Paris"], ["Paris, France"], ["Q90"]),
+        rec(3, "Paris again.", ["Paris"], ["Paris"], ["Q90"]),
+        rec(4, "Nothing here.", ["thing", "stuff", "it", "that"], ["nil", "NIL", "", None], ["nil", "NIL", "", None]),
+        rec(5, "Hilton Paris.", ["Hilton"], ["Hilton Worldwide"], ["Q598884"]),
+        rec(6, "In no split.", ["split"], ["Split"], ["Q1"]),
+        rec(7, "Everywhere.", ["where"], ["Where"], ["Q2"]),
+    ]
+    (d / "wikidiverse.json").write_text(json.dumps(data))
+    (d / "ids_split_mappings.json").write_text(json.dumps({
+        "WikiDiverse": {"train": [0, 2, 3, 7], "val": [3, 4, 7], "test": [1, 5, 99, 7]},
+        "WikiMEL": {"train": ["a"], "val": [], "test": ["b"]},
+        "RichpediaMEL": {"train": ["Q1"], "val": [], "test": []},
+    }))
+    return d
+
+
+def wikidiverse(d: Path, **kw) -> PrepareParams:
+    kw.setdefault("split_key", "WikiDiverse")
+    return PrepareParams(format="kgmel_wikidiverse", dataset="wikidiverse", input=str(d / "wikidiverse.json"),
+                         split_file=str(d / "ids_split_mappings.json"), **kw)
+
+
+def test_wikidiverse_as_published(tmp_path: Path) -> None:
+    d = wikidiverse_fixture(tmp_path)
+    out = prepare(wikidiverse(d), root=Path("/"))
+    m = out.mentions.set_index("id")
+    # Overlaps go to the evaluation split: 3 train+val -> dev, 7 train+val+test -> test.
+    assert list(m.index) == ["0-0", "2-0", "3-0", "4-0", "4-1", "4-2", "4-3", "1-0", "1-1", "5-0", "7-0"]
+    assert list(m["split"]) == ["train"] * 2 + ["dev"] * 5 + ["test"] * 4
+    assert m.loc["0-0", "image"] == str(d / "wikinews" / "0.jpg")
+    assert all(m.loc[f"4-{i}", "is_nil"] for i in range(4)) and m.loc[[f"4-{i}" for i in range(4)], "entity_id"].isna().all()
+    r = out.report
+    assert r["records_read"] == {"train": 2, "dev": 2, "test": 3}
+    assert r["split_overlaps"] == {"train+dev": 1, "train+dev+test": 1}
+    assert r["split_ids_not_in_annotations"] == {"train": 0, "dev": 0, "test": 1}
+    assert r["records_in_no_split"] == 1  # record 6
+    assert r["dev_carved_from_train"] is False and r["nil"] == 4
+
+
+def test_wikidiverse_overlap_policy(tmp_path: Path) -> None:
+    d = wikidiverse_fixture(tmp_path)
+    (d / "ids_split_mappings.json").write_text(json.dumps({"WikiDiverse": {
+        "train": [0, 1, 2, 3, 5], "val": [1, 2], "test": [2, 3, 5, 5]}}))
+    out = prepare(wikidiverse(d), root=Path("/"))
+    split_of = dict(zip(out.mentions["id"].str.split("-").str[0], out.mentions["split"]))
+    assert split_of == {"0": "train", "1": "dev", "2": "test", "3": "test", "5": "test"}
+    assert out.report["split_overlaps"] == {"train+dev": 1, "train+dev+test": 1, "train+test": 2}
+    assert out.report["split_ids_repeated"] == 1
+    assert out.report["records_read"] == {"train": 1, "dev": 1, "test": 3}
+    assert out.report["records_in_no_split"] == 3  # 4, 6, 7
+
+
+def test_wikidiverse_kb_from_data_merges_names(tmp_path: Path) -> None:
+    d = wikidiverse_fixture(tmp_path)
+    out = prepare(wikidiverse(d), root=Path("/"))
+    kb = out.kb.set_index("entity_id")["name"].to_dict()
+    # Q90: "Paris" x2 (records 0, 3) beats "Paris, France" x1; Q598884: a tie, the first seen wins
+    # (record 1, in test, is seen before record 5 in the test list's order).
+    assert kb == {"Q90": "Paris", "Q598884": "Hilton Hotels", "Q47899": "Paris Hilton", "Q2": "Where"}
+    assert out.report["kb_names_merged"] == 2
+    m = out.mentions.set_index("id")
+    assert m.loc["2-0", "entity_name"] == "Paris" and m.loc["5-0", "entity_name"] == "Hilton Hotels"
+    assert out.report["gold_names_from_kb"] == 2 and out.report["gold_not_in_kb"] == 0
+    named = out.mentions[~out.mentions["is_nil"]]
+    assert (named["entity_name"] == named["entity_id"].map(kb)).all()  # exact match is consistent
+
+
+def test_wikidiverse_split_key_missing_lists_names(tmp_path: Path) -> None:
+    d = wikidiverse_fixture(tmp_path)
+    with pytest.raises(DataError, match=r"ids_split_mappings\.json nests splits under dataset names "
+                                        r"WikiDiverse, WikiMEL, RichpediaMEL: set prepare\.split_key$"):
+        prepare(wikidiverse(d, split_key=None), root=Path("/"))
+    with pytest.raises(DataError, match=r"ids_split_mappings\.json nests splits under dataset names WikiDiverse, "
+                                        r"WikiMEL, RichpediaMEL: prepare\.split_key 'Wikidiverse' is not one of them"):
+        prepare(wikidiverse(d, split_key="Wikidiverse"), root=Path("/"))
+
+
+def test_split_key_picks_another_datasets_entry(tmp_path: Path) -> None:
+    # KGMEL's file also holds WikiMEL's splits (string ids): usable with WikiMEL's annotations.
+    d = wikimel_fixture(tmp_path)
+    (d / "ids_split_mappings.json").write_text(json.dumps({
+        "WikiDiverse": {"train": [0], "val": [], "test": [1]},
+        "WikiMEL": {"train": ["101"], "val": ["102"], "test": ["104"]}}))
+    p = PrepareParams(format="melbench", dataset="w", input=str(d / "Wikidata-MEL.json"),
+                      split_file=str(d / "ids_split_mappings.json"), split_key="WikiMEL")
+    out = prepare(p, root=Path("/"))
+    assert list(out.mentions["id"]) == ["101-0", "101-1", "102-0", "104-0"]
+    assert list(out.mentions["split"]) == ["train", "train", "dev", "test"]
+
+
+def test_kgmel_given_an_object_says_expected_and_found(tmp_path: Path) -> None:
+    d = wikidiverse_fixture(tmp_path)
+    (d / "wikidiverse.json").write_text(json.dumps({"0": {"sentence": "s"}}))
+    with pytest.raises(DataError, match=r"wikidiverse\.json: format kgmel_wikidiverse expects a JSON list of records, "
+                                        r"\[\{\"id\", \"sentence\", \"mention\": \[\.\.\.\].*; found a JSON object with keys 0"):
+        prepare(wikidiverse(d), root=Path("/"))
+
+
+@pytest.mark.parametrize("split_file, message", [
+    ([[0, 1]], r"expected a JSON object \(split -> \[record ids\], dataset name -> \{split -> \[record ids\]\}, or "
+               r"record id -> split\); found a JSON list of 1 item"),
+    ({"training": [0], "test": [1]}, r"unknown split name 'training': expected train, dev \(or val, valid\) and test; "
+                                     r"found training, test"),
+    ({"train": [0], "val": [1], "dev": [2]}, r"two lists name the dev split; found train, val, dev"),
+    ({"train": [0, [1]], "test": []}, r"train\[1\]: expected a record id \(a string or an integer\); found a JSON list"),
+    ({"WikiDiverse": {"train": 5}}, r"\[WikiDiverse\]: expected split -> \[record ids\]; found a JSON object with keys train"),
+    ({"train": [0], "test": "x"}, r"found one whose values are list, str"),
+])
+def test_split_file_layout_errors(tmp_path: Path, split_file: object, message: str) -> None:
+    d = wikidiverse_fixture(tmp_path)
+    (d / "ids_split_mappings.json").write_text(json.dumps(split_file))
+    with pytest.raises(DataError, match=r"ids_split_mappings\.json.*" + message):
+        prepare(wikidiverse(d), root=Path("/"))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: r[1]["mention"].__setitem__(1, 5), r"record 1: field 'mention\[1\]': expected a string; found a JSON int \(5\)"),
+    (lambda r: r[1]["answer"].__setitem__(0, ["Q1"]), r"record 1: field 'answer\[0\]': expected an entity id or a NIL marker"),
+    (lambda r: r[1]["entity"].pop(), r"record 1: field 'mention': mention, entity and answer differ in length \(2, 1, 2\)"),
+    (lambda r: r[0].pop("sentence"), r"record 0: field 'sentence': missing required field"),
+    (lambda r: r[0].pop("entity"), r"record 0: field 'entity': missing required field \(the record has id, sentence, imgPath"),
+    (lambda r: r[2].pop("id"), r"record #2: field 'id': missing required field"),
+    (lambda r: r[2].__setitem__("id", 0), r"record 0: field 'id': duplicate record id \(first at list position 0\)"),
+])
+def test_wikidiverse_bad_record_names_file_record_field(tmp_path: Path, change, message: str) -> None:
+    d = wikidiverse_fixture(tmp_path)
+    records = json.loads((d / "wikidiverse.json").read_text())
+    change(records)
+    (d / "wikidiverse.json").write_text(json.dumps(records))
+    with pytest.raises(DataError, match=r"wikidiverse\.json: " + message):
+        prepare(wikidiverse(d), root=Path("/"))
+    assert prepare(wikidiverse(d, invalid_records="skip"), root=Path("/")).report["skipped_records"] == 1
+
+
+def test_kgmel_needs_split_file(tmp_path: Path) -> None:
+    d = wikidiverse_fixture(tmp_path)
+    with pytest.raises(DataError, match=r"wikidiverse\.json: format kgmel_wikidiverse needs prepare\.split_file"):
+        prepare(PrepareParams(format="kgmel_wikidiverse", dataset="w", input=str(d / "wikidiverse.json")), root=Path("/"))
+
+
+# ---------------------------------------------------------------- subset runs
+
+def test_limit_keeps_first_mentions_in_order_and_is_deterministic(tmp_path: Path) -> None:
+    d = wikidiverse_fixture(tmp_path)
+    full = prepare(wikidiverse(d), root=Path("/"))
+    limit = {"train": 1, "dev": 3, "test": None}
+    a, b = (prepare(wikidiverse(d, limit=limit), root=Path("/")) for _ in range(2))
+    assert a.mentions.equals(b.mentions) and a.kb.equals(b.kb) and a.report == b.report
+    for split, n in (("train", 1), ("dev", 3), ("test", 4)):
+        got = list(a.mentions.loc[a.mentions["split"] == split, "id"])
+        assert got == list(full.mentions.loc[full.mentions["split"] == split, "id"])[:n]
+    assert a.report["limit"] == limit and a.report["mentions_before_limit"] == {"train": 2, "dev": 5, "test": 4}
+    assert {s: v["mentions"] for s, v in a.report["splits"].items()} == {"train": 1, "dev": 3, "test": 4}
+    assert a.kb.equals(full.kb)  # the KB is the dataset's, not the subset's
+    assert full.report["limit"] is None
+
+
+def test_limit_applies_after_the_carved_dev_split(tmp_path: Path) -> None:
+    d = melbench_fixture(tmp_path, lists=False)
+    full = prepare(params(d, "melbench", dev_fraction=0.25), root=Path("/"))
+    sub = prepare(params(d, "melbench", dev_fraction=0.25, limit={"train": 4, "dev": 2}), root=Path("/"))
+    for split, n in (("train", 4), ("dev", 2), ("test", 1)):
+        assert list(sub.mentions.loc[sub.mentions["split"] == split, "id"]) == \
+            list(full.mentions.loc[full.mentions["split"] == split, "id"])[:n]
+    assert sub.report["mentions_before_limit"] == {"train": 15, "dev": 5, "test": 1}
+
+
+@pytest.mark.parametrize("limit, message", [
+    ({"val": 3}, r"prepare\.limit: unknown split 'val'"),
+    ({"train": 0}, r"prepare\.limit\.train: expected an integer >= 1 or null; found 0"),
+    ([5], r"prepare\.limit: expected null or a mapping"),
+])
+def test_bad_limit(tmp_path: Path, limit: object, message: str) -> None:
+    with pytest.raises(DataError, match=message):
+        prepare(params(melbench_fixture(tmp_path, lists=False), "melbench", limit=limit), root=Path("/"))

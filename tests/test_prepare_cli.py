@@ -2,10 +2,12 @@
 tables of an earlier complete run left exactly as they were."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -70,3 +72,49 @@ def test_malformed_file_exits_2_and_keeps_outputs(tmp_path: Path, done: tuple[Pa
     result = run_prepare(write_params(tmp_path, **section))
     assert_failed_cleanly(result, data / "test.json", before, tmp_path)
     assert "malformed JSON" in result.stderr
+
+
+def nested_splits(tmp: Path) -> tuple[Path, Path]:
+    """A KGMEL-style list file and an ids_split_mappings.json nesting two datasets' splits."""
+    records = [{"id": i, "sentence": f"Paris {i}.", "imgPath": f"{i}.jpg", "img-url": f"https://x.org/{i}.jpg",
+                "mention": ["Paris"], "entity": ["Paris"], "answer": ["Q90"]} for i in range(6)]
+    (tmp / "wd.json").write_text(json.dumps(records), encoding="utf-8")
+    splits = tmp / "ids_split_mappings.json"
+    splits.write_text(json.dumps({"WikiDiverse": {"train": [0, 1, 2], "val": [3], "test": [4, 5]},
+                                  "WikiMEL": {"train": ["a"], "val": [], "test": []}}), encoding="utf-8")
+    return tmp / "wd.json", splits
+
+
+def test_split_key_missing_exits_2_naming_the_datasets(tmp_path: Path, done: tuple[Path, dict]) -> None:
+    before = outputs(tmp_path)
+    data, splits = nested_splits(tmp_path)
+    section = {**done[1], "format": "kgmel_wikidiverse", "input": str(data), "kb": None, "images": None,
+               "split_file": str(splits)}
+    result = run_prepare(write_params(tmp_path, **section))
+    assert_failed_cleanly(result, splits, before, tmp_path)
+    assert "nests splits under dataset names WikiDiverse, WikiMEL: set prepare.split_key" in result.stderr
+
+
+def test_bad_limit_is_a_config_error(tmp_path: Path, done: tuple[Path, dict]) -> None:
+    before = outputs(tmp_path)
+    bad = write_params(tmp_path, **done[1], limit={"val": 3})
+    result = run_prepare(bad)
+    assert_failed_cleanly(result, bad, before, tmp_path)
+    assert "prepare.limit" in result.stderr
+
+
+def test_subset_run_is_byte_identical_and_reported(tmp_path: Path) -> None:
+    data, splits = nested_splits(tmp_path)
+    section = {"format": "kgmel_wikidiverse", "input": str(data), "kb": None, "images": None,
+               "split_file": str(splits), "split_key": "WikiDiverse", "limit": {"train": 2, "test": 1}}
+    runs = []
+    for name in ("a", "b"):
+        ok = run_prepare(write_params(tmp_path, **section, out=str(tmp_path / name)))
+        assert ok.returncode == 0, ok.stderr
+        runs.append({p.name: p.read_bytes() for p in sorted((tmp_path / name).iterdir())})
+    assert runs[0] == runs[1] and set(runs[0]) == {"mentions.parquet", "kb.parquet", "report.json"}
+    report = json.loads(runs[0]["report.json"])
+    assert report["limit"] == {"train": 2, "test": 1}
+    assert report["mentions_before_limit"] == {"train": 3, "dev": 1, "test": 2}
+    assert {s: v["mentions"] for s, v in report["splits"].items()} == {"train": 2, "dev": 1, "test": 1}
+    assert pd.read_parquet(tmp_path / "a" / "mentions.parquet")["id"].tolist() == ["0-0", "1-0", "3-0", "4-0"]

@@ -2,7 +2,8 @@
 
 Every importer returns mention rows (dicts with the MENTIONS columns) and KB rows, and reports
 bad records through `Problems`, which either raises a DataError naming file, record and field, or
-(with invalid_records: skip) drops the record and keeps a count.
+(with invalid_records: skip) drops the record and keeps a count. Layout errors (the wrong kind of
+file) always raise, saying what was expected and what was found.
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from gemel.data.tables import SPLITS
 
 NIL_MARKERS = {"nil", "NIL", "Nil", ""}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
@@ -39,6 +42,13 @@ class Imported:
     kb: list[dict[str, Any]]
     records: dict[str, int]  # raw records read per split, before any is skipped
     duplicate_ids: int = 0
+    # Datasets with a split file: what the published files disagree on, counted rather than fatal.
+    records_in_no_split: int = 0
+    split_ids_not_in_annotations: dict[str, int] = field(default_factory=dict)
+    split_overlaps: dict[str, int] = field(default_factory=dict)  # "train+test" -> ids (kept in test)
+    split_ids_repeated: int = 0
+    kb_names_merged: int = 0  # KB built from the data: ids that carried several names
+    gold_names_from_kb: int = 0  # mentions whose given entity name was replaced by the KB's name
 
 
 @dataclass(frozen=True)
@@ -49,6 +59,7 @@ class Source:
     kb: Path | None = None
     images: Path | None = None
     split_file: Path | None = None
+    split_key: str | None = None  # the dataset's entry in a split file that nests several datasets
 
 
 # ---------------------------------------------------------------- shared readers
@@ -224,108 +235,335 @@ def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def import_melbench(src: Source, problems: Problems) -> Imported:
-    """MELBench / GHMFC (RichpediaMEL, WikiMEL): a JSON object keyed by record id with
-    sentence, mentions, entities, answer (scalars, or parallel lists for several mentions)."""
-    files = split_files(src.input, (".json",))
-    kb_path = src.kb or src.input / "qid2ne.json"
-    kb = read_kb_file(kb_path, descriptions=kb_path.parent / "qid2abs.json")
+def found(value: Any) -> str:
+    """What a layout check found, for its error message."""
+    if isinstance(value, dict) and not value:
+        return "an empty JSON object"
+    if isinstance(value, dict):
+        return f"a JSON object with keys {', '.join(map(str, list(value)[:6]))}" + (", ..." if len(value) > 6 else "")
+    if isinstance(value, list):
+        return f"a JSON list of {len(value)} item(s)"
+    return f"a JSON {type(value).__name__} ({value!r:.40})"
+
+
+# ---------------------------------------------------------------- split files
+
+SPLIT_NAMES = {"train": "train", "dev": "dev", "valid": "dev", "val": "dev", "test": "test"}
+# SPLITS (train, dev, test) is also the overlap policy's priority: an id listed in two splits goes
+# to the later one, so an evaluation record never doubles as a training one.
+SPLIT_LAYOUTS = "split -> [record ids], dataset name -> {split -> [record ids]}, or record id -> split"
+
+
+@dataclass
+class Splits:
+    """A split file resolved to exactly one split per record id, each split in its list order."""
+
+    ids: dict[str, list[str]]  # split -> record ids (as strings), only the splits the file has
+    overlaps: dict[str, int]  # "train+test" -> ids listed in both (kept in the later split)
+    repeated: int  # ids listed twice in one split's list (kept once)
+
+
+def read_split_file(path: Path, split_key: str | None = None) -> Splits:
+    """GHMFC's {split: [ids]}, {id: split}, or KGMEL's {dataset: {split: [ids]}} picked by split_key.
+    Ids are compared as strings: KGMEL lists ints, GHMFC strings."""
+    data = read_json(path)
+    if not isinstance(data, dict) or not data:
+        raise DataError(f"{path}: expected a JSON object ({SPLIT_LAYOUTS}); found {found(data)}")
+    values = list(data.values())
+    where = str(path)
+    if all(isinstance(v, dict) for v in values):
+        names = ", ".join(map(str, data))
+        if split_key is None:
+            raise DataError(f"{path} nests splits under dataset names {names}: set prepare.split_key")
+        if split_key not in data:
+            raise DataError(f"{path} nests splits under dataset names {names}: "
+                            f"prepare.split_key '{split_key}' is not one of them")
+        lists, where = data[split_key], f"{path} [{split_key}]"
+        if not all(isinstance(v, list) for v in lists.values()):
+            raise DataError(f"{where}: expected split -> [record ids]; found {found(lists)}")
+    elif all(isinstance(v, list) for v in values):
+        lists = data
+    elif all(isinstance(v, str) for v in values):
+        lists = {}
+        for rid, split in data.items():
+            lists.setdefault(split, []).append(rid)
+    else:
+        kinds = ", ".join(sorted({type(v).__name__ for v in values}))
+        raise DataError(f"{path}: expected a JSON object ({SPLIT_LAYOUTS}); found one whose values are {kinds}")
+    return resolve_splits(normalise_splits(lists, where))
+
+
+def normalise_splits(lists: dict[str, list[Any]], where: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, ids in lists.items():
+        split = SPLIT_NAMES.get(name)
+        if split is None:
+            raise DataError(f"{where}: unknown split name '{name}': expected train, dev (or val, valid) and test; "
+                            f"found {', '.join(map(str, lists))}")
+        if split in out:
+            raise DataError(f"{where}: two lists name the {split} split; found {', '.join(map(str, lists))}")
+        for i, rid in enumerate(ids):
+            if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+                raise DataError(f"{where}: {name}[{i}]: expected a record id (a string or an integer); "
+                                f"found {found(rid)}")
+        out[split] = [str(rid) for rid in ids]
+    return out
+
+
+def resolve_splits(lists: dict[str, list[str]]) -> Splits:
+    unique = {s: list(dict.fromkeys(lists[s])) for s in SPLITS if s in lists}
+    repeated = sum(len(lists[s]) - len(ids) for s, ids in unique.items())
+    listed_in: dict[str, list[str]] = {}
+    for split, ids in unique.items():
+        for rid in ids:
+            listed_in.setdefault(rid, []).append(split)
+    overlaps: dict[str, int] = {}
+    for splits in listed_in.values():
+        if len(splits) > 1:
+            key = "+".join(splits)
+            overlaps[key] = overlaps.get(key, 0) + 1
+    kept = {s: [rid for rid in ids if listed_in[rid][-1] == s] for s, ids in unique.items()}
+    return Splits(kept, dict(sorted(overlaps.items())), repeated)
+
+
+# ---------------------------------------------------------------- records with mention lists
+
+@dataclass(frozen=True)
+class Layout:
+    """A layout whose records hold a text and parallel mention / entity name / answer fields
+    (lists, or scalars for one mention): MELBench/GHMFC and KGMEL differ only in names."""
+
+    format: str
+    mentions: str
+    names: str
+    keyed: bool  # records are a JSON object keyed by record id, else a list with an `id` field
+    text: str = "sentence"
+    answers: str = "answer"
+
+    @property
+    def shape(self) -> str:
+        record = f'{{"{self.text}", "{self.mentions}": [...], "{self.names}": [...], "{self.answers}": [...]}}'
+        return f'a JSON object keyed by record id, {{"<id>": {record}}}' if self.keyed \
+            else f'a JSON list of records, [{{"id", {record[1:]}]'
+
+
+MELBENCH = Layout("melbench", mentions="mentions", names="entities", keyed=True)
+KGMEL = Layout("kgmel_wikidiverse", mentions="mention", names="entity", keyed=False)
+ImageOf = Callable[[str, dict[str, Any]], str | None]
+
+
+def read_records(path: Path, layout: Layout, problems: Problems) -> tuple[dict[str, Any], int]:
+    """Record id -> raw record, in file order, and the number of duplicate ids dropped."""
+    data = read_json(path)
+    if isinstance(data, dict) != layout.keyed or not isinstance(data, (dict, list)):
+        raise DataError(f"{path}: format {layout.format} expects {layout.shape}; found {found(data)}")
+    if layout.keyed:
+        return {str(rid): obj for rid, obj in data.items()}, 0
+    records: dict[str, Any] = {}
+    position: dict[str, int] = {}
+    duplicates = 0
+    for index, obj in enumerate(data):
+        if not isinstance(obj, dict):
+            problems.bad(path, f"#{index}", "(record)", f"expected an object; found {found(obj)}")
+            continue
+        if "id" not in obj:
+            problems.bad(path, f"#{index}", "id", f"missing required field (the record has {', '.join(obj)})")
+            continue
+        rid = obj["id"]
+        if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+            problems.bad(path, f"#{index}", "id", f"expected a string or an integer; found {found(rid)}")
+            continue
+        rid = str(rid)
+        if rid in records:
+            duplicates += 1
+            problems.bad(path, rid, "id", f"duplicate record id (first at list position {position[rid]})")
+            continue
+        records[rid], position[rid] = obj, index
+    return records, duplicates
+
+
+def record_rows(obj: Any, rid: str, split: str, file: Path, layout: Layout, kb_ids: set[str],
+                kb_by_name: dict[str, str], image_of: ImageOf, problems: Problems) -> list[dict[str, Any]]:
+    """The mention rows of one record; bad records and mentions go to `problems`."""
+    if not isinstance(obj, dict):
+        problems.bad(file, rid, "(record)", f"expected an object; found {found(obj)}")
+        return []
+    text = text_field(obj, layout.text, file, rid, problems)
+    missing = [k for k in (layout.mentions, layout.names, layout.answers) if k not in obj]
+    if missing:
+        problems.bad(file, rid, missing[0], f"missing required field (the record has {', '.join(obj)})")
+        return []
+    if text is None:
+        return []
+    mentions, names, answers = (as_list(obj[k]) for k in (layout.mentions, layout.names, layout.answers))
+    if not len(mentions) == len(names) == len(answers):
+        problems.bad(file, rid, layout.mentions, f"{layout.mentions}, {layout.names} and {layout.answers} differ "
+                                                 f"in length ({len(mentions)}, {len(names)}, {len(answers)})")
+        return []
+    image = image_of(rid, obj)
+    several = isinstance(obj[layout.mentions], list)
+    rows = []
+    for i, (mention, name, answer) in enumerate(zip(mentions, names, answers)):
+        at = f"[{i}]" if several else ""
+        if not isinstance(mention, str):
+            problems.bad(file, rid, layout.mentions + at, f"expected a string; found {found(mention)}")
+            continue
+        if not mention.strip():
+            problems.bad(file, rid, layout.mentions + at, "empty mention")
+            continue
+        if answer is not None and not isinstance(answer, str):
+            problems.bad(file, rid, layout.answers + at,
+                         f"expected an entity id or a NIL marker; found {found(answer)}")
+            continue
+        if name is not None and not isinstance(name, str):
+            problems.bad(file, rid, layout.names + at,
+                         f"expected an entity name or a NIL marker; found {found(name)}")
+            continue
+        # NIL: a NIL answer, or a NIL name for an answer the KB does not know (nothing to link to).
+        nil = is_nil(answer) or (is_nil(name) and answer not in kb_ids)
+        eid = None if nil else resolve_entity(answer, name, kb_ids, kb_by_name)
+        mid = f"{rid}-{i}" if several else rid
+        rows.append(row(mid, rid, split, text, mention, image, eid, None if nil else name))
+    return rows
+
+
+def kb_from_data(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
+    """A KB from the gold answers when none ships: one name per id, the most frequent (ties: the
+    first seen), and how many ids had several names merged."""
+    names: dict[str, dict[str, int]] = {}
+    for r in rows:
+        if r["entity_id"] is not None:
+            counts = names.setdefault(r["entity_id"], {})
+            counts[r["entity_name"]] = counts.get(r["entity_name"], 0) + 1
+    kb = [{"entity_id": eid, "name": max(counts, key=counts.__getitem__), "description": None}
+          for eid, counts in sorted(names.items())]
+    return kb, sum(len(counts) > 1 for counts in names.values())
+
+
+def use_kb_names(rows: list[dict[str, Any]], kb: list[dict[str, Any]]) -> int:
+    """Gold names become the KB's name of the gold id, so an exact-match answer is the KB name the
+    decoder can produce; returns how many mentions' names changed."""
+    name_of = {e["entity_id"]: e["name"] for e in kb}
+    changed = 0
+    for r in rows:
+        kb_name = name_of.get(r["entity_id"])
+        if kb_name is not None and r["entity_name"] != kb_name:
+            r["entity_name"] = kb_name
+            changed += 1
+    return changed
+
+
+def link_records(imported: Imported, kb: list[dict[str, Any]] | None) -> Imported:
+    """Attach the KB (built from the data when `kb` is None) and align gold names with it."""
+    if kb is None:
+        kb, imported.kb_names_merged = kb_from_data(imported.mentions)
+    imported.kb = kb
+    imported.gold_names_from_kb = use_kb_names(imported.mentions, kb)
+    return imported
+
+
+def import_split_folder(folder: Path, layout: Layout, kb: list[dict[str, Any]], image_of: ImageOf,
+                        problems: Problems) -> Imported:
+    """One annotation file per split (train.json, test.json, maybe dev.json)."""
     kb_ids, kb_by_name = kb_index(kb)
-    images = src.images or src.input / "images"
     seen, rows = Seen(), []
-    for split, path in files.items():
-        data = read_json(path)
-        if not isinstance(data, dict):
-            raise DataError(f"{path}: expected a JSON object keyed by record id")
-        for key, obj in data.items():
-            rid = str(key)
-            if not isinstance(obj, dict):
-                problems.bad(path, rid, "(record)", f"expected an object, got {type(obj).__name__}")
-                continue
-            if not seen.first(rid, path, split, problems):
-                continue
-            text = text_field(obj, "sentence", path, rid, problems)
-            missing = [k for k in ("mentions", "entities", "answer") if k not in obj]
-            if missing:
-                problems.bad(path, rid, missing[0], "missing required field")
-                continue
-            if text is None:
-                continue
-            mentions, names, answers = (as_list(obj[k]) for k in ("mentions", "entities", "answer"))
-            if not len(mentions) == len(names) == len(answers):
-                problems.bad(path, rid, "mentions", "mentions, entities and answer differ in length")
-                continue
-            image = image_by_id(images, rid)
-            several = isinstance(obj["mentions"], list)
-            for i, (mention, name, answer) in enumerate(zip(mentions, names, answers)):
-                mid = f"{rid}-{i}" if several else rid
-                if not isinstance(mention, str) or not mention.strip():
-                    problems.bad(path, mid, "mentions", "empty mention")
-                    continue
-                nil = is_nil(answer)
-                eid = None if nil else resolve_entity(answer, name, kb_ids, kb_by_name)
-                rows.append(row(mid, rid, split, text, mention, image, eid, None if nil else name))
+    for split, path in split_files(folder, (".json",)).items():
+        records, _ = read_records(path, layout, problems)
+        for rid, obj in records.items():
+            if seen.first(rid, path, split, problems):
+                rows += record_rows(obj, rid, split, path, layout, kb_ids, kb_by_name, image_of, problems)
     return Imported(rows, kb, seen.records, seen.duplicates)
 
 
-def read_split_file(path: Path) -> dict[str, str]:
-    """record id -> split, from either {split: [ids]} or {id: split}."""
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object (split -> list of ids, or id -> split)")
-    if all(isinstance(v, list) for v in data.values()):
-        return {str(rid): split for split, ids in data.items() for rid in ids}
-    return {str(k): str(v) for k, v in data.items()}
+def import_with_split_file(path: Path, src: Source, layout: Layout, kb: list[dict[str, Any]],
+                           image_of: ImageOf, problems: Problems) -> Imported:
+    """One annotation file for all splits plus a split file. Rows follow the split lists' order;
+    listed ids with no record and records in no split are counted, not errors (the published
+    files have both)."""
+    assert src.split_file is not None
+    splits = read_split_file(src.split_file, src.split_key)
+    records, duplicates = read_records(path, layout, problems)
+    kb_ids, kb_by_name = kb_index(kb)
+    rows: list[dict[str, Any]] = []
+    read = {split: 0 for split in splits.ids}
+    absent = {split: 0 for split in splits.ids}
+    for split, ids in splits.ids.items():
+        for rid in ids:
+            if rid not in records:
+                absent[split] += 1
+                continue
+            read[split] += 1
+            rows += record_rows(records[rid], rid, split, path, layout, kb_ids, kb_by_name, image_of, problems)
+    return Imported(rows, kb, read, duplicates, records_in_no_split=len(records) - sum(read.values()),
+                    split_ids_not_in_annotations=absent, split_overlaps=splits.overlaps,
+                    split_ids_repeated=splits.repeated)
+
+
+# Files beside a single annotation file that are not it (KBs, descriptions, split files).
+COMPANIONS = ("qid2ne.json", "qid2abs.json", "splits.json", "ids_split_mappings.json")
+
+
+def annotation_file(src: Source, layout: Layout) -> Path:
+    """`input` itself, or the one JSON in the `input` folder that is not a companion file."""
+    if src.input.is_file():
+        return src.input
+    if not src.input.is_dir():
+        raise DataError(f"{src.input}: no such file or folder (prepare.input)")
+    own = {p.resolve() for p in (src.split_file, src.kb) if p is not None}
+    candidates = sorted(p.name for p in src.input.glob("*.json")
+                        if p.name not in COMPANIONS and p.resolve() not in own)
+    if len(candidates) != 1:
+        raise DataError(f"{src.input}: with prepare.split_file, format {layout.format} expects one annotation JSON "
+                        f"here besides {', '.join(COMPANIONS)} ({layout.shape}), or prepare.input naming it; "
+                        f"found {', '.join(candidates) or 'none'}")
+    return src.input / candidates[0]
+
+
+def import_melbench(src: Source, problems: Problems) -> Imported:
+    """MELBench / GHMFC: records keyed by id with sentence, mentions, entities, answer (scalars, or
+    parallel lists for several mentions), KB qid2ne.json + qid2abs.json, images named by record id.
+    Either a folder with train.json and test.json (RichpediaMEL), or one annotation file for all
+    splits plus prepare.split_file (WikiMEL: Wikidata-MEL.json + splits.json)."""
+    folder = src.input.parent if src.input.is_file() else src.input
+    if src.split_file is None:
+        if src.input.is_file():
+            raise DataError(f"{src.input}: one annotation file for all splits (WikiMEL's layout) needs "
+                            f"prepare.split_file (GHMFC's splits.json)")
+        if not (folder / "train.json").exists():
+            present = sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else []
+            raise DataError(f"{folder}: format melbench expects train.json and test.json here (RichpediaMEL), or "
+                            f"one annotation JSON plus prepare.split_file "
+                            f"(WikiMEL: Wikidata-MEL.json + splits.json); "
+                            f"found {', '.join(present) or 'no JSON file'}")
+    path = annotation_file(src, MELBENCH) if src.split_file is not None else None
+    kb_path = src.kb or folder / "qid2ne.json"
+    kb = read_kb_file(kb_path, descriptions=kb_path.parent / "qid2abs.json")
+    images = src.images or folder / "images"
+
+    def image_of(rid: str, obj: dict[str, Any]) -> str:
+        return image_by_id(images, rid)
+
+    imported = (import_split_folder(folder, MELBENCH, kb, image_of, problems) if path is None
+                else import_with_split_file(path, src, MELBENCH, kb, image_of, problems))
+    return link_records(imported, kb)
 
 
 def import_kgmel_wikidiverse(src: Source, problems: Problems) -> Imported:
-    """KGMEL's WikiDiverse: a JSON list of {id, sentence, imgPath, mention, entity, answer}
-    (parallel lists), plus a split-mapping file."""
+    """KGMEL's WikiDiverse: a JSON list of {id, sentence, imgPath, mention, entity, answer} (parallel
+    lists) and ids_split_mappings.json (pick the entry with prepare.split_key). No KB ships: unless
+    prepare.kb names one, the KB is built from the gold answers."""
     if src.split_file is None:
-        raise DataError(f"{src.input}: format kgmel_wikidiverse needs prepare.split_file")
-    split_of = read_split_file(src.split_file)
-    data = read_json(src.input)
-    if not isinstance(data, list):
-        raise DataError(f"{src.input}: expected a JSON list of records")
+        raise DataError(f"{src.input}: format kgmel_wikidiverse needs prepare.split_file (ids_split_mappings.json)")
+    path = annotation_file(src, KGMEL)
     kb = read_kb_file(src.kb) if src.kb else []
-    kb_ids, kb_by_name = kb_index(kb)
-    images = src.images or src.input.parent
-    seen, rows = Seen(), []
-    for index, obj in enumerate(data):
-        rid = str(obj.get("id", f"#{index}")) if isinstance(obj, dict) else f"#{index}"
-        if not isinstance(obj, dict):
-            problems.bad(src.input, rid, "(record)", f"expected an object, got {type(obj).__name__}")
-            continue
-        split = split_of.get(rid)
-        if not seen.first(rid, src.input, split or "(none)", problems):
-            continue
-        if split is None:
-            problems.bad(src.split_file, rid, "split", "record id is in no split")
-            continue
-        text = text_field(obj, "sentence", src.input, rid, problems)
-        missing = [k for k in ("mention", "entity", "answer") if k not in obj]
-        if missing:
-            problems.bad(src.input, rid, missing[0], "missing required field")
-            continue
-        if text is None:
-            continue
-        mentions, names, answers = (as_list(obj[k]) for k in ("mention", "entity", "answer"))
-        if not len(mentions) == len(names) == len(answers):
-            problems.bad(src.input, rid, "mention", "mention, entity and answer differ in length")
-            continue
-        image = str(images / obj["imgPath"]) if obj.get("imgPath") else None
-        for i, (mention, name, answer) in enumerate(zip(mentions, names, answers)):
-            mid = f"{rid}-{i}"
-            if not isinstance(mention, str) or not mention.strip():
-                problems.bad(src.input, mid, "mention", "empty mention")
-                continue
-            nil = is_nil(answer) or is_nil(name)
-            eid = None if nil else resolve_entity(answer, name, kb_ids, kb_by_name)
-            rows.append(row(mid, rid, split, text, mention, image, eid, None if nil else name))
-    if not kb:
-        pairs = sorted({(r["entity_id"], r["entity_name"]) for r in rows if r["entity_id"]})
-        kb = [{"entity_id": eid, "name": name, "description": None} for eid, name in pairs]
-    return Imported(rows, kb, seen.records, seen.duplicates)
+    images = src.images or path.parent
+
+    def image_of(rid: str, obj: dict[str, Any]) -> str | None:
+        ref = obj.get("imgPath")
+        return str(images / ref) if isinstance(ref, str) and ref else None
+
+    imported = import_with_split_file(path, src, KGMEL, kb, image_of, problems)
+    return link_records(imported, kb if src.kb else None)
 
 
 IMPORTERS: dict[str, Callable[[Source, Problems], Imported]] = {

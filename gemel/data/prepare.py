@@ -34,14 +34,41 @@ def carve_dev(mentions: pd.DataFrame, fraction: float, seed: int) -> pd.DataFram
     return out
 
 
+def check_limit(limit: Any) -> dict[str, int | None]:
+    """prepare.limit as split -> int|None (the schema says so too; this guards direct callers)."""
+    if limit is None:
+        return {}
+    if not isinstance(limit, dict):
+        raise DataError(f"prepare.limit: expected null or a mapping split -> integer|null; found {limit!r}")
+    for split, n in limit.items():
+        if split not in SPLITS:
+            raise DataError(f"prepare.limit: unknown split '{split}' (use {', '.join(SPLITS)})")
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise DataError(f"prepare.limit.{split}: expected an integer >= 1 or null; found {n!r}")
+    return dict(limit)
+
+
+def apply_limit(mentions: pd.DataFrame, limit: dict[str, int | None]) -> pd.DataFrame:
+    """Keep the first N mentions of each limited split, in row order (the importer's file or
+    split-list order), so the same params always give the same subset."""
+    keep = pd.Series(True, index=mentions.index)
+    for split, n in limit.items():
+        if n is not None:
+            in_split = mentions["split"] == split
+            keep &= ~in_split | (in_split.cumsum() <= n)
+    return mentions[keep].reset_index(drop=True)
+
+
 def prepare(p: PrepareParams, root: Path = Path(".")) -> Prepared:
     if p.invalid_records not in ("error", "skip"):
         raise DataError(f"prepare.invalid_records must be error or skip, not '{p.invalid_records}'")
+    limit = check_limit(p.limit)
     src = Source(
         input=root / p.input,
         kb=root / p.kb if p.kb else None,
         images=root / p.images if p.images else None,
         split_file=root / p.split_file if p.split_file else None,
+        split_key=p.split_key,
     )
     problems = Problems(p.invalid_records)
     imported = get_importer(p.format)(src, problems)
@@ -55,8 +82,14 @@ def prepare(p: PrepareParams, root: Path = Path(".")) -> Prepared:
     if unknown:
         raise DataError(f"{src.split_file or src.input}: unknown split name(s) {sorted(unknown)}; use {SPLITS}")
     mentions = mentions.drop(columns="record")
+    # The limit comes last: after the overlap policy (importer) and the carved dev split, so a
+    # subset is the head of the same splits a full run has.
+    before = {split: int((mentions["split"] == split).sum()) for split in SPLITS}
+    mentions = apply_limit(mentions, limit)
     kb = pd.DataFrame(imported.kb, columns=KB.names)
     report = make_report(mentions, kb, problems, imported, dev_carved=not has_dev)
+    report["limit"] = limit or None
+    report["mentions_before_limit"] = before
     return Prepared(mentions, kb, report)
 
 
@@ -87,4 +120,10 @@ def make_report(mentions: pd.DataFrame, kb: pd.DataFrame, problems: Problems,
         "skipped_records": len(skipped_records),
         "skipped": problems.skipped[:50],  # the first few, with file, record, field and reason
         "dev_carved_from_train": dev_carved,
+        "records_in_no_split": imported.records_in_no_split,
+        "split_ids_not_in_annotations": imported.split_ids_not_in_annotations,
+        "split_overlaps": imported.split_overlaps,
+        "split_ids_repeated": imported.split_ids_repeated,
+        "kb_names_merged": imported.kb_names_merged,
+        "gold_names_from_kb": imported.gold_names_from_kb,
     }
