@@ -106,6 +106,22 @@ class PrepareParams:
     limit: dict[str, int | None] | None = None  # split -> first N mentions (a subset run)
 
 
+def prepare_params(params: dict[str, Any]) -> PrepareParams:
+    """The `prepare` section with the chosen preset (`dataset`, a name in `datasets`) merged in:
+    the preset says where the files are and their layout, `prepare` how to split and subset."""
+    name = params.get("dataset", "sample")
+    presets = params.get("datasets") or {}
+    if name not in presets:
+        raise ConfigError(f"dataset: '{name}' is not a preset in datasets (known: {', '.join(presets) or 'none'})")
+    preset = {k: v for k, v in presets[name].items() if k != "source"}
+    return section({"prepare": {**params["prepare"], **preset, "dataset": name}}, "prepare", PrepareParams)
+
+
+def preset_source(params: dict[str, Any]) -> str | None:
+    """Where the chosen preset's public copy lives (for the missing-file message)."""
+    return (params.get("datasets") or {}).get(params.get("dataset", "sample"), {}).get("source")
+
+
 @dataclasses.dataclass(frozen=True)
 class FeaturesParams:
     encoder: str = "efficientnet_lite0"

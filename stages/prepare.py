@@ -1,11 +1,11 @@
-"""prepare: raw dataset -> {prepare.out}/{mentions,kb}.parquet and report.json."""
+"""prepare: the preset `dataset` names (raw files) -> {prepare.out}/{mentions,kb}.parquet and report.json."""
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
 
-from gemel.config import PrepareParams, section
+from gemel.config import prepare_params, preset_source
 from gemel.data.importers import DataError
 from gemel.data.prepare import prepare
 from gemel.data.tables import KB, MENTIONS, write_parquet_atomic, write_text_atomic
@@ -13,8 +13,9 @@ from stages import _cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = section(_cli.parse(__doc__, argv), "prepare", PrepareParams)
-    prepared = prepare(p)
+    params = _cli.parse(__doc__, argv)
+    p = prepare_params(params)
+    prepared = prepare(p, source=preset_source(params))
     out = Path(p.out)
     # Tables first, report last: a report only ever describes tables that were fully written.
     write_parquet_atomic(prepared.mentions, out / "mentions.parquet", MENTIONS)

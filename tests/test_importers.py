@@ -236,14 +236,14 @@ def test_wikimel_folder_input_finds_the_annotation_file(tmp_path: Path) -> None:
 def test_wikimel_folder_with_two_annotation_files(tmp_path: Path) -> None:
     d = wikimel_fixture(tmp_path)
     (d / "extra.json").write_text("{}")
-    with pytest.raises(DataError, match=r"WikiMEL: with prepare.split_file, format melbench expects one annotation JSON "
+    with pytest.raises(DataError, match=r"WikiMEL: with datasets.<name>.split_file, format melbench expects one annotation JSON "
                                         r"here .*found Wikidata-MEL\.json, extra\.json"):
         prepare(wikimel(d, input=d), root=Path("/"))
 
 
 def test_melbench_single_file_needs_split_file(tmp_path: Path) -> None:
     d = wikimel_fixture(tmp_path)
-    with pytest.raises(DataError, match=r"Wikidata-MEL\.json: one annotation file for all splits .* needs prepare\.split_file"):
+    with pytest.raises(DataError, match=r"Wikidata-MEL\.json: one annotation file for all splits .* needs datasets\.<name>\.split_file"):
         prepare(PrepareParams(format="melbench", dataset="w", input=str(d / "Wikidata-MEL.json")), root=Path("/"))
 
 
@@ -359,10 +359,10 @@ def test_wikidiverse_kb_from_data_merges_names(tmp_path: Path) -> None:
 def test_wikidiverse_split_key_missing_lists_names(tmp_path: Path) -> None:
     d = wikidiverse_fixture(tmp_path)
     with pytest.raises(DataError, match=r"ids_split_mappings\.json nests splits under dataset names "
-                                        r"WikiDiverse, WikiMEL, RichpediaMEL: set prepare\.split_key$"):
+                                        r"WikiDiverse, WikiMEL, RichpediaMEL: set datasets\.<name>\.split_key$"):
         prepare(wikidiverse(d, split_key=None), root=Path("/"))
     with pytest.raises(DataError, match=r"ids_split_mappings\.json nests splits under dataset names WikiDiverse, "
-                                        r"WikiMEL, RichpediaMEL: prepare\.split_key 'Wikidiverse' is not one of them"):
+                                        r"WikiMEL, RichpediaMEL: datasets\.<name>\.split_key 'Wikidiverse' is not one of them"):
         prepare(wikidiverse(d, split_key="Wikidiverse"), root=Path("/"))
 
 
@@ -425,7 +425,7 @@ def test_wikidiverse_bad_record_names_file_record_field(tmp_path: Path, change, 
 
 def test_kgmel_needs_split_file(tmp_path: Path) -> None:
     d = wikidiverse_fixture(tmp_path)
-    with pytest.raises(DataError, match=r"wikidiverse\.json: format kgmel_wikidiverse needs prepare\.split_file"):
+    with pytest.raises(DataError, match=r"wikidiverse\.json: format kgmel_wikidiverse needs datasets\.<name>\.split_file"):
         prepare(PrepareParams(format="kgmel_wikidiverse", dataset="w", input=str(d / "wikidiverse.json")), root=Path("/"))
 
 

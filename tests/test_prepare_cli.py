@@ -16,9 +16,17 @@ from gemel.data.sample import generate_sample
 ROOT = Path(__file__).resolve().parent.parent
 
 
+PRESET_KEYS = {"format", "input", "kb", "images", "split_file", "split_key", "invalid_records"}
+
+
 def write_params(tmp: Path, **prepare: object) -> Path:
+    """params.yaml with a preset `fx` (the sample's, updated by the preset keys given) chosen, and
+    the other keys set in the prepare section."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
-    params["prepare"].update(prepare)
+    preset = dict(params["datasets"]["sample"])
+    preset.update({k: v for k, v in prepare.items() if k in PRESET_KEYS})
+    params["datasets"]["fx"], params["dataset"] = preset, "fx"
+    params["prepare"].update({k: v for k, v in prepare.items() if k not in PRESET_KEYS})
     path = tmp / f"params-{len(list(tmp.glob('params-*')))}.yaml"
     path.write_text(yaml.safe_dump(params), encoding="utf-8")
     return path
@@ -61,7 +69,7 @@ def test_unknown_format_exits_2_and_keeps_outputs(tmp_path: Path, done: tuple[Pa
     bad = write_params(tmp_path, **done[1], format="csv")
     result = run_prepare(bad)
     assert_failed_cleanly(result, bad, before, tmp_path)
-    assert "prepare.format" in result.stderr
+    assert "datasets.fx.format" in result.stderr
 
 
 def test_malformed_file_exits_2_and_keeps_outputs(tmp_path: Path, done: tuple[Path, dict]) -> None:
@@ -92,7 +100,7 @@ def test_split_key_missing_exits_2_naming_the_datasets(tmp_path: Path, done: tup
                "split_file": str(splits)}
     result = run_prepare(write_params(tmp_path, **section))
     assert_failed_cleanly(result, splits, before, tmp_path)
-    assert "nests splits under dataset names WikiDiverse, WikiMEL: set prepare.split_key" in result.stderr
+    assert "nests splits under dataset names WikiDiverse, WikiMEL: set datasets.<name>.split_key" in result.stderr
 
 
 def test_bad_limit_is_a_config_error(tmp_path: Path, done: tuple[Path, dict]) -> None:

@@ -43,6 +43,8 @@ def workdir(base: Path, params_text: str | None = None) -> Path:
     for name in ("Snakefile", "workflow", "gemel", "stages"):
         (base / name).symlink_to(ROOT / name)
     (base / "params.yaml").write_text(params_text if params_text is not None else (ROOT / "params.yaml").read_text())
+    (base / "data").mkdir()
+    (base / "data" / "raw").symlink_to(ROOT / "data" / "raw")  # the presets' raw files (tracked README)
     return base
 
 

@@ -32,7 +32,7 @@ class Problems:
     def bad(self, file: Path | str, record: str, field_: str, reason: str) -> None:
         msg = f"{file}: record {record}: field '{field_}': {reason}"
         if self.policy == "error":
-            raise DataError(msg + " (set prepare.invalid_records: skip to drop such records)")
+            raise DataError(msg + " (set datasets.<name>.invalid_records: skip to drop such records)")
         self.skipped.append({"file": str(file), "record": record, "field": field_, "reason": reason})
 
 
@@ -274,10 +274,10 @@ def read_split_file(path: Path, split_key: str | None = None) -> Splits:
     if all(isinstance(v, dict) for v in values):
         names = ", ".join(map(str, data))
         if split_key is None:
-            raise DataError(f"{path} nests splits under dataset names {names}: set prepare.split_key")
+            raise DataError(f"{path} nests splits under dataset names {names}: set datasets.<name>.split_key")
         if split_key not in data:
             raise DataError(f"{path} nests splits under dataset names {names}: "
-                            f"prepare.split_key '{split_key}' is not one of them")
+                            f"datasets.<name>.split_key '{split_key}' is not one of them")
         lists, where = data[split_key], f"{path} [{split_key}]"
         if not all(isinstance(v, list) for v in lists.values()):
             raise DataError(f"{where}: expected split -> [record ids]; found {found(lists)}")
@@ -508,13 +508,13 @@ def annotation_file(src: Source, layout: Layout) -> Path:
     if src.input.is_file():
         return src.input
     if not src.input.is_dir():
-        raise DataError(f"{src.input}: no such file or folder (prepare.input)")
+        raise DataError(f"{src.input}: no such file or folder (datasets.<name>.input)")
     own = {p.resolve() for p in (src.split_file, src.kb) if p is not None}
     candidates = sorted(p.name for p in src.input.glob("*.json")
                         if p.name not in COMPANIONS and p.resolve() not in own)
     if len(candidates) != 1:
-        raise DataError(f"{src.input}: with prepare.split_file, format {layout.format} expects one annotation JSON "
-                        f"here besides {', '.join(COMPANIONS)} ({layout.shape}), or prepare.input naming it; "
+        raise DataError(f"{src.input}: with datasets.<name>.split_file, format {layout.format} expects one annotation JSON "
+                        f"here besides {', '.join(COMPANIONS)} ({layout.shape}), or datasets.<name>.input naming it; "
                         f"found {', '.join(candidates) or 'none'}")
     return src.input / candidates[0]
 
@@ -523,16 +523,16 @@ def import_melbench(src: Source, problems: Problems) -> Imported:
     """MELBench / GHMFC: records keyed by id with sentence, mentions, entities, answer (scalars, or
     parallel lists for several mentions), KB qid2ne.json + qid2abs.json, images named by record id.
     Either a folder with train.json and test.json (RichpediaMEL), or one annotation file for all
-    splits plus prepare.split_file (WikiMEL: Wikidata-MEL.json + splits.json)."""
+    splits plus datasets.<name>.split_file (WikiMEL: Wikidata-MEL.json + splits.json)."""
     folder = src.input.parent if src.input.is_file() else src.input
     if src.split_file is None:
         if src.input.is_file():
             raise DataError(f"{src.input}: one annotation file for all splits (WikiMEL's layout) needs "
-                            f"prepare.split_file (GHMFC's splits.json)")
+                            f"datasets.<name>.split_file (GHMFC's splits.json)")
         if not (folder / "train.json").exists():
             present = sorted(p.name for p in folder.glob("*.json")) if folder.is_dir() else []
             raise DataError(f"{folder}: format melbench expects train.json and test.json here (RichpediaMEL), or "
-                            f"one annotation JSON plus prepare.split_file "
+                            f"one annotation JSON plus datasets.<name>.split_file "
                             f"(WikiMEL: Wikidata-MEL.json + splits.json); "
                             f"found {', '.join(present) or 'no JSON file'}")
     path = annotation_file(src, MELBENCH) if src.split_file is not None else None
@@ -550,10 +550,10 @@ def import_melbench(src: Source, problems: Problems) -> Imported:
 
 def import_kgmel_wikidiverse(src: Source, problems: Problems) -> Imported:
     """KGMEL's WikiDiverse: a JSON list of {id, sentence, imgPath, mention, entity, answer} (parallel
-    lists) and ids_split_mappings.json (pick the entry with prepare.split_key). No KB ships: unless
-    prepare.kb names one, the KB is built from the gold answers."""
+    lists) and ids_split_mappings.json (pick the entry with datasets.<name>.split_key). No KB ships: unless
+    datasets.<name>.kb names one, the KB is built from the gold answers."""
     if src.split_file is None:
-        raise DataError(f"{src.input}: format kgmel_wikidiverse needs prepare.split_file (ids_split_mappings.json)")
+        raise DataError(f"{src.input}: format kgmel_wikidiverse needs datasets.<name>.split_file (ids_split_mappings.json)")
     path = annotation_file(src, KGMEL)
     kb = read_kb_file(src.kb) if src.kb else []
     images = src.images or path.parent

@@ -59,9 +59,21 @@ def apply_limit(mentions: pd.DataFrame, limit: dict[str, int | None]) -> pd.Data
     return mentions[keep].reset_index(drop=True)
 
 
-def prepare(p: PrepareParams, root: Path = Path(".")) -> Prepared:
+def check_files(p: PrepareParams, root: Path = Path("."), source: str | None = None) -> None:
+    """Stop before reading anything when a file the preset names is absent, saying where it goes
+    and where the public copy lives (nothing is downloaded at run time)."""
+    for key in ("input", "kb", "split_file"):
+        path = getattr(p, key)
+        if path and not (root / path).exists():
+            where = f"; the public copy: {source}" if source else ""
+            raise DataError(f"dataset '{p.dataset}': {path} not found (datasets.{p.dataset}.{key}). Put the "
+                            f"published file there, or point datasets.{p.dataset}.{key} at it{where}")
+
+
+def prepare(p: PrepareParams, root: Path = Path("."), source: str | None = None) -> Prepared:
+    check_files(p, root, source)
     if p.invalid_records not in ("error", "skip"):
-        raise DataError(f"prepare.invalid_records must be error or skip, not '{p.invalid_records}'")
+        raise DataError(f"datasets.<name>.invalid_records must be error or skip, not '{p.invalid_records}'")
     limit = check_limit(p.limit)
     src = Source(
         input=root / p.input,
@@ -88,6 +100,7 @@ def prepare(p: PrepareParams, root: Path = Path(".")) -> Prepared:
     mentions = apply_limit(mentions, limit)
     kb = pd.DataFrame(imported.kb, columns=KB.names)
     report = make_report(mentions, kb, problems, imported, dev_carved=not has_dev)
+    report = {"dataset": p.dataset, **report}
     report["limit"] = limit or None
     report["mentions_before_limit"] = before
     return Prepared(mentions, kb, report)

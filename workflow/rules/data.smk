@@ -20,7 +20,8 @@ rule sample:
 
 rule prepare:
     input:
-        data=PARAMS["prepare"]["input"],
+        # Every preset's files, as in dvc.yaml: the sample's folder (rule sample), or data/raw/<name>/.
+        data=[PARAMS["sample"]["out"], "data/raw"],
         code=["gemel/data/importers.py", "gemel/data/prepare.py", "gemel/data/tables.py", "stages/prepare.py"],
     output:
         mentions=f"{PREPARED}/mentions.parquet",
@@ -28,7 +29,7 @@ rule prepare:
         report=f"{PREPARED}/report.json",
     params:
         cmd=cli("prepare"),
-        tracked=tracked(PARAMS, ["prepare"]),
+        tracked=tracked(PARAMS, ["dataset", f"datasets.{PARAMS['dataset']}", "prepare"]),
     log:
         f"{LOGS}/prepare.log",
     conda:
