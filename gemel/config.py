@@ -145,6 +145,14 @@ class RetrieveParams:
 
 
 @dataclasses.dataclass(frozen=True)
+class CandidatesParams:
+    top_k: int = 16
+    pool: int = 100
+    fit_limit: int | None = 5000
+    out: str = "data/candidates"
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelParams:
     llm: str = "smollm2-135m"
     prefix_tokens: int = 4
@@ -176,6 +184,9 @@ class DecodeParams:
     length_penalty: float = 1.0
     batch_size: int = 8
     split: str = "test"
+    candidates: str = "none"  # none: the paper's beam search over every KB name | constrained: the candidates stage's K
+    fusion_weight: float | str = "auto"  # score = LLM + w * log prior; auto: the best of fusion_grid on dev
+    fusion_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
 @dataclasses.dataclass(frozen=True)

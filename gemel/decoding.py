@@ -273,6 +273,53 @@ def beam_search(model: Gemel, batch: Batch, trie: Trie, num_beams: int, max_new_
     return [sorted(f, key=lambda h: -h.score)[:num_beams] for f in finished]
 
 
+@torch.inference_mode()
+def score_sequences(model: Gemel, batch: Batch, seqs: list[list[list[int]]], length_penalty: float = 1.0
+                    ) -> list[np.ndarray]:
+    """The exact score of every given answer sequence (name + EOS) of each prompt: sum of token
+    log-probabilities / length ** length_penalty, as beam search scores a finished name.
+
+    One prefill, then one pass that feeds every sequence (but its last token) as a chain of
+    parallel positions after its prompt (the tree attention of beam search): the cost of one
+    beam step however many candidates there are, and no beam can miss a candidate."""
+    dev = model.device
+    cache, first = _prefill(model, batch)
+    tree = _Tree(model, batch.attention_mask)
+    feeds = [[(-1, 0, s[:-1]) for s in per] for per in seqs]
+    out = [np.zeros(len(per), dtype=np.float64) for per in seqs]
+    if any(len(s) > 1 for per in seqs for s in per):
+        ids, pos, masks, slot = tree.add(feeds)
+        with _beam_attention(model.llm):
+            h = model.llm.base_model(input_ids=torch.from_numpy(ids).to(dev), attention_mask=masks,
+                                     position_ids=torch.from_numpy(pos).to(dev), cache=cache,
+                                     use_cache=True).last_hidden_state
+    for b, per in enumerate(seqs):
+        col = 0
+        for c, s in enumerate(per):
+            total = float(first[b, s[0]])
+            if len(s) > 1:  # the output at chain position m predicts token m + 1
+                rows = torch.log_softmax(model.logits(h[b, col:col + len(s) - 1]).float(), dim=-1)
+                total += float(rows.gather(1, torch.tensor(s[1:], device=dev)[:, None]).sum())
+                col += len(s) - 1
+            out[b][c] = total / float(len(s)) ** length_penalty
+    return out
+
+
+def score_candidates(model: Gemel, examples: Sequence[Example], features: np.ndarray, pad_id: int,
+                     seqs: Sequence[list[list[int]]], length_penalty: float = 1.0, batch_size: int = 8,
+                     progress: bool = False) -> list[np.ndarray]:
+    """score_sequences over many prompts, each with its own candidate sequences; in input order."""
+    from tqdm import tqdm
+
+    results: list[np.ndarray] = [np.zeros(0) for _ in examples]
+    chunks = list(batches_by_length(examples, batch_size))
+    for idx in tqdm(chunks, desc="score candidates", unit="batch", disable=not progress):
+        batch = collate([examples[i] for i in idx], features, pad_id)
+        for i, scores in zip(idx, score_sequences(model, batch, [list(seqs[i]) for i in idx], length_penalty)):
+            results[i] = scores
+    return results
+
+
 def _feed(model: Gemel, tree: _Tree, cache: Cache, live: list[list[_Beam]], step: int) -> None:
     """One LLM pass over every beam's new token and forced chain; fills in their slots, the forced
     tokens' log-probabilities and the row after each chain."""

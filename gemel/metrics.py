@@ -15,16 +15,22 @@ mention was evaluated):
   gold_unreachable       evaluated mentions whose gold_name is no KB name: constrained decoding can
                          never produce it, so they count as errors and bound accuracy from above
   total                  all rows
+  baselines              copy_mention and alias_prior accuracy on the same mentions (see `baselines`)
+  breakdown              accuracy per bucket: gold seen in training or not, mention equal to the gold
+                         name or not, gold inside or outside the candidates, with or without image
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:
+    from gemel.candidates import AliasTable, NameIndex
 
 # What evaluate needs from predictions.parquet (the decode stage writes these and may add more).
 PREDICTION_COLUMNS = ("id", "split", "mention", "gold_id", "gold_name", "is_nil", "has_image",
@@ -104,3 +110,92 @@ def compute_metrics(pred: pd.DataFrame, kb_names: set[str], hits_at: Sequence[in
         "total": int(len(pred)),
     })
     return out
+
+
+# ---------------------------------------------------------------- reference baselines
+
+def alias_prior_names(mentions: Sequence[str], alias: AliasTable, index: NameIndex, names: Sequence[str],
+                      id_names: dict[str, str]) -> list[str]:
+    """The alias rule: the training split's most frequent entity for the (case-folded) mention,
+    else the shortest KB name containing all the mention's words, else the mention itself."""
+    from gemel.candidates import words
+
+    out = []
+    for m in mentions:
+        top = alias.most_frequent(m)
+        if top is not None and top in id_names:
+            out.append(id_names[top])
+            continue
+        rows = index.containing_all(words(m))
+        out.append(names[int(rows[0])] if len(rows) else m)
+    return out
+
+
+def baselines(pred: pd.DataFrame, mentions: pd.DataFrame, kb: pd.DataFrame
+              ) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    """`copy_mention` and `alias_prior` on the evaluated (non-NIL) mentions of `pred`: their
+    accuracies, and the alias rule's answer per mention (for the breakdown)."""
+    from gemel.candidates import AliasTable, NameIndex
+
+    ev = pred.loc[~pred["is_nil"].astype(bool)]
+    alias = AliasTable.from_mentions(mentions)
+    train = mentions[(mentions["split"] == "train") & mentions["entity_name"].notna()]
+    id_names = {**dict(zip(train["entity_id"], train["entity_name"])), **dict(zip(kb["entity_id"], kb["name"]))}
+    names = kb["name"].tolist()
+    rule = alias_prior_names(ev["mention"].tolist(), alias, NameIndex(names), names, id_names) if len(kb) else \
+        ev["mention"].tolist()
+    gold = ev["gold_name"].to_numpy()
+    return {
+        "copy_mention": {"accuracy": _rate(ev["mention"].to_numpy() == gold)},
+        "alias_prior": {"accuracy": _rate(np.asarray(rule, dtype=object) == gold)},
+    }, rule
+
+
+# ---------------------------------------------------------------- error analysis
+
+BUCKETS = {
+    "gold_seen_in_training": ("seen", "unseen"),
+    "mention_equals_gold_name": ("equal", "different"),
+    "gold_in_candidates": ("inside", "outside"),
+    "image": ("with", "without"),
+}
+
+
+def breakdown(pred: pd.DataFrame, mentions: pd.DataFrame, rule: Sequence[str],
+              candidates: pd.DataFrame | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Accuracy of the model and of the alias rule per bucket of each factor (evaluated mentions
+    only). `gold_in_candidates` needs the candidates table and is left out without it."""
+    ev = pred.loc[~pred["is_nil"].astype(bool)].reset_index(drop=True)
+    correct = (ev["pred_name"] == ev["gold_name"]).to_numpy()
+    rule_ok = np.asarray(rule, dtype=object) == ev["gold_name"].to_numpy()
+    seen_ids = set(mentions.loc[(mentions["split"] == "train") & ~mentions["is_nil"], "entity_id"])
+    flags = {
+        "gold_seen_in_training": ev["gold_id"].isin(seen_ids).to_numpy(),
+        "mention_equals_gold_name": np.array([" ".join(str(m).casefold().split()) == " ".join(str(g).casefold().split())
+                                              for m, g in zip(ev["mention"], ev["gold_name"])], dtype=bool),
+        "image": ev["has_image"].to_numpy(dtype=bool),
+    }
+    if candidates is not None:
+        cands = candidates.set_index("id")["cand_ids"]
+        flags["gold_in_candidates"] = np.array([g in set(cands.get(i, [])) for i, g in zip(ev["id"], ev["gold_id"])],
+                                               dtype=bool)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for factor in BUCKETS:
+        if factor not in flags:
+            continue
+        yes, no = BUCKETS[factor]
+        f = flags[factor]
+        out[factor] = {label: {"mentions": int(mask.sum()), "accuracy": _rate(correct[mask]),
+                               "alias_prior": _rate(rule_ok[mask])}
+                       for label, mask in ((yes, f), (no, ~f))}
+    return out
+
+
+def breakdown_table(b: dict[str, dict[str, dict[str, Any]]]) -> str:
+    """The breakdown as a Markdown table (what the README shows)."""
+    lines = ["| factor | bucket | mentions | accuracy | alias_prior |", "|---|---|---|---|---|"]
+    for factor, buckets in b.items():
+        for label, r in buckets.items():
+            fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
+            lines.append(f"| {factor} | {label} | {r['mentions']} | {fmt(r['accuracy'])} | {fmt(r['alias_prior'])} |")
+    return "\n".join(lines) + "\n"

@@ -1,5 +1,5 @@
-"""decode: constrained beam search for every mention of one split ->
-{train.out}/{model.llm}/predictions.parquet (gold, predicted name and id, beams and scores)."""
+"""decode: link every mention of one split -> {train.out}/{model.llm}/predictions.parquet (gold, predicted
+name and id, ranked entities and scores) and decode_report.json (mode, fusion weight, speed)."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
+from gemel.candidates import CandidateError
 from gemel.config import DecodeParams, ModelParams, section
-from gemel.data.tables import read_mentions, write_parquet_atomic
-from gemel.linker import build_linker
+from gemel.data.tables import read_mentions, write_parquet_atomic, write_text_atomic
+from gemel.linker import build_linker, load_candidates
 from gemel.llm import LLMError
 from stages import _cli
 
@@ -21,6 +22,7 @@ PREDICTIONS = pa.schema([
     ("gold_id", pa.string()), ("gold_name", pa.string()), ("is_nil", pa.bool_()), ("has_image", pa.bool_()),
     ("pred_id", pa.string()), ("pred_name", pa.string()),
     ("beams", pa.list_(pa.string())), ("beam_ids", pa.list_(pa.string())), ("beam_scores", pa.list_(pa.float32())),
+    ("llm_scores", pa.list_(pa.float32())), ("cand_priors", pa.list_(pa.float32())),  # candidate-aware mode only
 ])
 
 
@@ -30,32 +32,30 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(params["train"]["out"]) / m.llm
     mentions = read_mentions(Path(params["prepare"]["out"]) / "mentions.parquet")
     demos = pd.read_parquet(Path(params["retrieve"]["out"]) / "demos.parquet")
-    linker = build_linker(params, mentions, demos, Path(params["features"]["out"]) / "images.parquet", out / "trie.npz")
+    linker = build_linker(params, mentions, demos, Path(params["features"]["out"]) / "images.parquet",
+                          out / "trie.npz", load_candidates(params))
     linker.model.load_mapper(out / "mapper.safetensors")
+    report: dict = {"llm": m.llm, "split": dp.split, "mode": "paper" if dp.candidates == "none" else "candidates"}
+    weight = 0.0
+    if dp.candidates != "none":
+        dev = mentions[(mentions["split"] == "dev") & ~mentions["is_nil"]]
+        weight, chosen = linker.fusion_weight(dev, dp)
+        report.update(chosen)
     split = mentions[mentions["split"] == dp.split].reset_index(drop=True)
     t0 = time.perf_counter()
-    hyps = linker.predict(list(split["id"]), dp, progress=True)
+    ranked = linker.rank(list(split["id"]), dp, weight, progress=True)
     seconds = time.perf_counter() - t0
-    names, ids = linker.trie.names, linker.trie.entity_ids
-    has_image = [linker.builder.image[i] >= 0 for i in split["id"]]
-    pred = pd.DataFrame({
-        "id": split["id"], "split": split["split"], "mention": split["mention"],
-        "gold_id": split["entity_id"], "gold_name": split["entity_name"], "is_nil": split["is_nil"],
-        "has_image": has_image,
-        "pred_id": [ids[h[0].value] if h else None for h in hyps],
-        "pred_name": [names[h[0].value] if h else None for h in hyps],
-        "beams": [[names[x.value] for x in h] for h in hyps],
-        "beam_ids": [[ids[x.value] for x in h] for h in hyps],
-        "beam_scores": [[x.score for x in h] for h in hyps],
-    })
+    pred = linker.predictions(split, ranked)
     write_parquet_atomic(pred, out / "predictions.parquet", PREDICTIONS)
     linked = pred[~pred["is_nil"]]
-    print(json.dumps({"llm": m.llm, "split": dp.split, "mentions": len(pred), "seconds": round(seconds, 1),
-                      "mentions_per_s": round(len(pred) / max(seconds, 1e-9), 3),
-                      "accuracy": round(float((linked["pred_name"] == linked["gold_name"]).mean()), 4)
-                      if len(linked) else None}, indent=2))
+    report.update({"mentions": len(pred), "seconds": round(seconds, 1),
+                   "mentions_per_s": round(len(pred) / max(seconds, 1e-9), 3),
+                   "accuracy": round(float((linked["pred_name"] == linked["gold_name"]).mean()), 4) if len(linked) else None})
+    text = json.dumps(report, indent=2)
+    write_text_atomic(text + "\n", out / "decode_report.json")
+    print(text)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_cli.run("decode", main, errors=(LLMError, FileNotFoundError, ValueError)))
+    sys.exit(_cli.run("decode", main, errors=(LLMError, CandidateError, FileNotFoundError, ValueError)))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from gemel.config import FeaturesParams, PrepareParams, section
+from gemel.config import FeaturesParams, section
 from gemel.data.tables import read_mentions, write_text_atomic
 from gemel.encoders import EncoderError, build_image_encoder
 from gemel.features import ImageError, encode_mentions, read_features, write_features
@@ -31,7 +31,7 @@ def previous_table(path: Path) -> pd.DataFrame | None:
 def main(argv: list[str] | None = None) -> int:
     params = _cli.parse(__doc__, argv)
     p = section(params, "features", FeaturesParams)
-    mentions_path = Path(section(params, "prepare", PrepareParams).out) / "mentions.parquet"
+    mentions_path = Path(params["prepare"]["out"]) / "mentions.parquet"
     if not mentions_path.is_file():
         raise ImageError(f"{mentions_path}: no such file (run the prepare stage first)")
     out = Path(p.out)

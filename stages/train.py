@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from gemel.candidates import CandidateError
 from gemel.config import DecodeParams, ModelParams, TrainParams, section
 from gemel.data.tables import read_mentions, write_text_atomic
-from gemel.linker import build_linker
+from gemel.linker import build_linker, load_candidates
 from gemel.llm import LLMError
 from stages import _cli
 
@@ -25,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     mentions = read_mentions(Path(params["prepare"]["out"]) / "mentions.parquet")
     demos = pd.read_parquet(Path(params["retrieve"]["out"]) / "demos.parquet")
     t0 = time.perf_counter()
-    linker = build_linker(params, mentions, demos, Path(params["features"]["out"]) / "images.parquet", out / "trie.npz")
+    # Candidate-aware runs pick the best mapper by the LLM's choice among candidates (fusion weight 0).
+    linker = build_linker(params, mentions, demos, Path(params["features"]["out"]) / "images.parquet", out / "trie.npz",
+                          load_candidates(params))
     load_s = time.perf_counter() - t0
     linked = mentions[~mentions["is_nil"]]
     train_ids = list(linked.loc[linked["split"] == "train", "id"])
@@ -69,4 +72,4 @@ def fingerprint(module) -> float:
 
 
 if __name__ == "__main__":
-    sys.exit(_cli.run("train", main, errors=(LLMError, FileNotFoundError, ValueError)))
+    sys.exit(_cli.run("train", main, errors=(LLMError, CandidateError, FileNotFoundError, ValueError)))

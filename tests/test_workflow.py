@@ -24,7 +24,7 @@ from gemel.workflow import ablation_runs, check_ablation, effective, format_valu
 from stages import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ["sample", "prepare", "features", "retrieve", "trie", "train", "decode", "evaluate"]
+STAGES = ["sample", "prepare", "features", "retrieve", "candidates", "trie", "train", "decode", "evaluate"]
 LOG = re.compile(r" > \S+ 2>&1$")
 
 
@@ -101,7 +101,7 @@ def test_dvc_and_snakemake_agree_on_every_stage(wd):
 def test_sweeps_reuse_shared_work_and_put_each_run_where_its_overrides_say(sweep_jobs):
     params = load_params(ROOT / "params.yaml")
     count = pd.Series([j.rule for j in sweep_jobs]).value_counts()
-    for shared in ("sample", "prepare", "features", "retrieve"):
+    for shared in ("sample", "prepare", "features", "retrieve", "candidates"):
         assert count[shared] == 1, shared
     assert count["retrieve_method"] == 2  # random and bm25; simcse is retrieve itself
     runs = len(params["scales"]) + len(params["ablations"])

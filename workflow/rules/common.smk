@@ -30,6 +30,7 @@ LOGS = f"{RESULTS}/logs"
 PREPARED = PARAMS["prepare"]["out"]
 FEATURES = PARAMS["features"]["out"]
 DEMOS = PARAMS["retrieve"]["out"]
+CANDIDATES = PARAMS["candidates"]["out"]
 METHODS = ["simcse", "random", "bm25"]
 
 # Fail before any job runs when an LLM of the DAG has no weights here, naming it and the fix.

@@ -92,3 +92,22 @@ rule retrieve_method:
         ENV
     shell:
         "{params.cmd} > {log} 2>&1"
+
+
+rule candidates:
+    input:
+        mentions=f"{PREPARED}/mentions.parquet",
+        kb=f"{PREPARED}/kb.parquet",
+        code=["gemel/candidates.py", "stages/candidates.py"],
+    output:
+        table=f"{CANDIDATES}/candidates.parquet",
+        report=f"{CANDIDATES}/report.json",
+    params:
+        cmd=cli("candidates"),
+        tracked=tracked(PARAMS, ["prepare.out", "candidates"]),
+    log:
+        f"{LOGS}/candidates.log",
+    conda:
+        ENV
+    shell:
+        "{params.cmd} > {log} 2>&1"

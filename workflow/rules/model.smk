@@ -27,8 +27,9 @@ rule train:
         features=f"{FEATURES}/images.parquet",
         demos=run_demos,
         trie=run_file("trie.npz"),
+        candidates=f"{CANDIDATES}/candidates.parquet",
         code=["gemel/llm.py", "gemel/prompt.py", "gemel/model.py", "gemel/training.py", "gemel/decoding.py",
-              "stages/train.py"],
+              "gemel/candidates.py", "gemel/linker.py", "stages/train.py"],
     output:
         mapper=run_file("mapper.safetensors"),
         loss=run_file("train_loss.csv"),
@@ -55,9 +56,12 @@ rule decode:
         demos=run_demos,
         trie=run_file("trie.npz"),
         mapper=run_file("mapper.safetensors"),
-        code=["gemel/decoding.py", "gemel/model.py", "gemel/prompt.py", "stages/decode.py"],
+        candidates=f"{CANDIDATES}/candidates.parquet",
+        code=["gemel/decoding.py", "gemel/model.py", "gemel/prompt.py", "gemel/candidates.py", "gemel/linker.py",
+              "stages/decode.py"],
     output:
-        run_file("predictions.parquet"),
+        predictions=run_file("predictions.parquet"),
+        report=run_file("decode_report.json"),
     params:
         cmd=run_cli("decode"),
         tracked=run_tracked(["model", "llms", "decode"]),
@@ -75,10 +79,14 @@ rule decode:
 rule evaluate:
     input:
         kb=f"{PREPARED}/kb.parquet",
+        mentions=f"{PREPARED}/mentions.parquet",
+        candidates=f"{CANDIDATES}/candidates.parquet",
         predictions=run_file("predictions.parquet"),
-        code=["gemel/metrics.py", "stages/evaluate.py"],
+        decode_report=run_file("decode_report.json"),
+        code=["gemel/metrics.py", "gemel/candidates.py", "stages/evaluate.py"],
     output:
-        run_file("metrics.json"),
+        metrics=run_file("metrics.json"),
+        breakdown=run_file("breakdown.md"),
     params:
         cmd=run_cli("evaluate"),
         tracked=run_tracked(["evaluate"]),
