@@ -96,8 +96,8 @@ class NameIndex:
             for r in range(scores.shape[0]):
                 cand = scores.indices[scores.indptr[r]:scores.indptr[r + 1]]
                 s = scores.data[scores.indptr[r]:scores.indptr[r + 1]]
-                if len(cand) > 4 * k:  # cut before sorting: only the best can make the top k
-                    keep = np.argpartition(-s, 4 * k)[:4 * k]
+                if len(cand) > k:  # cut before sorting, keeping every name that ties with the k-th score
+                    keep = s >= np.partition(s, len(s) - k)[len(s) - k]
                     cand, s = cand[keep], s[keep]
                 order = np.lexsort((cand, self.char_len[cand], self.name_words[cand], -np.round(s, 4)))
                 out.append(cand[order[:k]].astype(np.int64))

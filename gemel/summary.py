@@ -1,5 +1,6 @@
 """Sweep summaries: the metrics.json of several runs -> one table (CSV, Markdown) and one plot
-(accuracy against LLM size on a log axis for the scales; one bar per run for the ablations)."""
+(accuracy against LLM size on a log axis for the scales; one bar per run for the ablations; one
+group of bars per dataset preset, the model beside its baselines, for the datasets)."""
 from __future__ import annotations
 
 import json
@@ -18,8 +19,17 @@ class SummaryError(ValueError):
     """A run's metrics are missing or unreadable; the message names the file."""
 
 
+# The reference baselines of metrics.json ("baselines": {name: {"accuracy": x}}), as table columns.
+BASELINES = ("copy_mention", "alias_prior")
+
+
 def read_metrics(path: str | Path) -> dict[str, float]:
     """The numbers of one metrics.json, nested keys joined with '.' (`hits@k.1`)."""
+    return dict(_flatten(read_json(path)))
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """One metrics.json as written (strings too, e.g. decode.mode)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -29,7 +39,7 @@ def read_metrics(path: str | Path) -> dict[str, float]:
         raise SummaryError(f"{path}: not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise SummaryError(f"{path}: expected a JSON object of metrics, got {type(data).__name__}")
-    return dict(_flatten(data))
+    return data
 
 
 def _flatten(data: dict[str, Any], prefix: str = ""):
@@ -40,23 +50,54 @@ def _flatten(data: dict[str, Any], prefix: str = ""):
             yield f"{prefix}{key}", value
 
 
+def _metric(run: Run, metrics: dict[str, float], metric: str) -> float:
+    if metric not in metrics:
+        raise SummaryError(f"{run.metrics}: no metric '{metric}' (has: {', '.join(metrics)})")
+    return metrics.pop(metric)
+
+
+def _baselines(metrics: dict[str, float]) -> dict[str, float]:
+    """The baselines' accuracy (popped from metrics); none for a metrics.json older than them."""
+    return {b: metrics.pop(f"baselines.{b}.accuracy") for b in BASELINES if f"baselines.{b}.accuracy" in metrics}
+
+
 def summary_table(runs: list[Run], llms: dict[str, dict[str, Any]], metric: str) -> pd.DataFrame:
     """One row per run, in the given order: name, llm, params_m, what changed, then the metrics
-    (`metric` first). Raises SummaryError when a run's metrics lack `metric`."""
+    (`metric` first, then the baselines' accuracy where metrics.json has them). Raises
+    SummaryError when a run's metrics lack `metric`."""
     rows = []
     for run in runs:
         metrics = read_metrics(run.metrics)
-        if metric not in metrics:
-            raise SummaryError(f"{run.metrics}: no metric '{metric}' (has: {', '.join(metrics)})")
+        value = _metric(run, metrics, metric)
         changes = ", ".join(f"{k}={format_value(v)}" for k, v in run.overrides) or "-"
         rows.append({"name": run.name, "llm": run.llm, "params_m": llms[run.llm]["params_m"],
-                     "overrides": changes, metric: metrics.pop(metric), **metrics})
+                     "overrides": changes, metric: value, **_baselines(metrics), **metrics})
     return pd.DataFrame(rows)
+
+
+def dataset_table(runs: list[Run], metric: str) -> pd.DataFrame:
+    """One row per dataset preset (runs of workflow.dataset_runs), in the given order: dataset,
+    llm, evaluated mentions, `metric`, the baselines' accuracy (empty where metrics.json has none)
+    and the decode mode. Raises SummaryError when a run's metrics lack `metric`."""
+    rows = []
+    for run in runs:
+        data = read_json(run.metrics)
+        metrics = dict(_flatten(data))
+        value = _metric(run, metrics, metric)
+        decode = data.get("decode")
+        rows.append({"dataset": run.name, "llm": run.llm, "evaluated": metrics.get("evaluated"), metric: value,
+                     **{b: float("nan") for b in BASELINES}, **_baselines(metrics),
+                     "decode": decode.get("mode", "-") if isinstance(decode, dict) else "-"})
+    table = pd.DataFrame(rows)
+    table["evaluated"] = table["evaluated"].astype("Int64")  # an integer count, empty where absent
+    return table
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub Markdown table (pandas' own needs the optional tabulate package)."""
     def cell(v: Any) -> str:
+        if v is pd.NA:
+            return ""
         if isinstance(v, float):
             return "" if math.isnan(v) else f"{v:.{digits}f}"
         return str(v).replace("|", "\\|")
@@ -67,7 +108,8 @@ def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
 
 
 def plot(table: pd.DataFrame, kind: str, metric: str, path: str | Path) -> None:
-    """scales: metric against params_m (log x), one labelled point per LLM; ablations: bars."""
+    """scales: metric against params_m (log x), one labelled point per LLM; ablations: bars;
+    datasets: one group of bars per preset, the model then its baselines (when metric is accuracy)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a display
@@ -89,6 +131,18 @@ def plot(table: pd.DataFrame, kind: str, metric: str, path: str | Path) -> None:
             ax.margins(x=0.15)
             ax.set_xlabel("LLM parameters (millions, log scale)")
             ax.set_title(f"{metric} by LLM size")
+        elif kind == "datasets":
+            # The baselines are accuracies: beside another metric they would compare unlike things.
+            series = [metric] + ([b for b in BASELINES if table[b].notna().any()] if metric == "accuracy" else [])
+            width = 0.8 / len(series)
+            x = list(range(len(table)))
+            for i, col in enumerate(series):
+                label = f"GEMEL ({', '.join(dict.fromkeys(table['llm']))})" if col == metric else col
+                ax.bar([v + (i - (len(series) - 1) / 2) * width for v in x], table[col].fillna(0), width, label=label)
+            ax.set_xticks(x, list(table["dataset"]))
+            if len(series) > 1:
+                ax.legend(fontsize=8)
+            ax.set_title(f"{metric} by dataset")
         else:
             ax.bar(table["name"], table[metric])
             ax.tick_params(axis="x", labelrotation=30)

@@ -9,6 +9,7 @@ import importlib.util
 import json
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -20,8 +21,14 @@ from gemel.config import ConfigError, apply_override, validate
 ABLATABLE_SECTIONS = ("model", "train", "decode", "evaluate")
 ABLATABLE_KEYS = ("retrieve.method",)
 FIXED_KEYS = ("train.out",)
-KINDS = ("scales", "ablations")
-PLOTS = {"scales": "{metric}_vs_size.png", "ablations": "{metric}_by_ablation.png"}
+KINDS = ("scales", "ablations", "datasets")
+PLOTS = {"scales": "{metric}_vs_size.png", "ablations": "{metric}_by_ablation.png",
+         "datasets": "{metric}_by_dataset.png"}
+# Every dataset preset's shared work (prepared tables, features, demonstrations, candidates) goes
+# under DATASETS_DATA/{name}/, its model under {train.out}/datasets/{name}/{model.llm}/.
+DATASETS_DATA = "data/datasets"
+PRESET_FILES = ("input", "kb", "split_file")  # what `prepare` checks before reading (check_files)
+RAW_README = "data/raw/README.md"
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,57 @@ def default_run(params: dict[str, Any]) -> Run:
     """What `dvc repro` trains: model.llm under train.out, no overrides."""
     llm = params["model"]["llm"]
     return Run(name=llm, llm=llm, out=params["train"]["out"])
+
+
+def dataset_settings(params: dict[str, Any], name: str) -> dict[str, Any]:
+    """The `section.key` settings of one preset's run (snakemake datasets): the preset, and its own
+    folders for every stage's output, so that presets never share a file with each other or with
+    the default run."""
+    if name not in (params.get("datasets") or {}):
+        known = ", ".join(params.get("datasets") or {}) or "none"
+        raise ConfigError(f"dataset: '{name}' is not a preset in datasets (known: {known})")
+    data = f"{DATASETS_DATA}/{name}"
+    return {"dataset": name, "prepare.out": f"{data}/prepared", "features.out": f"{data}/features",
+            "retrieve.out": f"{data}/demos", "candidates.out": f"{data}/candidates",
+            "train.out": dataset_out(params, name)}
+
+
+def dataset_out(params: dict[str, Any], name: str) -> str:
+    return f"{params['train']['out']}/datasets/{name}"
+
+
+def _made_by_sample(params: dict[str, Any], path: str) -> bool:
+    """A path of the sample stage's output (rule sample makes it; it need not exist yet)."""
+    out = params.get("sample", {}).get("out")
+    return bool(out) and (path == out or path.startswith(out.rstrip("/") + "/"))
+
+
+def dataset_inputs(params: dict[str, Any], name: str) -> list[str]:
+    """The files a preset's `prepare` checks (input, kb, split_file), as a rule's inputs: a path
+    the sample stage makes stands for its folder, sample.out (rule sample's output)."""
+    preset = params["datasets"][name]
+    paths = [params["sample"]["out"] if _made_by_sample(params, preset[k]) else preset[k]
+             for k in PRESET_FILES if preset.get(k)]
+    return list(dict.fromkeys(paths))
+
+
+def dataset_runs(params: dict[str, Any], root: Path | str = ".") -> tuple[list[Run], list[tuple[str, str]]]:
+    """The presets of `datasets` whose files are here (relative to root), as runs of model.llm
+    under {train.out}/datasets/{name}, and (name, why) for every other one. A preset reading the
+    sample stage's output is always here: rule sample makes it."""
+    present: list[Run] = []
+    skipped: list[tuple[str, str]] = []
+    llm = params["model"]["llm"]
+    for name, preset in (params.get("datasets") or {}).items():
+        missing = [preset[k] for k in PRESET_FILES if preset.get(k) and not _made_by_sample(params, preset[k])
+                   and not (Path(root) / preset[k]).exists()]
+        if missing:
+            skipped.append((name, f"{missing[0]} not found (see {RAW_README})"))
+            continue
+        settings = dataset_settings(params, name)
+        effective(params, settings, f"params.yaml datasets.{name}")  # fail at parse time, naming the preset
+        present.append(Run(name=name, llm=llm, out=settings["train.out"], overrides=tuple(settings.items())))
+    return present, skipped
 
 
 def run_overrides(params: dict[str, Any]) -> dict[str, tuple[tuple[str, Any], ...]]:

@@ -1,5 +1,6 @@
 """summarize: the metrics.json of every run of a sweep -> {train.out}/{summarize.kind}/summary.csv,
-summary.md and a plot (scales: summarize.metric against LLM size, log x; ablations: one bar each)."""
+summary.md and a plot (scales: summarize.metric against LLM size, log x; ablations: one bar each;
+datasets: every preset whose files are here, one group of bars each with its baselines)."""
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import sys
 
 from gemel.config import ConfigError, SummarizeParams, section
 from gemel.data.tables import write_text_atomic
-from gemel.summary import SummaryError, plot, summary_table, to_markdown
-from gemel.workflow import ablation_runs, scale_runs, summary_files
+from gemel.summary import SummaryError, dataset_table, plot, summary_table, to_markdown
+from gemel.workflow import ablation_runs, dataset_runs, scale_runs, summary_files
 from stages import _cli
 
 
@@ -16,15 +17,23 @@ def main(argv: list[str] | None = None) -> int:
     params = _cli.parse(__doc__, argv)
     p = section(params, "summarize", SummarizeParams) if "summarize" in params else SummarizeParams()
     files = summary_files(params, p.kind)  # checks the kind
-    runs = scale_runs(params) if p.kind == "scales" else ablation_runs(params)
+    if p.kind == "datasets":
+        runs, skipped = dataset_runs(params)
+        for name, why in skipped:
+            print(f"summarize: skipping {name}: {why}", file=sys.stderr)
+    else:
+        runs = scale_runs(params) if p.kind == "scales" else ablation_runs(params)
     if not runs:
         raise ConfigError(f"summarize: no runs for kind '{p.kind}' in params.yaml")
-    table = summary_table(runs, params["llms"], p.metric)
+    if p.kind == "datasets":
+        table = dataset_table(runs, p.metric)
+    else:
+        table = summary_table(runs, params["llms"], p.metric)
     write_text_atomic(table.to_csv(index=False), files["csv"])
     write_text_atomic(to_markdown(table), files["md"])
     plot(table, p.kind, p.metric, files["png"])
     print(json.dumps({"kind": p.kind, "runs": len(table), **files,
-                      p.metric: dict(zip(table["name"], table[p.metric].round(4)))}, indent=2))
+                      p.metric: dict(zip(table[table.columns[0]], table[p.metric].round(4)))}, indent=2))
     return 0
 
 

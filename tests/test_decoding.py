@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, OPTConfig
 
-from gemel.decoding import Hypothesis, beam_search, decode
+from gemel.decoding import Hypothesis, beam_search, decode, score_candidates
 from gemel.model import Gemel
 from gemel.prompt import IMAGE, Example, collate
 from gemel.trie import ROOT, Trie
@@ -112,3 +112,31 @@ def test_question_only_loss_equals_one_pass_loss(arch: str) -> None:
     batch = collate(prompts, features, PAD)
     with torch.no_grad():
         assert model.loss(batch, demo_image_grad=False).item() == pytest.approx(model.loss(batch).item(), rel=1e-5)
+
+
+def naive_sequence_score(model: Gemel, e: Example, features: np.ndarray, seq: list[int]) -> float:
+    """Teacher forcing, one full forward per sequence: sum of log p of its tokens / its length."""
+    batch = collate([Example(e.id, e.ids + seq[:-1], e.images, [])], features, PAD)
+    with torch.no_grad():
+        logp = torch.log_softmax(model.logits(model.forward_hidden(batch).last_hidden_state[0]), -1)
+    start = len(e.ids) - 1  # the output at the prompt's last token predicts the first answer token
+    return float(sum(logp[start + i, t] for i, t in enumerate(seq))) / len(seq)
+
+
+@pytest.mark.parametrize("arch,attn", [("llama", "sdpa"), ("gemma3", "sdpa"), ("opt", "sdpa"), ("gemma3", "eager")])
+def test_candidate_scores_match_teacher_forcing(arch: str, attn: str) -> None:
+    """Candidate-aware decoding scores every candidate of each prompt in one pass after the
+    prefill; each score must equal that candidate's teacher-forced score, whatever the others."""
+    model = Gemel(tiny_llm(arch, attn), DIM, K).to(DEVICE)
+    rng = np.random.default_rng(3)
+    features = rng.normal(size=(4, DIM)).astype(np.float32)
+    _, names = names_trie()
+    prompts = examples(rng)
+    # Each prompt its own candidates: shared prefixes, different counts, a one-token name.
+    seqs = [[n + [EOS] for n in names[:4]], [n + [EOS] for n in names[3:]], [[16, EOS], [5, 6, EOS]]]
+    got = score_candidates(model, prompts, features, PAD, seqs, batch_size=3)
+    for e, per, scores in zip(prompts, seqs, got):
+        assert scores.tolist() == pytest.approx([naive_sequence_score(model, e, features, s) for s in per], abs=1e-4)
+    # Batched and alone agree, and the order of the candidates does not change a score.
+    alone = score_candidates(model, prompts[:1], features, PAD, [seqs[0][::-1]], batch_size=1)[0]
+    assert alone.tolist() == pytest.approx(got[0][::-1].tolist(), abs=1e-4)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from gemel.data.tables import KB, write_parquet_atomic
-from gemel.metrics import MetricsError, compute_metrics, gold_rank
+from gemel.data.tables import KB, MENTIONS, write_parquet_atomic
+from gemel.metrics import MetricsError, baselines, breakdown, breakdown_table, compute_metrics, gold_rank
 from stages import _cli
 from stages import evaluate as evaluate_stage
 
@@ -78,12 +78,15 @@ def test_edge_cases():
 
 def _write_inputs(tmp_path: Path, pred: pd.DataFrame) -> list[str]:
     write_parquet_atomic(pred, tmp_path / "results" / "smollm2-135m" / "predictions.parquet")
+    write_parquet_atomic(pd.DataFrame({"id": ["t0"], "dataset": "fx", "split": "train", "text": "Paris.", "mention": "Paris",
+                                       "start": 0, "end": 5, "image": None, "entity_id": "E0", "entity_name": "Paris",
+                                       "is_nil": False}), tmp_path / "prepared" / "mentions.parquet", MENTIONS)
     kb = pd.DataFrame({"entity_id": [f"E{i}" for i in range(len(KB_NAMES))], "name": sorted(KB_NAMES),
                        "description": ""})
     write_parquet_atomic(kb, tmp_path / "prepared" / "kb.parquet", KB)
     return ["--params", str(ROOT / "params.yaml"), "--set", f"train.out={tmp_path / 'results'}",
             "--set", "model.llm=smollm2-135m", "--set", f"prepare.out={tmp_path / 'prepared'}",
-            "--set", "evaluate.hits_at=[1, 2]"]
+            "--set", "evaluate.hits_at=[1, 2]", "--set", f"candidates.out={tmp_path / 'no-candidates'}"]
 
 
 def run_cli(argv: list[str]) -> int:
@@ -109,3 +112,58 @@ def test_cli_missing_file_or_column(tmp_path, capsys):
     (tmp_path / "results" / "smollm2-135m" / "predictions.parquet").unlink()
     assert run_cli(argv) == 2
     assert "predictions.parquet: no such file" in capsys.readouterr().err
+
+
+# The baselines and the breakdown on a hand-made case (expected values worked out by hand).
+BASE_KB = ["Paris", "Paris Hilton", "Texas", "Apple", "Apple Inc.", "Apple pie", "Jaguar", "Jaguar Cars",
+           "Mercury", "Freddie Mercury", "Queen Victoria"]
+# mention, gold name, model's prediction, has_image, gold among the candidates
+BASE_ROWS = [
+    ("Jaguar", "Jaguar Cars", "Jaguar Cars", True, True),  # alias: Jaguar Cars (2 of 3 in train)   copy wrong
+    ("jaguar", "Jaguar", "Jaguar", True, True),            # alias (case-folded): Jaguar Cars, wrong
+    ("Hilton", "Paris Hilton", "Paris", False, True),      # no alias; the one name with "hilton"
+    ("Apple", "Apple", "Apple", True, True),               # no alias; shortest of Apple, Apple Inc., Apple pie; copy right
+    ("Mercury", "Freddie Mercury", "Mercury", False, False),  # shortest name with "mercury" is Mercury: wrong
+    ("Nobody Here", "Texas", "Paris", True, False),        # no name holds both words: the mention itself, wrong
+]
+
+
+def base_inputs() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    kb = pd.DataFrame({"entity_id": [f"K{i}" for i in range(len(BASE_KB))], "name": BASE_KB, "description": None})
+    eid = dict(zip(BASE_KB, kb["entity_id"]))
+    train = [("Jaguar", "Jaguar Cars"), ("JAGUAR", "Jaguar Cars"), ("Jaguar", "Jaguar"), ("Queen", "Queen Victoria")]
+    mentions = pd.DataFrame({"id": [f"t{i}" for i in range(4)], "split": "train", "mention": [m for m, _ in train],
+                             "entity_id": [eid[g] for _, g in train], "entity_name": [g for _, g in train], "is_nil": False})
+    rows = BASE_ROWS + [("Nil Thing", None, "Texas", True, False)]
+    pred = pd.DataFrame({"id": [f"p{i}" for i in range(len(rows))], "split": "test", "mention": [r[0] for r in rows],
+                         "gold_name": [r[1] for r in rows], "gold_id": [eid.get(r[1]) for r in rows],
+                         "pred_name": [r[2] for r in rows], "has_image": [r[3] for r in rows],
+                         "is_nil": [r[1] is None for r in rows]})
+    cands = pd.DataFrame({"id": pred["id"], "cand_ids": [[eid[r[1]], "K0"] if r[4] else ["K0"] for r in rows]})
+    return pred, mentions, kb, cands
+
+
+def test_baselines_by_hand() -> None:
+    pred, mentions, kb, _ = base_inputs()
+    scores, rule = baselines(pred, mentions, kb)
+    assert rule == ["Jaguar Cars", "Jaguar Cars", "Paris Hilton", "Apple", "Mercury", "Nobody Here"]
+    assert scores == {"copy_mention": {"accuracy": 0.1667}, "alias_prior": {"accuracy": 0.5}}
+
+
+def test_breakdown_by_hand() -> None:
+    pred, mentions, kb, cands = base_inputs()
+    _, rule = baselines(pred, mentions, kb)
+    b = breakdown(pred, mentions, rule, cands)
+    assert b == {
+        "gold_seen_in_training": {"seen": {"mentions": 2, "accuracy": 1.0, "alias_prior": 0.5},
+                                  "unseen": {"mentions": 4, "accuracy": 0.25, "alias_prior": 0.5}},
+        "mention_equals_gold_name": {"equal": {"mentions": 2, "accuracy": 1.0, "alias_prior": 0.5},
+                                     "different": {"mentions": 4, "accuracy": 0.25, "alias_prior": 0.5}},
+        "gold_in_candidates": {"inside": {"mentions": 4, "accuracy": 0.75, "alias_prior": 0.75},
+                               "outside": {"mentions": 2, "accuracy": 0.0, "alias_prior": 0.0}},
+        "image": {"with": {"mentions": 4, "accuracy": 0.75, "alias_prior": 0.5},
+                  "without": {"mentions": 2, "accuracy": 0.0, "alias_prior": 0.5}},
+    }
+    assert "gold_in_candidates" not in breakdown(pred, mentions, rule, None)  # no candidates table, no bucket
+    table = breakdown_table(b)
+    assert "| gold_in_candidates | outside | 2 | 0.000 | 0.000 |" in table and table.count("\n") == 10

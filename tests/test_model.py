@@ -216,3 +216,38 @@ def test_lr_schedule_warms_up_then_decays() -> None:
     assert all(a < b for a, b in zip(f[:warmup], f[1:warmup]))
     assert all(a > b for a, b in zip(f[warmup:], f[warmup + 1:]))
     assert f[-1] == pytest.approx(1 / (total - warmup)) and not any(math.isnan(x) for x in f)
+
+
+def test_candidate_aware_linking_stays_among_candidates_and_fuses_exactly(data, tokenizer, llm, trie) -> None:
+    """Candidate-aware mode on the real LLM: every answer is one of the mention's own candidates,
+    each candidate's LLM score is its teacher-forced score, and the ranking follows LLM + w * prior."""
+    from gemel.config import DecodeParams
+    from gemel.linker import Linker
+
+    model = model_for(llm)
+    b = builder(data, tokenizer)
+    cands = pd.DataFrame({
+        "id": ["m0", "m4", "m5"],
+        "cand_ids": [["E0", "E1", "E2"], ["E3", "E4"], ["E5", "E8", "E6", "E7"]],
+        "cand_names": [[NAMES[0], NAMES[1], NAMES[2]], [NAMES[3], NAMES[4]], [NAMES[5], NAMES[8], NAMES[6], NAMES[7]]],
+        "cand_scores": [[-0.1, -2.5, -3.0], [-0.7, -0.9], [-3.0, -0.05, -4.0, -5.0]]}).set_index("id", drop=False)
+    linker = Linker(model, b, data[2], trie, tokenizer.eos_token_id, tokenizer, cands)
+    p = DecodeParams(candidates="constrained", batch_size=2)
+    ids = ["m0", "m4", "m5"]
+    llm_scores = linker.candidate_llm_scores(ids, p)
+    for i, scores in zip(ids, llm_scores):
+        e = b.example(i, with_target=False)
+        for name, s in zip(cands.at[i, "cand_names"], scores):
+            target = answer_ids(tokenizer, name)
+            with torch.no_grad():
+                nll = model.loss(collate([Example(e.id, e.ids, e.images, target)], data[2], tokenizer.eos_token_id)).item()
+            assert s == pytest.approx(-nll, abs=1e-3)
+    for w in (0.0, 1.0, 100.0):
+        for i, r, llm_s in zip(ids, linker.rank(ids, p, w, llm_scores), llm_scores):
+            c = cands.loc[i]
+            assert sorted(r.ids) == sorted(c["cand_ids"])  # nothing outside the candidates, nothing lost
+            fused = llm_s + w * np.asarray(c["cand_scores"])
+            assert r.scores == pytest.approx(sorted(fused.tolist(), reverse=True))
+            assert r.ids[0] == c["cand_ids"][int(np.argmax(fused))]
+    # a large weight hands the choice to the prior
+    assert [r.ids[0] for r in linker.rank(ids, p, 100.0, llm_scores)] == ["E0", "E3", "E8"]

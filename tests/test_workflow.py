@@ -19,8 +19,9 @@ import pytest
 import yaml
 
 from gemel.config import ConfigError, apply_override, load_params
-from gemel.summary import SummaryError, summary_table
-from gemel.workflow import ablation_runs, check_ablation, effective, format_value, run_settings, set_args
+from gemel.summary import SummaryError, dataset_table, summary_table
+from gemel.workflow import (ablation_runs, check_ablation, dataset_runs, effective, format_value, run_settings,
+                            set_args)
 from stages import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,6 +58,11 @@ def snakemake(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subpr
 
 def plan(cwd: Path, *args: str) -> list[Job]:
     """The jobs of `snakemake -n -p --forceall ARGS`, parsed from its report."""
+    return plan_and_report(cwd, *args)[0]
+
+
+def plan_and_report(cwd: Path, *args: str) -> tuple[list[Job], str]:
+    """plan(), and the report itself (what the Snakefile printed while parsed, too)."""
     res = snakemake(cwd, "-n", "-p", "--forceall", *args)
     assert res.returncode == 0, res.stdout
     jobs: list[Job] = []
@@ -69,7 +75,7 @@ def plan(cwd: Path, *args: str) -> list[Job]:
                         cmd=None if cmd is None or cmd.group(1) == "None" else LOG.sub("", cmd.group(1)),
                         resources=fields.get("resources", "")))
     assert jobs, res.stdout
-    return jobs
+    return jobs, res.stdout
 
 
 @pytest.fixture(scope="module")
@@ -188,9 +194,110 @@ def test_slurm_profile_dry_runs(wd):
     assert all("slurm_account=<account>" in j.resources for j in jobs if j.cmd)
 
 
-def fake_metrics(path: Path, accuracy: float) -> None:
+def with_presets(presets: dict, **sections) -> dict:
+    """params.yaml with these dataset presets instead of its own (the repository's raw files may
+    or may not be here), and other sections replaced."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["datasets"] = {"sample": params["datasets"]["sample"], **presets}
+    params.update(sections)
+    return params
+
+
+def test_datasets_plans_every_preset_whose_files_are_here_in_its_own_folders(tmp_path):
+    tiny = {"format": "gemel_jsonl", "input": "data/tiny", "kb": "data/tiny/kb.json",
+            "split_file": "data/tiny/splits.json", "source": "made by this test"}
+    ghost = {**tiny, "kb": "data/ghost/kb.json"}  # its input is here, its KB is not
+    wd = workdir(tmp_path / "wd", yaml.safe_dump(with_presets({"tiny": tiny, "ghost": ghost}), sort_keys=False))
+    (wd / "data" / "tiny").mkdir()
+    (wd / "data" / "tiny" / "kb.json").write_text("{}")
+    (wd / "data" / "tiny" / "splits.json").write_text("{}")
+    jobs, report = plan_and_report(wd, "datasets")
+    assert "datasets: skipping ghost: data/ghost/kb.json not found (see data/raw/README.md)" in report
+    assert "skipping sample" not in report and "skipping tiny" not in report
+    runs = {j.outputs[0]: j for j in jobs if j.rule == "dataset_run"}
+    assert sorted(runs) == ["results/datasets/sample/smollm2-135m/metrics.json",
+                            "results/datasets/tiny/smollm2-135m/metrics.json"]
+    assert "sample" in [j.rule for j in jobs]  # the sample preset reads rule sample's output
+    assert "data/sample" in runs["results/datasets/sample/smollm2-135m/metrics.json"].inputs
+    assert {"data/tiny", "data/tiny/kb.json", "data/tiny/splits.json"} <= set(
+        runs["results/datasets/tiny/smollm2-135m/metrics.json"].inputs)
+    for name, job in (("sample", runs["results/datasets/sample/smollm2-135m/metrics.json"]),
+                      ("tiny", runs["results/datasets/tiny/smollm2-135m/metrics.json"])):
+        assert job.cmd.startswith("(") and job.cmd.endswith(")"), job.cmd  # one log for the whole chain
+        commands = [shlex.split(c) for c in job.cmd[1:-1].split(" && ")]
+        assert [argv[2] for argv in commands] == [f"stages.{s}" for s in STAGES[1:]]
+        for argv in commands:
+            assert argv[:2] == ["python", "-m"] and argv[3:5] == ["--params", "params.yaml"]
+            sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+            if name != "sample":  # the sample is params.yaml's own dataset: no --set needed
+                assert "dataset=tiny" in sets
+            p = load_params(wd / "params.yaml", sets)
+            assert p["dataset"] == name
+            folders = {s: p[s]["out"] for s in ("prepare", "features", "retrieve", "candidates", "train")}
+            assert folders == {"prepare": f"data/datasets/{name}/prepared",
+                               "features": f"data/datasets/{name}/features", "retrieve": f"data/datasets/{name}/demos",
+                               "candidates": f"data/datasets/{name}/candidates", "train": f"results/datasets/{name}"}
+    assert "--set dataset=tiny" in runs["results/datasets/tiny/smollm2-135m/metrics.json"].cmd
+    summary = next(j for j in jobs if j.rule == "summarize_datasets")
+    assert summary.outputs == ["results/datasets/summary.csv", "results/datasets/summary.md",
+                               "results/datasets/accuracy_by_dataset.png"]
+    assert sorted(runs) == sorted(i for i in summary.inputs if i.endswith("metrics.json"))
+    assert "--set summarize.kind=datasets" in summary.cmd
+
+
+def fake_metrics(path: Path, accuracy: float, baselines: tuple[float, float] | None = None,
+                 mode: str | None = None) -> None:
+    """A metrics.json; with baselines (copy_mention, alias_prior) and decode mode as evaluate now writes."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"accuracy": accuracy, "hits@k": {"3": min(1.0, accuracy + 0.1)}, "n": 10}))
+    data = {"accuracy": accuracy, "hits@k": {"3": min(1.0, accuracy + 0.1)}, "n": 10, "evaluated": 10}
+    if mode:
+        data["decode"] = {"mode": mode, "split": "test", "mentions_per_s": 5.0}
+    if baselines:
+        data["baselines"] = {"copy_mention": {"accuracy": baselines[0]}, "alias_prior": {"accuracy": baselines[1]}}
+    path.write_text(json.dumps(data))
+
+
+def test_datasets_summary_has_a_row_per_present_preset_with_its_baselines(tmp_path):
+    out = tmp_path / "results"
+    (tmp_path / "tiny").mkdir()
+    presets = {"tiny": {"format": "gemel_jsonl", "input": str(tmp_path / "tiny")},
+               "ghost": {"format": "gemel_jsonl", "input": str(tmp_path / "ghost")}}
+    params = with_presets(presets, train={**load_params(ROOT / "params.yaml")["train"], "out": str(out)})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    runs, skipped = dataset_runs(load_params(tmp_path / "params.yaml"))
+    assert [r.name for r in runs] == ["sample", "tiny"]
+    assert skipped == [("ghost", f"{tmp_path / 'ghost'} not found (see data/raw/README.md)")]
+    assert runs[1].metrics == f"{out}/datasets/tiny/smollm2-135m/metrics.json"
+    fake_metrics(Path(runs[0].metrics), 0.8889, baselines=(0.1944, 0.3611), mode="paper")
+    fake_metrics(Path(runs[1].metrics), 0.5, baselines=(0.25, 0.375), mode="constrained")
+    assert summarize.main(["--params", str(tmp_path / "params.yaml"), "--set", "summarize.kind=datasets"]) == 0
+    table = pd.read_csv(out / "datasets" / "summary.csv")
+    assert table.to_dict("records") == [
+        {"dataset": "sample", "llm": "smollm2-135m", "evaluated": 10, "accuracy": 0.8889,
+         "copy_mention": 0.1944, "alias_prior": 0.3611, "decode": "paper"},
+        {"dataset": "tiny", "llm": "smollm2-135m", "evaluated": 10, "accuracy": 0.5,
+         "copy_mention": 0.25, "alias_prior": 0.375, "decode": "constrained"}]
+    md = (out / "datasets" / "summary.md").read_text().splitlines()
+    assert md[0] == "| dataset | llm | evaluated | accuracy | copy_mention | alias_prior | decode |"
+    assert md[2] == "| sample | smollm2-135m | 10 | 0.8889 | 0.1944 | 0.3611 | paper |"
+    assert (out / "datasets" / "accuracy_by_dataset.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # An older metrics.json (no baselines, no decode mode) still makes a row, its baselines empty.
+    fake_metrics(Path(runs[1].metrics), 0.5)
+    row = dataset_table(runs, "accuracy").iloc[1]
+    assert pd.isna(row["copy_mention"]) and pd.isna(row["alias_prior"]) and row["decode"] == "-"
+
+
+def test_sweep_summaries_gain_the_baselines_where_metrics_have_them(tmp_path):
+    params = load_params(ROOT / "params.yaml")
+    runs = ablation_runs(effective(params, {"train.out": str(tmp_path)}))[:2]
+    fake_metrics(Path(runs[0].metrics), 0.5, baselines=(0.25, 0.375), mode="paper")
+    fake_metrics(Path(runs[1].metrics), 0.75)  # written before the baselines existed
+    table = summary_table(runs, params["llms"], "accuracy")
+    assert list(table.columns[:7]) == ["name", "llm", "params_m", "overrides", "accuracy", "copy_mention",
+                                       "alias_prior"]
+    assert not any(c.startswith("baselines.") for c in table.columns)
+    assert table["copy_mention"].iloc[0] == 0.25 and table["alias_prior"].iloc[0] == 0.375
+    assert table[["copy_mention", "alias_prior"]].iloc[1].isna().all()
 
 
 @pytest.mark.parametrize("kind", ["scales", "ablations"])
@@ -211,6 +318,7 @@ def test_summarize_stage_writes_table_and_plot(tmp_path, kind):
     assert dict(zip(table["name"], table["accuracy"])) == accuracy
     assert list(table.columns[:5]) == ["name", "llm", "params_m", "overrides", "accuracy"]
     assert "hits@k.3" in table.columns
+    assert "copy_mention" not in table.columns  # metrics without baselines: no baseline columns
     if kind == "scales":
         assert list(table["params_m"]) == [params["llms"][n]["params_m"] for n in names]
     md = (out / kind / "summary.md").read_text().splitlines()

@@ -2,12 +2,14 @@
 # turning a run into `--set` overrides of the stage CLIs. The conventions live in gemel.workflow.
 import functools
 import re
+import sys
 
 from snakemake.utils import validate
 
 from gemel.config import ConfigError, load_params
-from gemel.workflow import (ablation_runs, check_llms, default_run, demos_dir, effective,
-                            run_overrides, run_settings, scale_runs, set_args, summary_files, tracked)
+from gemel.workflow import (ablation_runs, check_llms, dataset_inputs, dataset_runs, dataset_settings, default_run,
+                            demos_dir, effective, run_overrides, run_settings, scale_runs, set_args, summary_files,
+                            tracked)
 
 
 validate(config, "../schemas/params.schema.yaml")

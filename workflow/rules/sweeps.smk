@@ -1,5 +1,17 @@
-# The two sweeps: every LLM of `scales` (eval_all_scales) and every entry of `ablations`, each
-# through the rules of model.smk, then one summary table and plot per sweep (stages/summarize.py).
+# The sweeps: every LLM of `scales` (eval_all_scales) and every entry of `ablations`, each through
+# the rules of model.smk, and every preset of `datasets` whose files are here (datasets), each as
+# one job; then one summary table and plot per sweep (stages/summarize.py).
+
+# The presets whose files are here; the others are named once, with the missing file.
+DATASETS, DATASETS_SKIPPED = dataset_runs(PARAMS)
+for _name, _why in DATASETS_SKIPPED:
+    print(f"datasets: skipping {_name}: {_why}", file=sys.stderr)
+DATASET_STAGES = ["prepare", "features", "retrieve", "candidates", "trie", "train", "decode", "evaluate"]
+DATASET_CODE = sorted({"gemel/data/importers.py", "gemel/data/prepare.py", "gemel/data/tables.py", "gemel/encoders.py",
+                       "gemel/features.py", "gemel/retrieval.py", "gemel/candidates.py", "gemel/llm.py",
+                       "gemel/trie.py", "gemel/prompt.py", "gemel/model.py", "gemel/training.py",
+                       "gemel/decoding.py", "gemel/linker.py", "gemel/metrics.py",
+                       *(f"stages/{s}.py" for s in DATASET_STAGES)})
 
 
 rule summarize_scales:
@@ -37,6 +49,49 @@ rule summarize_ablations:
         "{params.cmd} > {log} 2>&1"
 
 
+# One preset = one coarse job: the stage CLIs of dvc.yaml in order, each with the preset's `--set`
+# overrides (dataset=<name> and its own folders: data/datasets/<name>/..., results/datasets/<name>/).
+rule dataset_run:
+    input:
+        data=lambda wc: dataset_inputs(PARAMS, wc.name),
+        code=DATASET_CODE,
+    output:
+        metrics=f"{RESULTS}/datasets/{{name}}/{PARAMS['model']['llm']}/metrics.json",
+    wildcard_constraints:
+        name=_alternatives(r.name for r in DATASETS) or "(?!)",
+    params:
+        cmd=lambda wc: " && ".join(cli(stage, dataset_settings(PARAMS, wc.name)) for stage in DATASET_STAGES),
+        tracked=lambda wc: tracked(effective(PARAMS, dataset_settings(PARAMS, wc.name)),
+                                   [f"datasets.{wc.name}", "prepare", "features", "retrieve", "text_encoders",
+                                    "candidates", "model", "llms", "train", "decode", "evaluate"]),
+    log:
+        f"{LOGS}/datasets_{{name}}.log",
+    threads: 8
+    resources:
+        gpu=1,
+    conda:
+        ENV
+    shell:
+        "({params.cmd}) > {log} 2>&1"
+
+
+rule summarize_datasets:
+    input:
+        metrics=[r.metrics for r in DATASETS],
+        code=["gemel/summary.py", "gemel/workflow.py", "stages/summarize.py"],
+    output:
+        **summary_files(PARAMS, "datasets"),
+    params:
+        cmd=cli("summarize", {"summarize.kind": "datasets"}),
+        tracked=tracked(PARAMS, ["datasets", "model.llm", "summarize"]),
+    log:
+        f"{LOGS}/summarize_datasets.log",
+    conda:
+        ENV
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
 rule eval_all_scales:
     input:
         rules.summarize_scales.output,
@@ -45,3 +100,8 @@ rule eval_all_scales:
 rule ablations:
     input:
         rules.summarize_ablations.output,
+
+
+rule datasets:
+    input:
+        rules.summarize_datasets.output,
