@@ -128,7 +128,14 @@ def load_candidates(params: dict[str, Any]) -> pd.DataFrame | None:
     if not path.is_file():
         raise CandidateError(f"{path}: no such file (decode.candidates: {params['decode']['candidates']} needs the "
                              "candidates stage: run it first)")
-    return pd.read_parquet(path)
+    k = int(params["decode"].get("num_candidates", 16))
+    if k > params["candidates"]["top_k"]:
+        raise CandidateError(f"decode.num_candidates = {k} exceeds candidates.top_k = {params['candidates']['top_k']}: "
+                             "the candidates stage keeps only top_k per mention")
+    table = pd.read_parquet(path)
+    for col in ("cand_ids", "cand_names", "cand_scores", "cand_sources"):  # the first K, best first
+        table[col] = [list(x)[:k] for x in table[col]]
+    return table
 
 
 def build_linker(params: dict[str, Any], mentions: pd.DataFrame, demos: pd.DataFrame,
