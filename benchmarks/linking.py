@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from gemel.config import load_params
+
 ROOT = Path(__file__).resolve().parent.parent
 MODES = {"paper": ["decode.candidates=none"], "candidates": ["decode.candidates=constrained"]}
 
@@ -45,6 +47,8 @@ def main() -> None:
     ap.add_argument("--modes", default="paper,candidates", help="comma-separated: paper, candidates")
     ap.add_argument("--out", default="benchmarks/out/linking", help="scratch folder (git-ignored)")
     ap.add_argument("--set", dest="extra", action="append", default=[], help="more KEY=VALUE overrides")
+    ap.add_argument("--reuse", action="store_true",
+                    help="a mode whose predictions exist in --out is only re-evaluated (the shared stages still run)")
     args = ap.parse_args()
     out = Path(args.out)
     limit = lambda n: "null" if n is None else str(n)  # noqa: E731
@@ -57,11 +61,13 @@ def main() -> None:
     for name in ("prepare", "features", "retrieve", "candidates"):
         print(f"{name}: {stage(name, shared):.1f} s", file=sys.stderr)
     rows = []
+    llm = load_params(ROOT / "params.yaml", [s for s in args.extra if s.startswith("model.llm=")])["model"]["llm"]
     for mode in args.modes.split(","):
         sets = [*shared, f"train.out={out}/{mode}", *MODES[mode]]
-        for name in ("trie", "train", "decode", "evaluate"):
+        run = out / mode / llm
+        done = args.reuse and (run / "predictions.parquet").is_file()
+        for name in ("evaluate",) if done else ("trie", "train", "decode", "evaluate"):
             print(f"{mode} {name}: {stage(name, sets):.1f} s", file=sys.stderr)
-        run = out / mode / json.loads((out / mode / "decode_report.json").read_text())["llm"]
         d = json.loads((run / "decode_report.json").read_text())
         m = json.loads((run / "metrics.json").read_text())
         rows.append((mode, d["split"], m["evaluated"], m["accuracy"], m["baselines"]["copy_mention"]["accuracy"],

@@ -42,6 +42,7 @@ class Workload:
     model: Gemel
     trie: EntityTrie
     pad_id: int
+    tokenizer: object
 
 
 def build(llm: str = "smollm2-135m", num_demos: int = 16, prefix_tokens: int = 4, data: Path = RICHPEDIA,
@@ -62,7 +63,7 @@ def build(llm: str = "smollm2-135m", num_demos: int = 16, prefix_tokens: int = 4
     llm_model = load_llm(spec, device, torch.bfloat16 if device.startswith("cuda") else torch.float32)
     model = Gemel(llm_model, IMAGE_DIM, prefix_tokens).to(device)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Workload(mentions, builder, features, model, trie, pad)
+    return Workload(mentions, builder, features, model, trie, pad, tokenizer)
 
 
 def peak_rss_gib() -> float:

@@ -285,23 +285,34 @@ def score_sequences(model: Gemel, batch: Batch, seqs: list[list[list[int]]], len
     dev = model.device
     cache, first = _prefill(model, batch)
     tree = _Tree(model, batch.attention_mask)
-    feeds = [[(-1, 0, s[:-1]) for s in per] for per in seqs]
     out = [np.zeros(len(per), dtype=np.float64) for per in seqs]
-    if any(len(s) > 1 for per in seqs for s in per):
-        ids, pos, masks, slot = tree.add(feeds)
+    # Per fed slot (prompt b, column): the token it must predict; the LM head then runs once over
+    # all of them (one read of its weights, not one per candidate).
+    rows_b, rows_col, targets, owner = [], [], [], []
+    for b, per in enumerate(seqs):
+        col = 0
+        for c, s in enumerate(per):
+            out[b][c] = float(first[b, s[0]])
+            for m in range(1, len(s)):  # the output at chain position m - 1 predicts token m
+                rows_b.append(b)
+                rows_col.append(col + m - 1)
+                targets.append(s[m])
+                owner.append((b, c))
+            col += len(s) - 1
+    if targets:
+        ids, pos, masks, slot = tree.add([[(-1, 0, s[:-1]) for s in per] for per in seqs])
         with _beam_attention(model.llm):
             h = model.llm.base_model(input_ids=torch.from_numpy(ids).to(dev), attention_mask=masks,
                                      position_ids=torch.from_numpy(pos).to(dev), cache=cache,
                                      use_cache=True).last_hidden_state
+        h = h[torch.tensor(rows_b, device=dev), torch.tensor(rows_col, device=dev)]
+        tgt = torch.tensor(targets, device=dev)
+        logp = torch.cat([torch.log_softmax(model.logits(h[i:i + 512]).float(), dim=-1)
+                          .gather(1, tgt[i:i + 512, None])[:, 0] for i in range(0, len(tgt), 512)]).cpu().numpy()
+        for (b, c), lp in zip(owner, logp):
+            out[b][c] += float(lp)
     for b, per in enumerate(seqs):
-        col = 0
-        for c, s in enumerate(per):
-            total = float(first[b, s[0]])
-            if len(s) > 1:  # the output at chain position m predicts token m + 1
-                rows = torch.log_softmax(model.logits(h[b, col:col + len(s) - 1]).float(), dim=-1)
-                total += float(rows.gather(1, torch.tensor(s[1:], device=dev)[:, None]).sum())
-                col += len(s) - 1
-            out[b][c] = total / float(len(s)) ** length_penalty
+        out[b] /= np.array([float(len(s)) ** length_penalty for s in per]) if per else 1.0
     return out
 
 
