@@ -60,6 +60,26 @@ def build_image_encoder(p: FeaturesParams, device: str = "cpu") -> ImageEncoder:
     return builders[p.encoder](p, device)
 
 
+def weights_fingerprint(p: FeaturesParams) -> dict[str, Any]:
+    """What an image encoder is, without building it: the settings that choose it and a sha256 of
+    its weight file (the run record's encoder id; a changed file means changed features). Raises
+    EncoderError when the weights are not here, as building it would."""
+    fields = {"encoder": p.encoder}
+    if p.encoder == "efficientnet_lite0":
+        path: str | None = str(efficientnet_lite0_weights())
+    elif p.encoder == "open_clip":
+        fields.update(open_clip_model=p.open_clip_model, open_clip_pretrained=p.open_clip_pretrained,
+                      open_clip_output=p.open_clip_output)
+        path = None if p.open_clip_pretrained is None else _resolve_open_clip_weights(
+            p.open_clip_model, _open_clip_model_name(p.open_clip_model), p.open_clip_pretrained)[0]
+    else:
+        raise ValueError(f"features.encoder: unknown image encoder {p.encoder!r} (known: efficientnet_lite0, "
+                         "open_clip)")
+    # open_clip without weights is the seeded random initialisation (tests only): nothing to hash.
+    return {**fields, "weights": Path(path).name if path else "random-init-seed0",
+            "weights_sha256": _sha256(Path(path)) if path else None}
+
+
 # --- efficientnet_lite0 ---------------------------------------------------------------------
 
 # The shipped .pth is the TensorFlow EfficientNet-Lite0 checkpoint ported to the

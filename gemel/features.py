@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,35 @@ def cache_rows(cache: pd.DataFrame | None, encoder: ImageEncoder) -> dict[str, n
     return dict(zip(good["image"], good["vector"]))
 
 
+def encode_paths(paths: Sequence[str], encoder: ImageEncoder, batch_size: int,
+                 on_bad: Callable[[str, str], None], progress: bool = True) -> dict[str, np.ndarray]:
+    """Vectors of the images among `paths` that can be read; every other path goes to
+    `on_bad(path, why)`, why being 'missing' or 'unreadable' (it may raise). Missing files are
+    reported before any encoding, so a raising `on_bad` stops before minutes of work. The one
+    encoding loop of the features stage and of linking new inputs (gemel.linker)."""
+    vectors: dict[str, np.ndarray] = {}
+    missing = {p for p in paths if not os.path.isfile(p)}
+    for path in (p for p in paths if p in missing):
+        on_bad(path, "missing")
+    todo = [p for p in paths if p not in missing]
+    with tqdm(total=len(todo), desc=f"encoding images ({encoder.name.split(':')[0]})", unit="img",
+              disable=not progress) as bar:
+        for chunk in _batches(todo, batch_size):
+            tensors, names = [], []
+            for path in chunk:
+                image = _load(path)
+                if isinstance(image, str):
+                    on_bad(path, image)
+                else:
+                    tensors.append(encoder.preprocess(image))
+                    names.append(path)
+            if tensors:
+                out = encoder.encode(torch.stack(tensors)).numpy().astype(np.float32, copy=False)
+                vectors.update(zip(names, out))
+            bar.update(len(chunk))
+    return vectors
+
+
 def encode_images(paths: Iterable[str], encoder: ImageEncoder, batch_size: int = 32,
                   missing_image: str = "zero", cache: pd.DataFrame | None = None,
                   used_by: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, dict]:
@@ -85,27 +114,8 @@ def encode_images(paths: Iterable[str], encoder: ImageEncoder, batch_size: int =
                              "set features.missing_image to zero or drop to go on without it")
         bad[path] = why
 
-    # Missing files are found before any encoding, so `error` stops before minutes of work.
-    for path in todo:
-        if not os.path.isfile(path):
-            fail(path, "missing")
-    todo = [p for p in todo if p not in bad]
-    encoded = 0
-    with tqdm(total=len(todo), desc=f"encoding images ({encoder.name.split(':')[0]})", unit="img") as bar:
-        for chunk in _batches(todo, batch_size):
-            tensors, names = [], []
-            for path in chunk:
-                image = _load(path)
-                if isinstance(image, str):
-                    fail(path, image)
-                else:
-                    tensors.append(encoder.preprocess(image))
-                    names.append(path)
-            if tensors:
-                out = encoder.encode(torch.stack(tensors)).numpy().astype(np.float32, copy=False)
-                vectors.update(zip(names, out))
-                encoded += len(names)
-            bar.update(len(chunk))
+    vectors.update(encode_paths(todo, encoder, batch_size, fail))
+    encoded = len(vectors) - reused
 
     zero = np.zeros(encoder.dim, dtype=np.float32)
     rows = [(p, vectors[p], True) if p in vectors else (p, zero, False)
@@ -126,6 +136,33 @@ def encode_images(paths: Iterable[str], encoder: ImageEncoder, batch_size: int =
         "rows": len(table),
     }
     return table, report
+
+
+def encode_inputs(paths: Sequence[str | None], encoder: ImageEncoder, batch_size: int = 32,
+                  missing_image: str = "zero") -> tuple[np.ndarray, list[str | None], list[str | None]]:
+    """The images of new inputs (one optional path each), under the features stage's policy.
+
+    Returns their vectors [n, dim] (zeros where there is none: what the pipeline's prompts get for
+    a zero-vector row or a dropped one), why each has no image (None when it was encoded, else
+    'none given', 'missing' or 'unreadable'), and, under `missing_image: error`, the error of each
+    input whose image is missing or unreadable (None elsewhere): one bad input, not the batch."""
+    if missing_image not in MISSING_POLICIES:
+        known = ", ".join(MISSING_POLICIES)
+        raise ValueError(f"features.missing_image: unknown policy {missing_image!r} (known: {known})")
+    bad: dict[str, str] = {}
+    given = list(dict.fromkeys(p for p in paths if p is not None))
+    vectors = encode_paths(given, encoder, batch_size, bad.__setitem__, progress=False)
+    out = np.zeros((len(paths), encoder.dim), dtype=np.float32)
+    why: list[str | None] = []
+    errors: list[str | None] = []
+    for i, path in enumerate(paths):
+        if path is not None and path in vectors:
+            out[i] = vectors[path]
+        reason = "none given" if path is None else bad.get(path)
+        why.append(reason)
+        errors.append(f"image {path} is {reason} (the run's features.missing_image is error)"
+                      if missing_image == "error" and path is not None and reason else None)
+    return out, why, errors
 
 
 def mention_images(mentions: pd.DataFrame) -> tuple[list[str], dict[str, str], int]:
