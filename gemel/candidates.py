@@ -268,6 +268,29 @@ def top_k(gen: Generator, ranker: Ranker, pools: Sequence[Pool], k: int) -> list
     return out
 
 
+def propose(gen: Generator, ranker: Ranker, mentions: Sequence[str], texts: Sequence[str], k: int,
+            leave_out: Sequence[str | None] | None = None) -> list[dict]:
+    """The k best candidates of each (mention, text) pair: the candidates stage's rows for its own
+    mentions, and for new inputs (`gemel link`) the same pools, features and ranker."""
+    return top_k(gen, ranker, gen.pools(mentions, texts, leave_out), k)
+
+
+def first(rows: Sequence[dict], k: int) -> list[dict]:
+    """Each row cut to its first k candidates, best first (decode.num_candidates of the stage's
+    top_k); the scores stay the log-softmax over all that the stage kept."""
+    cols = ("cand_ids", "cand_names", "cand_scores", "cand_sources")
+    return [{**r, **{c: list(r[c])[:k] for c in cols}} for r in rows]
+
+
+def ranker_weights(report: dict) -> np.ndarray:
+    """The fitted weights of a candidates report.json, in FEATURES order; CandidateError if absent."""
+    weights = report.get("weights") or {}
+    missing = [f for f in FEATURES if f not in weights]
+    if missing:
+        raise CandidateError(f"candidates report: no ranker weight for {', '.join(missing)}")
+    return np.asarray([weights[f] for f in FEATURES], dtype=np.float32)
+
+
 def fuse(llm: np.ndarray, prior: np.ndarray, weight: float) -> np.ndarray:
     """Candidate-aware score: the LLM's (length-normalised) log-probability of the name plus
     `weight` times the candidate's log prior. weight 0: the LLM alone chooses among candidates."""
@@ -307,12 +330,13 @@ def generate(mentions: pd.DataFrame, kb: pd.DataFrame, top: int, pool_size: int,
     for split in ("train", "dev", "test"):
         part = mentions[mentions["split"] == split]
         leave = part["entity_id"].where(part["entity_id"].notna(), None).tolist() if split == "train" else None
-        pools = gen.pools(part["mention"].tolist(), part["text"].tolist(), leave)
-        for mid, c in zip(part["id"], top_k(gen, ranker, pools, top)):
+        cands = propose(gen, ranker, part["mention"].tolist(), part["text"].tolist(), top, leave)
+        for mid, c in zip(part["id"], cands):
             rows.append({"id": mid, "split": split, **c})
     table = pd.DataFrame(rows, columns=CANDIDATES.names)
     report = {"top_k": top, "pool": pool_size, "fitted_on": int(len(train)),
-              "weights": {n: round(float(w), 4) for n, w in zip(FEATURES, ranker.weights)}, "recall": {}}
+              # exact (float32 round-trips through JSON): `gemel link` rebuilds the ranker from them
+              "weights": {n: float(w) for n, w in zip(FEATURES, ranker.weights)}, "recall": {}}
     by_id = table.set_index("id")
     for split in ("train", "dev", "test"):
         linked = mentions[(mentions["split"] == split) & ~mentions["is_nil"]]

@@ -50,16 +50,34 @@ class PromptBuilder:
                  tokenizer: PreTrainedTokenizerBase, prefix_tokens: int, use_image: bool, num_demos: int):
         self.k = prefix_tokens if use_image else 0
         self.num_demos = num_demos
+        self.tokenizer = tokenizer
         self.start = start_ids(tokenizer)
+        self.question: dict[str, list[int]] = {}
+        self.answer: dict[str, list[int]] = {}
+        self.image: dict[str, int] = {}
+        self.demos: dict[str, list[str]] = {}
+        self.add(mentions, demos, image_rows)
+
+    def add(self, mentions: pd.DataFrame, demos: pd.DataFrame, image_rows: dict[str, int]) -> None:
+        """Tokenize more mentions (columns id, text, mention, image, entity_name; a new input has
+        no entity_name) and record their demonstrations and image rows."""
+        if not len(mentions):
+            return
         m = mentions.set_index("id", drop=False)
         texts = [TEMPLATE.format(text=t, mention=s) for t, s in zip(m["text"], m["mention"])]
-        self.question = dict(zip(m["id"], tokenizer(texts, add_special_tokens=False).input_ids))
+        self.question.update(zip(m["id"], self.tokenizer(texts, add_special_tokens=False).input_ids))
         named = m[m["entity_name"].notna()]
-        self.answer = {i: answer_ids(tokenizer, n) for i, n in zip(named["id"], named["entity_name"])}
-        self.image = {i: image_rows.get(p, NO_IMAGE) if isinstance(p, str) else NO_IMAGE
-                      for i, p in zip(m["id"], m["image"])}
-        self.demos: dict[str, list[str]] = (
-            dict(zip(demos["id"], (list(d) for d in demos["demo_ids"]))) if num_demos else {})
+        self.answer.update((i, answer_ids(self.tokenizer, n)) for i, n in zip(named["id"], named["entity_name"]))
+        self.image.update((i, image_rows.get(p, NO_IMAGE) if isinstance(p, str) else NO_IMAGE)
+                          for i, p in zip(m["id"], m["image"]))
+        if self.num_demos:
+            self.demos.update(zip(demos["id"], (list(d) for d in demos["demo_ids"])))
+
+    def forget(self, ids: Sequence[str]) -> None:
+        """Drop mentions added for one batch of new inputs."""
+        for table in (self.question, self.answer, self.image, self.demos):
+            for i in ids:
+                table.pop(i, None)
 
     def example(self, mention_id: str, with_target: bool) -> Example:
         # The retrieve stage keeps top_k, least similar first: the n most similar are the last n.

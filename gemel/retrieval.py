@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import time
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
@@ -147,6 +151,7 @@ def simcse(mentions: pd.DataFrame, pool: np.ndarray, texts: list[str], top_k: in
     if stats is not None:
         stats["encoded"] = int(emb.shape[0])
         stats["encode_seconds"] = time.perf_counter() - t0
+        stats["pool_vectors"] = emb[row[pool]].numpy()  # kept (pool.parquet) for new inputs' queries
     # Score against the distinct texts, then gather the pool's columns: identical texts then tie
     # exactly (a matmul over repeated rows may differ in the last bits from column to column).
     pool_cols = torch.from_numpy(row[pool])         # (P,) -> row of emb
@@ -198,28 +203,38 @@ def random_demos(mentions: pd.DataFrame, pool: np.ndarray, texts: list[str], top
     return out
 
 
+class _BM25:
+    """A bm25s index over the pool's query texts, and the tokenizer that queries it."""
+
+    def __init__(self, corpus: list[str]):
+        import bm25s
+        from bm25s.tokenization import Tokenizer
+
+        self.tokenizer = Tokenizer(stopwords=None)  # mentions are short: "The Who" must not vanish
+        tokens = self.tokenizer.tokenize(corpus, return_as="string", show_progress=False)
+        self.index = bm25s.BM25()
+        self.index.index(tokens, show_progress=False)
+        self.empty = np.zeros(len(corpus), dtype=np.float32)  # no known token: every item ties at 0
+
+    def tokens(self, texts: list[str]) -> list[list[str]]:
+        vocab = self.index.vocab_dict
+        tokens = self.tokenizer.tokenize(texts, return_as="string", update_vocab=False, show_progress=False)
+        return [[t for t in q if t and t in vocab] for q in tokens]  # bm25s rejects unknown tokens
+
+    def scores(self, tokens: list[list[str]]) -> torch.Tensor:
+        return torch.from_numpy(np.stack([self.index.get_scores(q) if q else self.empty for q in tokens])
+                                .astype(np.float32))
+
+
 def bm25(mentions: pd.DataFrame, pool: np.ndarray, texts: list[str], top_k: int,
          encoder=None, batch_size: int = 64, seed: int = 0, stats: dict | None = None) -> list[tuple]:
     """Lexical BM25 (bm25s) over the pool's query texts. Every query is scored against the whole
     pool (bm25s scores one query at a time), so ties break by the same seeded draw as `simcse`:
     a top-k from bm25s would break them by pool order and give every query of a surface form
     the same demonstrations."""
-    import bm25s
-    from bm25s.tokenization import Tokenizer
-
-    tokenizer = Tokenizer(stopwords=None)  # mentions are short: "The Who" must not vanish
-    corpus = tokenizer.tokenize([texts[i] for i in pool], return_as="string", show_progress=False)
-    index = bm25s.BM25()
-    index.index(corpus, show_progress=False)
-    vocab = index.vocab_dict
-    tokens = tokenizer.tokenize(texts, return_as="string", update_vocab=False, show_progress=False)
-    tokens = [[t for t in q if t and t in vocab] for q in tokens]  # bm25s rejects unknown tokens
-    empty = np.zeros(len(pool), dtype=np.float32)  # no known token: every item ties at 0
-
-    def scores(a: int, b: int) -> torch.Tensor:
-        return torch.from_numpy(np.stack([index.get_scores(q) if q else empty for q in tokens[a:b]]).astype(np.float32))
-
-    return _rank(len(texts), pool, top_k, seed, scores)
+    index = _BM25([texts[i] for i in pool])
+    tokens = index.tokens(texts)
+    return _rank(len(texts), pool, top_k, seed, lambda a, b: index.scores(tokens[a:b]))
 
 
 METHODS: dict[str, Callable[..., list[tuple]]] = {"simcse": simcse, "random": random_demos, "bm25": bm25}
@@ -267,3 +282,96 @@ def retrieve(mentions: pd.DataFrame, method: str, top_k: int, query: str = "ment
 
 def read_demos(path: str | Path) -> pd.DataFrame:
     return pq.read_table(path, schema=DEMOS).to_pandas()
+
+
+# ---------------------------------------------------------------- the pool, for new inputs
+
+# pool.parquet (beside demos.parquet): the pool's ids, query texts and, for simcse, their
+# normalised embeddings; method, query, encoder and seed in the schema metadata.
+POOL = pa.schema([("id", pa.string()), ("text", pa.string()), ("vector", pa.list_(pa.float32()))])
+POOL_KEY = b"gemel.pool"
+
+
+@dataclass
+class DemoPool:
+    """What retrieving demonstrations for a new mention needs: the train pool as the retrieve
+    stage saw it (ids, query texts, simcse embeddings) and the settings it retrieved with."""
+    ids: list[str]
+    texts: list[str]
+    vectors: np.ndarray | None  # [P, d] normalised sentence embeddings (simcse), else None
+    method: str
+    query: str
+    encoder: str | None
+    seed: int = 0
+    _bm25: Any = None
+
+    @classmethod
+    def of(cls, mentions: pd.DataFrame, method: str, query: str, encoder: str | None, seed: int,
+           vectors: np.ndarray | None = None) -> DemoPool:
+        mentions = mentions.reset_index(drop=True)
+        pool = pool_rows(mentions)
+        return cls(mentions["id"].to_numpy()[pool].tolist(), [query_texts(mentions, query)[i] for i in pool],
+                   vectors, method, query, encoder, seed)
+
+    def retrieve(self, mentions: pd.DataFrame, top_k: int, encoder=None, batch_size: int = 64
+                 ) -> list[tuple[list[str], np.ndarray]]:
+        """For new mentions (columns text and mention), up to top_k pool ids, least similar first,
+        and their scores, by the retrieve stage's method. Ties break by the stage's draw
+        (`_topk_least_first`), seeded by the query text rather than by its position, so an input
+        gets the same demonstrations in any batch."""
+        texts = query_texts(mentions, self.query)
+        k = min(top_k, len(self.ids))
+        if k == 0 or not texts:
+            return [([], np.zeros(0, np.float32)) for _ in texts]
+        if self.method == "simcse":
+            if encoder is None or self.vectors is None:
+                raise RetrievalError("simcse demonstrations for new inputs need the text encoder and the pool's "
+                                     "vectors")
+            emb, row = encode_unique(encoder, texts, batch_size)
+            scores = emb[torch.from_numpy(row)] @ torch.from_numpy(self.vectors).T
+        elif self.method == "bm25":
+            if self._bm25 is None:
+                self._bm25 = _BM25(self.texts)
+            scores = self._bm25.scores(self._bm25.tokens(texts))
+        elif self.method == "random":
+            out = []
+            for t in texts:
+                picked = np.random.default_rng(self._seed(t)).choice(len(self.ids), size=k, replace=False)
+                out.append(([self.ids[i] for i in picked], np.zeros(k, np.float32)))
+            return out
+        else:
+            raise RetrievalError(f"unknown retrieve method '{self.method}' (known: {', '.join(METHODS)})")
+        out = []
+        for i, t in enumerate(texts):
+            val, idx = _topk_least_first(scores[i:i + 1].float(), k, torch.Generator().manual_seed(self._seed(t)))
+            out.append(([self.ids[j] for j in idx[0].tolist()], val[0].numpy()))
+        return out
+
+    def _seed(self, text: str) -> int:
+        return self.seed * 2**32 + zlib.crc32(text.encode("utf-8"))
+
+
+def write_pool(pool: DemoPool, path: str | Path) -> None:
+    from gemel.data.tables import write_parquet_atomic
+
+    vectors = [None] * len(pool.ids) if pool.vectors is None else list(pool.vectors.astype(np.float32))
+    meta = {"method": pool.method, "query": pool.query, "encoder": pool.encoder, "seed": pool.seed}
+    table = pa.Table.from_arrays([pa.array(pool.ids, pa.string()), pa.array(pool.texts, pa.string()),
+                                  pa.array(vectors, pa.list_(pa.float32()))],
+                                 schema=POOL.with_metadata({POOL_KEY: json.dumps(meta).encode()}))
+    write_parquet_atomic(table, path)
+
+
+def read_pool(path: str | Path) -> DemoPool:
+    table = pq.read_table(path)
+    meta = (table.schema.metadata or {}).get(POOL_KEY)
+    if meta is None or set(POOL.names) - set(table.column_names):
+        raise RetrievalError(f"{path}: not a demonstration pool written by the retrieve stage")
+    meta = json.loads(meta)
+    column = table.column("vector")
+    vectors = None
+    if len(column) and column.null_count == 0:
+        flat = pc.list_flatten(column.combine_chunks()).to_numpy(zero_copy_only=False).astype(np.float32)
+        vectors = flat.reshape(len(column), -1)
+    return DemoPool(table.column("id").to_pylist(), table.column("text").to_pylist(), vectors,
+                    meta["method"], meta["query"], meta["encoder"], int(meta["seed"]))

@@ -1,4 +1,5 @@
-"""retrieve: {prepare.out}/mentions.parquet -> {retrieve.out}/demos.parquet (demonstration ids per mention)."""
+"""retrieve: {prepare.out}/mentions.parquet -> {retrieve.out}/demos.parquet (demonstration ids per mention)
+and pool.parquet (the pool's ids, query texts and simcse embeddings: what `gemel link` retrieves from)."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 from gemel.config import RetrieveParams, section
 from gemel.data.importers import DataError
 from gemel.data.tables import read_mentions, write_parquet_atomic
-from gemel.retrieval import DEMOS, RetrievalError, load_text_encoder, pool_rows, retrieve
+from gemel.retrieval import DEMOS, DemoPool, RetrievalError, load_text_encoder, pool_rows, retrieve, write_pool
 from stages import _cli
 
 
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
                      batch_size=p.batch_size, seed=p.seed, stats=stats)
     seconds = time.perf_counter() - t0
     write_parquet_atomic(demos, Path(p.out) / "demos.parquet", DEMOS)
+    pool = DemoPool.of(mentions, p.method, p.query, p.encoder if encoder is not None else None, p.seed,
+                       stats.pop("pool_vectors", None))
+    write_pool(pool, Path(p.out) / "pool.parquet")
     report = {
         "method": p.method,
         "encoder": p.encoder if encoder is not None else None,

@@ -62,7 +62,8 @@ rule retrieve:
         mentions=f"{PREPARED}/mentions.parquet",
         code=["gemel/retrieval.py", "stages/retrieve.py"],
     output:
-        f"{DEMOS}/demos.parquet",
+        demos=f"{DEMOS}/demos.parquet",
+        pool=f"{DEMOS}/pool.parquet",
     params:
         cmd=cli("retrieve"),
         tracked=tracked(PARAMS, ["prepare.out", "retrieve", "text_encoders"]),
@@ -81,7 +82,8 @@ rule retrieve_method:
         mentions=f"{PREPARED}/mentions.parquet",
         code=["gemel/retrieval.py", "stages/retrieve.py"],
     output:
-        f"{DEMOS}/{{method}}/demos.parquet",
+        demos=f"{DEMOS}/{{method}}/demos.parquet",
+        pool=f"{DEMOS}/{{method}}/pool.parquet",
     params:
         cmd=lambda wc: cli("retrieve", method_settings(wc.method)),
         tracked=lambda wc: tracked(effective(PARAMS, method_settings(wc.method)), ["prepare.out", "retrieve", "text_encoders"]),
