@@ -1,5 +1,6 @@
 """train: fit the linear mapper against the frozen LLM -> {train.out}/{model.llm}/mapper.safetensors,
-the loss curve and dev accuracy (DVC plots) and train_report.json."""
+run.json (what the run was built from: what `gemel link` reads), the loss curve and dev accuracy
+(DVC plots) and train_report.json."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,6 +16,7 @@ from gemel.config import DecodeParams, ModelParams, TrainParams, section
 from gemel.data.tables import read_mentions, write_text_atomic
 from gemel.linker import build_linker, load_candidates
 from gemel.llm import LLMError
+from gemel.run import write_run_record
 from stages import _cli
 
 
@@ -49,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp = out / ".mapper.safetensors.tmp"
     linker.model.save_mapper(tmp, meta)
     tmp.replace(out / "mapper.safetensors")
+    write_run_record(params, out)  # after the mapper: its hash is part of the record
     write_text_atomic(pd.DataFrame(hist.loss).to_csv(index=False), out / "train_loss.csv")
     write_text_atomic(pd.DataFrame(hist.dev, columns=["step", "accuracy"]).to_csv(index=False), out / "dev_accuracy.csv")
     report = {"llm": m.llm, "train_examples": len(examples), "optimizer_steps": len(hist.loss),

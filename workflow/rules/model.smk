@@ -28,16 +28,19 @@ rule train:
         demos=run_demos,
         trie=run_file("trie.npz"),
         candidates=f"{CANDIDATES}/candidates.parquet",
+        candidates_report=f"{CANDIDATES}/report.json",
         code=["gemel/llm.py", "gemel/prompt.py", "gemel/model.py", "gemel/training.py", "gemel/decoding.py",
-              "gemel/candidates.py", "gemel/linker.py", "stages/train.py"],
+              "gemel/candidates.py", "gemel/linker.py", "gemel/run.py", "stages/train.py"],
     output:
         mapper=run_file("mapper.safetensors"),
+        run=run_file("run.json"),
         loss=run_file("train_loss.csv"),
         dev=run_file("dev_accuracy.csv"),
         report=run_file("train_report.json"),
     params:
         cmd=run_cli("train"),
-        tracked=run_tracked(["model", "llms", "train", "decode"]),
+        tracked=run_tracked(["model", "llms", "train", "decode", "features", "retrieve", "text_encoders", "candidates",
+                             "prepare.out"]),
     log:
         run_file("logs/train.log"),
     threads: 8

@@ -10,7 +10,7 @@ DATASET_STAGES = ["prepare", "features", "retrieve", "candidates", "trie", "trai
 DATASET_CODE = sorted({"gemel/data/importers.py", "gemel/data/prepare.py", "gemel/data/tables.py", "gemel/encoders.py",
                        "gemel/features.py", "gemel/retrieval.py", "gemel/candidates.py", "gemel/llm.py",
                        "gemel/trie.py", "gemel/prompt.py", "gemel/model.py", "gemel/training.py",
-                       "gemel/decoding.py", "gemel/linker.py", "gemel/metrics.py",
+                       "gemel/decoding.py", "gemel/linker.py", "gemel/metrics.py", "gemel/run.py",
                        *(f"stages/{s}.py" for s in DATASET_STAGES)})
 
 
