@@ -1,6 +1,15 @@
 """Everything one LLM needs to link mentions, assembled from the pipeline's artifacts: the frozen
 LLM + mapper, the prompt builder over the mentions and their demonstrations, the image features
-and the entity trie. Used by the train and decode stages (and by anything that links new input)."""
+and the entity trie. Used by the train and decode stages, and, through `Linker.from_run`, by
+`gemel link` and the Python API for new inputs:
+
+    linker = Linker.from_run("results/smollm2-135m")
+    linker.link([{"text": "I saw a picture of Mercury.", "mention": "Mercury", "image": "m.png"}])
+
+A new input goes through the code paths of the pipeline's own mentions: its image through the
+run's encoder and missing-image policy (gemel.features), its demonstrations retrieved from the
+run's training pool (gemel.retrieval), its candidates from the same generator and ranker
+(gemel.candidates), and `rank`, which the decode stage uses too."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,14 +20,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gemel.candidates import CandidateError, choose_weight, fuse
+from gemel.candidates import CandidateError, choose_weight, first, fuse
 from gemel.config import DecodeParams, ModelParams
 from gemel.decoding import Hypothesis, decode, score_candidates
-from gemel.features import load_features
+from gemel.features import encode_inputs, load_features
 from gemel.llm import answer_ids, get_spec, load_llm, load_tokenizer
 from gemel.model import Gemel
 from gemel.prompt import Example, PromptBuilder
 from gemel.trie import EntityTrie
+
+MODES = {"none": "paper", "constrained": "candidates"}  # decode.candidates -> the mode a link reports
 
 
 def device() -> str:
@@ -45,6 +56,156 @@ class Linker:
     pad_id: int
     tokenizer: Any = None
     candidates: pd.DataFrame | None = None  # the candidates stage's table, indexed by mention id
+    new: NewInputs | None = None  # set by from_run: what linking new inputs needs
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, check: bool = True) -> Linker:
+        """A linker for new inputs from a trained run's folder ({train.out}/{llm}) and its run.json.
+        Refuses (RunError) a run whose image encoder, KB, trie or mapper no longer match the
+        record; `notes` says what else changed, and which fusion weight is used."""
+        from gemel.run import RunError, check_run, drift, read_run_record, resolve
+
+        record = read_run_record(run_dir)
+        if check:
+            diffs = check_run(record, run_dir)
+            if diffs:
+                raise RunError(f"run {run_dir} no longer matches what it was trained with, so it cannot link: "
+                               + "; ".join(diffs))
+        demos, constrained = record["model"]["num_demos"] > 0, record["decode"].get("candidates", "none") != "none"
+        reads = ("features",) + (("mentions",) if demos or constrained else ()) + (("pool",) if demos else ())
+        return cls._assemble(record, Path(run_dir), resolve(record, run_dir), drift(record, run_dir, reads))
+
+    @classmethod
+    def _assemble(cls, record: dict[str, Any], run_dir: Path, paths: dict[str, Path], notes: list[str]) -> Linker:
+        from gemel.candidates import AliasTable, Generator, Ranker, ranker_weights
+        from gemel.config import FeaturesParams
+        from gemel.data.tables import read_kb, read_mentions
+        from gemel.encoders import build_image_encoder
+        from gemel.retrieval import load_text_encoder, read_pool
+        from gemel.run import RunError, run_params
+
+        params = run_params(record)
+        m, dp = ModelParams(**record["model"]), DecodeParams(**record["decode"])
+        constrained = dp.candidates != "none"
+        mentions = read_mentions(paths["mentions"]) if (m.num_demos or constrained) else None
+        pool = read_pool(paths["pool"]) if m.num_demos else None
+        # The prompt builder holds the pool's mentions (the demonstrations' questions and answers).
+        known = mentions[mentions["id"].isin(pool.ids)] if pool is not None else _NO_MENTIONS
+        linker = build_linker(params, known, _NO_DEMOS, paths["features"], paths["trie"])
+        linker.model.load_mapper(paths["mapper"])
+        enc = record["image_encoder"]
+        settings = ("encoder", "open_clip_model", "open_clip_pretrained", "open_clip_output")
+        encoder = build_image_encoder(FeaturesParams(**{k: enc[k] for k in settings if k in enc})) if m.use_image else None
+        text_encoder = None
+        if pool is not None and pool.method == "simcse":
+            text_encoder = load_text_encoder(record["retrieval"]["encoder"], params["text_encoders"])
+        gen = ranker = None
+        if constrained:
+            weights = record["candidates"].get("weights")
+            if not weights:
+                raise RunError(f"{run_dir}/run.json records no candidate ranker weights (no candidates report.json "
+                               "when it was trained): rerun the candidates and train stages")
+            gen = Generator(read_kb(paths["kb"]), AliasTable.from_mentions(mentions), record["candidates"]["pool"])
+            ranker = Ranker(ranker_weights({"weights": weights}))
+        weight, note = _fusion_weight(dp, run_dir) if constrained else (0.0, None)
+        linker.new = NewInputs(record=record, decode=dp, mode=MODES[dp.candidates], fusion_weight=weight,
+                               image_encoder=encoder, missing_image=record["features"]["missing_image"],
+                               image_batch_size=record["features"]["batch_size"], pool=pool,
+                               text_encoder=text_encoder, retrieve_batch_size=record["retrieval"]["batch_size"],
+                               generator=gen, ranker=ranker, cand_top_k=record["candidates"]["top_k"],
+                               base_features=linker.features, notes=notes + ([note] if note else []))
+        return linker
+
+    @property
+    def notes(self) -> list[str]:
+        return self.new.notes if self.new else []
+
+    def link(self, records: Sequence[dict[str, Any]], top: int | None = 5, on_error: str = "raise",
+             progress: bool = False) -> list[dict[str, Any]]:
+        """Link new inputs: dicts with `text`, `mention`, optional `image` (a path) and `id` (default:
+        its 1-based position). Returns one plain dict per input, in order: id, mention, entities
+        (the top `top`, each {id, name, score}, best first), mode, image_used, image_reason (why
+        not: none given, missing, unreadable, or a text-only run), mention_in_text. A bad input
+        raises InputError (`on_error="raise"`) or gets a record with `error` (`"record"`).
+        Batches of the decode stage's batch size, as `gemel link` makes them."""
+        if on_error not in ("raise", "record"):
+            raise ValueError(f"on_error must be 'raise' or 'record', not {on_error!r}")
+        entries: list[NewMention | dict[str, Any]] = []
+        for i, obj in enumerate(records, start=1):
+            try:
+                entries.append(parse_input(obj, str(i), f"record {i}: "))
+            except InputError as e:
+                if on_error == "raise":
+                    raise
+                entries.append(error_record(obj, str(i), str(e)))
+        from tqdm import tqdm
+
+        out: list[dict[str, Any]] = []
+        with tqdm(total=len(entries), desc="link", unit="mention", disable=not progress) as bar:
+            for chunk in chunks(entries, self.new.decode.batch_size if self.new else 1):
+                out.extend(self.link_entries(chunk, top))
+                bar.update(len(chunk))
+        if on_error == "raise":
+            bad = next((r for r in out if "error" in r), None)
+            if bad is not None:
+                raise InputError(f"input {bad['id']}: {bad['error']}")
+        return out
+
+    def link_entries(self, entries: Sequence[NewMention | dict[str, Any]], top: int | None = 5) -> list[dict[str, Any]]:
+        """One batch: valid inputs linked together, error records passed through, in order."""
+        items = [e for e in entries if isinstance(e, NewMention)]
+        linked = iter(self.link_mentions(items, top))
+        return [next(linked) if isinstance(e, NewMention) else e for e in entries]
+
+    def link_mentions(self, items: Sequence[NewMention], top: int | None = 5) -> list[dict[str, Any]]:
+        """Link validated inputs as one batch (gemel link's unit of work); one record each."""
+        if self.new is None:
+            raise ValueError("linking new inputs needs a Linker made by Linker.from_run(run_dir)")
+        if not items:
+            return []
+        n = self.new
+        keys = [f"\x00link:{i}" for i in range(len(items))]  # internal ids: never a mention id of the run
+        if self.builder.k:
+            vectors, why, errors = encode_inputs([it.image for it in items], n.image_encoder,
+                                                 n.image_batch_size, n.missing_image)
+        else:
+            vectors, why, errors = None, ["text-only run (model.use_image: false)"] * len(items), [None] * len(items)
+        ok = [i for i, e in enumerate(errors) if e is None]
+        used = [i for i in ok if why[i] is None]
+        base = len(n.base_features)
+        table = pd.DataFrame({"id": [keys[i] for i in ok], "text": [items[i].text for i in ok],
+                              "mention": [items[i].mention for i in ok],
+                              "image": [keys[i] if why[i] is None else None for i in ok], "entity_name": None})
+        try:
+            if used:
+                self.features = np.concatenate([n.base_features, vectors[used]])
+            demos = _NO_DEMOS
+            if n.pool is not None and len(table):
+                found = n.pool.retrieve(table, self.builder.num_demos, n.text_encoder, n.retrieve_batch_size)
+                demos = pd.DataFrame({"id": table["id"], "demo_ids": [d for d, _ in found]})
+            self.builder.add(table, demos, {keys[i]: base + j for j, i in enumerate(used)})
+            if n.generator is not None:
+                proposed = first(propose_for(n, table), n.decode.num_candidates)
+                self.candidates = pd.DataFrame(proposed, index=list(table["id"]))
+            ids = list(table["id"])
+            ranked = dict(zip(ids, self.rank(ids, n.decode, n.fusion_weight))) if ids else {}
+        finally:  # the batch's inputs leave no trace: the next batch starts from the run's own state
+            self.builder.forget(keys)
+            self.features = n.base_features
+            self.candidates = None
+        out = []
+        for i, (key, it) in enumerate(zip(keys, items)):
+            if errors[i] is not None:
+                out.append(error_record({"mention": it.mention}, it.id, errors[i], n.mode))
+                continue
+            r = ranked[key]
+            cut = len(r.ids) if top is None else top
+            out.append({"id": it.id, "mention": it.mention,
+                        "entities": [{"id": e, "name": nm, "score": round(float(s), 6)}
+                                     for e, nm, s in zip(r.ids[:cut], r.names[:cut], r.scores[:cut])],
+                        "mode": n.mode, "image_used": why[i] is None, "image_reason": why[i],
+                        "mention_in_text": it.mention in it.text})
+        return out
 
     def examples(self, ids: Sequence[str], with_target: bool) -> list[Example]:
         return [self.builder.example(i, with_target) for i in ids]
@@ -120,6 +281,115 @@ class Linker:
         })
 
 
+class InputError(ValueError):
+    """A new input that cannot be linked; the message names the record (or line) and the field."""
+
+
+@dataclass(frozen=True)
+class NewMention:
+    """One validated new input."""
+    id: str
+    text: str
+    mention: str
+    image: str | None = None
+
+
+@dataclass
+class NewInputs:
+    """What linking new inputs needs beyond the pipeline's own mentions (made by from_run)."""
+    record: dict[str, Any]  # run.json
+    decode: DecodeParams
+    mode: str  # paper | candidates
+    fusion_weight: float
+    image_encoder: Any  # gemel.encoders.ImageEncoder, None for a text-only run
+    missing_image: str
+    image_batch_size: int
+    pool: Any  # gemel.retrieval.DemoPool when the run's prompts have demonstrations
+    text_encoder: Any
+    retrieve_batch_size: int
+    generator: Any  # gemel.candidates.Generator when decode.candidates is constrained
+    ranker: Any
+    cand_top_k: int  # the candidates stage's top_k: the candidate prior is a softmax over these
+    base_features: np.ndarray  # the run's features (the pool's images); a batch's rows go after them
+    notes: list[str]
+
+
+_NO_MENTIONS = pd.DataFrame({c: pd.Series(dtype=object) for c in ("id", "text", "mention", "image", "entity_name")})
+_NO_DEMOS = pd.DataFrame({"id": pd.Series(dtype=object), "demo_ids": pd.Series(dtype=object)})
+FIELDS = ("text", "mention")
+
+
+def parse_input(obj: Any, default_id: str, where: str = "") -> NewMention:
+    """One input record -> NewMention, or InputError naming `where` (e.g. "line 3: ") and the field.
+    text and mention are required non-empty strings; image (a path) and id (string or integer,
+    default `default_id`) are optional."""
+    if not isinstance(obj, dict):
+        raise InputError(f"{where}expected a JSON object with text and mention, got {type(obj).__name__}")
+    for name in FIELDS:
+        if name not in obj or obj[name] is None:
+            raise InputError(f"{where}missing field '{name}'")
+        if not isinstance(obj[name], str):
+            raise InputError(f"{where}field '{name}': expected a string, got {type(obj[name]).__name__}")
+        if not obj[name].strip():
+            raise InputError(f"{where}field '{name}' is empty")
+    image = obj.get("image")
+    if image is not None and not isinstance(image, str):
+        raise InputError(f"{where}field 'image': expected a path (string), got {type(image).__name__}")
+    return NewMention(input_id(obj, default_id, where), obj["text"], obj["mention"], image or None)
+
+
+def input_id(obj: Any, default_id: str, where: str = "") -> str:
+    rid = obj.get("id") if isinstance(obj, dict) else None
+    if rid is None:
+        return default_id
+    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
+        raise InputError(f"{where}field 'id': expected a string or an integer, got {type(rid).__name__}")
+    return str(rid)
+
+
+def error_record(obj: Any, rid: str, error: str, mode: str | None = None) -> dict[str, Any]:
+    """The output record of an input that could not be linked."""
+    mention = obj.get("mention") if isinstance(obj, dict) and isinstance(obj.get("mention"), str) else None
+    return {"id": rid, "mention": mention, "entities": [], "mode": mode, "image_used": False, "image_reason": None,
+            "mention_in_text": None, "error": error}
+
+
+def chunks(entries: Sequence[Any], size: int) -> list[list[Any]]:
+    """Consecutive batches holding `size` valid inputs each (error records ride along)."""
+    out: list[list[Any]] = [[]]
+    valid = 0
+    for e in entries:
+        if valid == size:
+            out.append([])
+            valid = 0
+        out[-1].append(e)
+        valid += isinstance(e, NewMention)
+    return [c for c in out if c]
+
+
+def propose_for(n: NewInputs, table: pd.DataFrame) -> list[dict]:
+    from gemel.candidates import propose
+
+    return propose(n.generator, n.ranker, table["mention"].tolist(), table["text"].tolist(), n.cand_top_k)
+
+
+def _fusion_weight(p: DecodeParams, run_dir: Path) -> tuple[float, str | None]:
+    """The weight the decode stage chose (decode_report.json), else decode.fusion_weight when it is a
+    number, else 0; with a note whenever it is not the decode stage's choice."""
+    import json
+
+    report = run_dir / "decode_report.json"
+    if report.is_file():
+        data = json.loads(report.read_text())
+        if data.get("fusion_weight") is not None:
+            return float(data["fusion_weight"]), None
+    if p.fusion_weight != "auto":
+        return float(p.fusion_weight), (f"fusion weight {float(p.fusion_weight)} (decode.fusion_weight): "
+                                        f"no decode_report.json with the decode stage's choice in {run_dir}")
+    return 0.0, (f"fusion weight 0 (the LLM alone chooses among candidates): decode.fusion_weight is auto and "
+                 f"{run_dir} has no decode_report.json with the weight chosen on dev (run the decode stage)")
+
+
 def load_candidates(params: dict[str, Any]) -> pd.DataFrame | None:
     """The candidates stage's table when decoding is candidate-aware (decode.candidates), else None."""
     if params["decode"].get("candidates", "none") == "none":
@@ -133,9 +403,7 @@ def load_candidates(params: dict[str, Any]) -> pd.DataFrame | None:
         raise CandidateError(f"decode.num_candidates = {k} exceeds candidates.top_k = {params['candidates']['top_k']}: "
                              "the candidates stage keeps only top_k per mention")
     table = pd.read_parquet(path)
-    for col in ("cand_ids", "cand_names", "cand_scores", "cand_sources"):  # the first K, best first
-        table[col] = [list(x)[:k] for x in table[col]]
-    return table
+    return pd.DataFrame(first(table.to_dict("records"), k), columns=table.columns)  # the first K, best first
 
 
 def build_linker(params: dict[str, Any], mentions: pd.DataFrame, demos: pd.DataFrame,
