@@ -69,7 +69,7 @@ class _Tree:
     def add(self, feeds: list[list[tuple[int, int, list[int]]]]
             ) -> tuple[np.ndarray, np.ndarray, torch.Tensor | dict[str, torch.Tensor], np.ndarray]:
         """Append one round of slots. feeds[b] lists (parent slot, depth of first token, tokens) per
-        beam. Returns input ids [n, Q], position ids [n, Q], the mask(s), and each new slot's index
+        beam (or per trie edge: a parent may be a slot this same round feeds earlier). Returns input ids [n, Q], position ids [n, Q], the mask(s), and each new slot's index
         ([n, Q], -1 for padding)."""
         n, g = self.pos.shape
         q = max(1, max(sum(len(t) for _, _, t in f) for f in feeds))
@@ -84,8 +84,8 @@ class _Tree:
             for parent, depth, tokens in f:
                 for k, t in enumerate(tokens):
                     row = g + i
-                    if parent >= 0:
-                        anc[b, row, :g] = self.anc[b, parent]
+                    if parent >= 0:  # a slot of an earlier round, or one fed before it in this round
+                        anc[b, row, :row - k] = anc[b, parent, :row - k]
                     anc[b, row, row - k:row + 1] = True  # its own chain so far
                     ids[b, i], pos[b, i], slot[b, i] = t, self.start[b] + depth + k, row
                     i += 1
@@ -279,28 +279,37 @@ def score_sequences(model: Gemel, batch: Batch, seqs: list[list[list[int]]], len
     """The exact score of every given answer sequence (name + EOS) of each prompt: sum of token
     log-probabilities / length ** length_penalty, as beam search scores a finished name.
 
-    One prefill, then one pass that feeds every sequence (but its last token) as a chain of
-    parallel positions after its prompt (the tree attention of beam search): the cost of one
-    beam step however many candidates there are, and no beam can miss a candidate."""
+    One prefill, then one pass that feeds the sequences' prefix trie (every distinct prefix once)
+    as parallel positions after its prompt, under the tree attention of beam search: exact
+    scores for every candidate, where a beam could miss one."""
     dev = model.device
     cache, first = _prefill(model, batch)
     tree = _Tree(model, batch.attention_mask)
     out = [np.zeros(len(per), dtype=np.float64) for per in seqs]
-    # Per fed slot (prompt b, column): the token it must predict; the LM head then runs once over
-    # all of them (one read of its weights, not one per candidate).
+    # The candidates of a prompt as a trie: each distinct prefix is fed once, as one slot whose
+    # parent is its prefix's slot (names often share their first tokens). Per target token, the
+    # slot whose output predicts it; the LM head then runs once over all of them.
+    feeds: list[list[tuple[int, int, list[int]]]] = []
     rows_b, rows_col, targets, owner = [], [], [], []
+    g = tree.pos.shape[1]
     for b, per in enumerate(seqs):
-        col = 0
+        node: dict[tuple[int, ...], int] = {}  # prefix -> its column among this prompt's new slots
+        feed: list[tuple[int, int, list[int]]] = []
         for c, s in enumerate(per):
             out[b][c] = float(first[b, s[0]])
-            for m in range(1, len(s)):  # the output at chain position m - 1 predicts token m
+            for m in range(1, len(s)):  # the output after prefix s[:m] predicts token m
+                prefix = tuple(s[:m])
+                if prefix not in node:
+                    node[prefix] = len(feed)
+                    parent = node[prefix[:-1]] + g if m > 1 else -1
+                    feed.append((parent, m - 1, [s[m - 1]]))
                 rows_b.append(b)
-                rows_col.append(col + m - 1)
+                rows_col.append(node[prefix])
                 targets.append(s[m])
                 owner.append((b, c))
-            col += len(s) - 1
+        feeds.append(feed)
     if targets:
-        ids, pos, masks, slot = tree.add([[(-1, 0, s[:-1]) for s in per] for per in seqs])
+        ids, pos, masks, slot = tree.add(feeds)
         with _beam_attention(model.llm):
             h = model.llm.base_model(input_ids=torch.from_numpy(ids).to(dev), attention_mask=masks,
                                      position_ids=torch.from_numpy(pos).to(dev), cache=cache,
