@@ -127,7 +127,7 @@ def read_inputs(path: Path) -> Iterator[tuple[int, Any, str | None]]:
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line), None
+                yield lineno, json.loads(line.rstrip("\r\n")), None
             except json.JSONDecodeError as e:
                 yield lineno, None, f"malformed JSON: {e.msg} (column {e.colno})"
 
@@ -151,6 +151,7 @@ def link_file(args: argparse.Namespace) -> int:
     seen: dict[str, int] = {}
     pending: list[NewMention | dict[str, Any]] = []
     dst.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
 
     def flush(out: TextIO) -> None:
         """Link the pending batch and write it; under stop, only up to its first error."""
@@ -171,7 +172,7 @@ def link_file(args: argparse.Namespace) -> int:
             raise Stop(f"{src}: {records[bad]['error']} ({stopped()})")
 
     def stopped() -> str:
-        return (f"stopped: {counts['linked']} lines linked into {dst}; fix the line and rerun with the same "
+        return (f"stopped: {counts['linked']} linked into {dst}; fix the line and rerun with the same "
                 f"--output to continue, or use --on-error skip")
 
     with open(dst, "a", encoding="utf-8") as out, tqdm(total=total, desc="link", unit="mention",
@@ -206,8 +207,10 @@ def link_file(args: argparse.Namespace) -> int:
                 flush(out)
         if pending:
             flush(out)
+    seconds = time.perf_counter() - t0
+    rate = f", {counts['linked'] / seconds:.2f} mentions/s" if counts["linked"] else ""
     print(f"{PROG}: {counts['linked']} linked, {counts['errors']} errors, {counts['already']} already in "
-          f"{dst}", file=sys.stderr)
+          f"{dst} ({seconds:.1f} s{rate})", file=sys.stderr)
     return 0
 
 
