@@ -272,7 +272,9 @@ class Linker:
             "id": mentions["id"].tolist(), "split": mentions["split"].tolist(), "mention": mentions["mention"].tolist(),
             "gold_id": mentions["entity_id"].tolist(), "gold_name": mentions["entity_name"].tolist(),
             "is_nil": mentions["is_nil"].tolist(),
-            "has_image": [self.builder.image[i] >= 0 for i in mentions["id"]],
+            # A missing or unreadable image is no row, or a zero vector (features.missing_image: zero).
+            "has_image": [bool(self.builder.image[i] >= 0 and self.features[self.builder.image[i]].any())
+                          for i in mentions["id"]],
             "pred_id": [r.ids[0] if r.ids else None for r in ranked],
             "pred_name": [r.names[0] if r.names else None for r in ranked],
             "beams": [r.names for r in ranked], "beam_ids": [r.ids for r in ranked],
