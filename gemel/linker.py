@@ -12,6 +12,7 @@ run's training pool (gemel.retrieval), its candidates from the same generator an
 (gemel.candidates), and `rank`, which the decode stage uses too."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -236,8 +237,15 @@ class Linker:
                     for hs in self.predict(ids, p, progress)]
         if llm_scores is None:
             llm_scores = self.candidate_llm_scores(ids, p, progress)
+        # A mention without a single candidate (no word shared with any KB name, no alias) falls back
+        # to the paper's beam search over the whole trie: rare, and otherwise certainly wrong.
+        empty = [i for i in ids if len(self.candidates.at[i, "cand_ids"]) == 0]
+        fallback = dict(zip(empty, self.rank(empty, dataclasses.replace(p, candidates="none")))) if empty else {}
         out = []
         for i, llm in zip(ids, llm_scores):
+            if i in fallback:
+                out.append(fallback[i])
+                continue
             c = self.candidates.loc[i]
             prior = np.asarray(c["cand_scores"], dtype=np.float64)
             fused = fuse(llm, prior, fusion_weight)

@@ -251,3 +251,10 @@ def test_candidate_aware_linking_stays_among_candidates_and_fuses_exactly(data, 
             assert r.ids[0] == c["cand_ids"][int(np.argmax(fused))]
     # a large weight hands the choice to the prior
     assert [r.ids[0] for r in linker.rank(ids, p, 100.0, llm_scores)] == ["E0", "E3", "E8"]
+    # a mention without any candidate falls back to the paper's beam search over the whole trie
+    empty = pd.DataFrame({"id": ["m6"], "cand_ids": [[]], "cand_names": [[]], "cand_scores": [[]]}).set_index("id", drop=False)
+    linker.candidates = pd.concat([cands, empty])
+    got = linker.rank(["m0", "m6"], p, 1.0)
+    paper = linker.rank(["m6"], DecodeParams(candidates="none", batch_size=2))[0]
+    assert got[1] == paper and len(paper.ids) == p.num_beams and got[1].llm_scores is None
+    assert sorted(got[0].ids) == sorted(cands.at["m0", "cand_ids"])
