@@ -94,12 +94,24 @@ class NameIndex:
         data = self.idf[np.asarray(cols, dtype=np.int64)] if cols else np.zeros(0, np.float32)
         return sp.csr_matrix((data, (rows, cols)), shape=(len(queries), len(self.vocab)), dtype=np.float32)
 
-    def search(self, queries: Sequence[Iterable[str]], k: int, batch: int = 2048) -> list[np.ndarray]:
+    def search(self, queries: Sequence[Iterable[str]], k: int, batch: int = 2048,
+               max_postings: int = 20_000_000) -> list[np.ndarray]:
         """Per query, up to k name rows sharing a word with it: most idf-weighted overlap first,
-        then fewer words, then shorter names (the alias rule's "shortest name"), then KB order."""
+        then fewer words, then shorter names (the alias rule's "shortest name"), then KB order.
+        Queries are multiplied in batches of at most `batch` queries and `max_postings` matched
+        (word, name) pairs, so words shared by millions of names cannot blow up one product."""
+        queries = [list(q) for q in queries]
+        df = np.diff(self.by_word.indptr)
+        cost = [int(sum(df[self.vocab[w]] for w in set(q) if w in self.vocab)) for q in queries]
         out: list[np.ndarray] = []
-        for lo in range(0, len(queries), batch):
-            scores = (self.query_matrix(queries[lo:lo + batch]) @ self.by_word).tocsr()
+        lo = 0
+        while lo < len(queries):
+            hi, total = lo + 1, cost[lo]
+            while hi < len(queries) and hi - lo < batch and total + cost[hi] <= max_postings:
+                total += cost[hi]
+                hi += 1
+            scores = (self.query_matrix(queries[lo:hi]) @ self.by_word).tocsr()
+            lo = hi
             for r in range(scores.shape[0]):
                 cand = scores.indices[scores.indptr[r]:scores.indptr[r + 1]]
                 s = scores.data[scores.indptr[r]:scores.indptr[r + 1]]
