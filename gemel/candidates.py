@@ -29,6 +29,8 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
 
+from gemel.errors import GemelError
+
 WORD = re.compile(r"\w+")
 
 CANDIDATES = pa.schema([
@@ -44,7 +46,7 @@ FEATURES = ("alias_prior", "alias_seen", "mention_in_name", "name_in_mention", "
             "exact", "entity_freq", "name_words")
 
 
-class CandidateError(ValueError):
+class CandidateError(GemelError, ValueError):
     """Bad candidate input (an empty KB, a malformed candidates table); names the file or field."""
 
 

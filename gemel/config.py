@@ -9,10 +9,12 @@ from typing import Any, TypeVar
 import jsonschema
 import yaml
 
+from gemel.errors import GemelError
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(GemelError, ValueError):
     """params.yaml is unreadable or does not match the schema; the message names the key."""
 
 

@@ -25,9 +25,10 @@ import torch
 from PIL import Image
 
 from gemel.config import FeaturesParams
+from gemel.errors import GemelError
 
 
-class EncoderError(RuntimeError):
+class EncoderError(GemelError, RuntimeError):
     """An image encoder cannot be built: unknown name, missing weights, unsupported output."""
 
 

@@ -23,13 +23,14 @@ from tqdm import tqdm
 
 from gemel.data.tables import write_parquet_atomic
 from gemel.encoders import ImageEncoder
+from gemel.errors import GemelError
 
 MISSING_POLICIES = ("zero", "drop", "error")
 ENCODER_KEY = b"gemel.encoder"
 DIM_KEY = b"gemel.dim"
 
 
-class ImageError(ValueError):
+class ImageError(GemelError, ValueError):
     """An image is missing or unreadable under `missing_image: error`; names path and mention."""
 
 

@@ -24,6 +24,7 @@ import torch
 from gemel.candidates import CandidateError, choose_weight, first, fuse
 from gemel.config import DecodeParams, ModelParams
 from gemel.decoding import Hypothesis, decode, score_candidates
+from gemel.errors import GemelError
 from gemel.features import encode_inputs, load_features
 from gemel.llm import answer_ids, get_spec, load_llm, load_tokenizer
 from gemel.model import Gemel
@@ -291,7 +292,7 @@ class Linker:
         })
 
 
-class InputError(ValueError):
+class InputError(GemelError, ValueError):
     """A new input that cannot be linked; the message names the record (or line) and the field."""
 
 

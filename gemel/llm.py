@@ -18,8 +18,10 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from gemel.errors import GemelError
 
-class LLMError(RuntimeError):
+
+class LLMError(GemelError, RuntimeError):
     """An LLM name is unknown or its weights are not on this machine; the message says what to do."""
 
 

@@ -29,6 +29,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gemel.errors import GemelError
+
 if TYPE_CHECKING:
     from gemel.candidates import AliasTable, NameIndex
 
@@ -39,7 +41,7 @@ PREDICTION_COLUMNS = ("id", "split", "mention", "gold_id", "gold_name", "is_nil"
 DECIMALS = 4
 
 
-class MetricsError(ValueError):
+class MetricsError(GemelError, ValueError):
     """Predictions or KB unreadable or malformed; the message names the file, column or row."""
 
 

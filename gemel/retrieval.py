@@ -22,6 +22,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from gemel.errors import GemelError
+
 # demos.parquet: one row per mention of every split, aligned with mentions.parquet by id.
 DEMOS = pa.schema([
     ("id", pa.string()),
@@ -35,7 +37,7 @@ QUERIES = ("mention", "mention_text")
 MAX_CELLS = 2**26
 
 
-class RetrievalError(ValueError):
+class RetrievalError(GemelError, ValueError):
     """Bad retrieval settings or an encoder that cannot be loaded offline; the message says why."""
 
 

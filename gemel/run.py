@@ -23,6 +23,7 @@ from typing import Any
 
 from gemel.config import FeaturesParams, section
 from gemel.data.tables import write_text_atomic
+from gemel.errors import GemelError
 
 RUN_FILE = "run.json"
 FORMAT = "gemel-run/1"
@@ -33,7 +34,7 @@ DECODE_KEYS = ("candidates", "num_candidates", "fusion_weight", "fusion_grid", "
 STRICT = ("kb", "trie", "mapper")
 
 
-class RunError(ValueError):
+class RunError(GemelError, ValueError):
     """A run folder that cannot be linked with: no run.json, or artifacts that no longer match it."""
 
 

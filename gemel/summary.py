@@ -12,10 +12,11 @@ from typing import Any
 
 import pandas as pd
 
+from gemel.errors import GemelError
 from gemel.workflow import Run, format_value
 
 
-class SummaryError(ValueError):
+class SummaryError(GemelError, ValueError):
     """A run's metrics are missing or unreadable; the message names the file."""
 
 

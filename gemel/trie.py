@@ -23,12 +23,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from gemel.errors import GemelError
+
 FORMAT = "gemel-trie/1"
 ROOT = 0
 _ARRAYS = ("child_ptr", "child_tok", "child_node", "value")
 
 
-class TrieError(ValueError):
+class TrieError(GemelError, ValueError):
     """Bad input to the trie (an empty name, a malformed file); the message names the record or file."""
 
 

@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from gemel.data.tables import SPLITS
+from gemel.errors import GemelError
 
 NIL_MARKERS = {"nil", "NIL", "Nil", ""}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
 
 
-class DataError(ValueError):
+class DataError(GemelError, ValueError):
     """A raw record is unusable. The message names the file, the record and the field."""
 
 
