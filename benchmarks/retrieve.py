@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from gemel.config import PrepareParams, load_params  # noqa: E402
 from gemel.data.prepare import prepare  # noqa: E402
-from gemel.retrieval import load_text_encoder, pool_rows, retrieve  # noqa: E402
+from gemel.retrieval import load_text_encoder, retrieve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RICHPEDIA = ROOT.parent / "shared" / "data" / "richpedia-mel"
@@ -51,9 +51,8 @@ def main() -> None:
     single = np.stack([encoder.encode(t, normalize_embeddings=True, show_progress_bar=False) for t in texts])
     t_single = time.perf_counter() - t0
 
-    stats: dict = {}
     t0 = time.perf_counter()
-    demos = retrieve(mentions, "simcse", 16, encoder=encoder, batch_size=args.batch_size, stats=stats)
+    demos, stats = retrieve(mentions, "simcse", 16, encoder=encoder, batch_size=args.batch_size)
     t_full = time.perf_counter() - t0
 
     print(json.dumps({
@@ -67,13 +66,13 @@ def main() -> None:
         "speedup": round(t_single / t_batched, 1),
         "max_abs_embedding_diff": float(np.abs(batched - single).max()),
         "full_simcse_retrieval": {
-            "queries": len(demos), "pool": int(len(pool_rows(mentions))), "top_k": 16,
-            "distinct_texts_encoded": stats["encoded"],
-            "encode_seconds": round(stats["encode_seconds"], 2),
-            "rank_seconds": round(t_full - stats["encode_seconds"], 2),
+            "queries": stats.queries, "pool": stats.pool, "top_k": 16,
+            "distinct_texts_encoded": stats.encoded,
+            "encode_seconds": round(stats.encode_seconds, 2),
+            "rank_seconds": round(t_full - stats.encode_seconds, 2),
             "seconds": round(t_full, 2),
             "queries_per_s": round(len(demos) / t_full, 1),
-            "encoded_per_s": round(stats["encoded"] / stats["encode_seconds"], 1),
+            "encoded_per_s": round(stats.encoded / stats.encode_seconds, 1),
         },
     }, indent=2))
 

@@ -6,6 +6,7 @@ prompt the most similar one sits right before the question, as in GEMEL (Shi et 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -35,6 +36,13 @@ QUERIES = ("mention", "mention_text")
 
 # Score-matrix cells per chunk of queries (float64 while ranking: 2**26 cells = 512 MiB).
 MAX_CELLS = 2**26
+# Scores are ranked at this many decimals: wider than the float noise of one stack against
+# another (~1e-6 for float32 cosines of unit vectors, batch padding included), finer than any
+# difference that should change a ranking.
+TIE_DECIMALS = 4
+
+# One query's demonstrations: pool positions and their scores, least similar first.
+Ranked = tuple[np.ndarray, np.ndarray]
 
 
 class RetrievalError(GemelError, ValueError):
@@ -132,44 +140,60 @@ def encode_unique(encoder, texts: list[str], batch_size: int) -> tuple[torch.Ten
 
 
 def _topk_least_first(scores: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top k per row, least similar first. Equal scores are ordered by a seeded random draw per
-    (query, item): with `query: mention` every train mention of the same surface form ties, and a
-    fixed tie order (say, pool position) would hand every such query the same few demonstrations,
-    often of one entity. The draw is below 2**-30 (under the float32 spacing of any
-    |score| >= 2**-7), added in float64, so it never reorders distinct scores; the returned scores
-    are the float32 ones."""
-    jitter = torch.rand(scores.shape, generator=generator, dtype=torch.float64) * 2.0**-30
-    _, idx = torch.topk(scores.double() + jitter, k, dim=1)
+    """Top k per row, least similar first. Scores are ranked at TIE_DECIMALS decimals, so scores
+    equal up to float noise (another BLAS kernel, thread count or batch padding moves the last
+    bits) tie, and ties are ordered by a seeded random draw per (query, item): with
+    `query: mention` every train mention of the same surface form ties, and a fixed tie order (say,
+    pool position) would hand every such query the same few demonstrations, often of one entity.
+    The draw is below half a rounding step, so it never reorders distinct rounded scores; the
+    returned scores are the unrounded float32 ones."""
+    scale = 10.0 ** TIE_DECIMALS
+    jitter = torch.rand(scores.shape, generator=generator, dtype=torch.float64) * 0.5
+    _, idx = torch.topk(torch.round(scores.double() * scale) + jitter, k, dim=1)
     return scores.gather(1, idx).flip(1), idx.flip(1)
 
 
-def simcse(mentions: pd.DataFrame, pool: np.ndarray, texts: list[str], top_k: int,
-           encoder=None, batch_size: int = 64, seed: int = 0, stats: dict | None = None) -> list[tuple]:
-    """Cosine similarity of sentence embeddings (SimCSE in the paper), one matrix product per chunk."""
-    if encoder is None:
-        raise RetrievalError("retrieve method 'simcse' needs a text encoder")
-    t0 = time.perf_counter()
-    emb, row = encode_unique(encoder, texts, batch_size)
-    if stats is not None:
-        stats["encoded"] = int(emb.shape[0])
-        stats["encode_seconds"] = time.perf_counter() - t0
-        stats["pool_vectors"] = emb[row[pool]].numpy()  # kept (pool.parquet) for new inputs' queries
-    # Score against the distinct texts, then gather the pool's columns: identical texts then tie
-    # exactly (a matmul over repeated rows may differ in the last bits from column to column).
+def simcse(emb: torch.Tensor, row: np.ndarray, pool: np.ndarray, top_k: int, seed: int) -> list[Ranked]:
+    """Cosine similarity of sentence embeddings (SimCSE in the paper), one matrix product per
+    chunk. `emb` holds the distinct query texts' normalised embeddings and row[i] query i's row
+    (`encode_unique`). Scored against the distinct texts, then gathered at the pool's columns:
+    identical texts then tie exactly (a matmul over repeated rows may differ in the last bits
+    from column to column)."""
     pool_cols = torch.from_numpy(row[pool])         # (P,) -> row of emb
-    query_emb = emb[row]                            # (Q, d)
-    return _rank(len(texts), pool, top_k, seed, lambda a, b: (query_emb[a:b] @ emb.T)[:, pool_cols])
+    query_emb = emb[torch.from_numpy(row)]          # (Q, d)
+    return _rank(len(row), pool, top_k, seed, lambda a, b: (query_emb[a:b] @ emb.T)[:, pool_cols])
+
+
+def bm25(texts: list[str], pool: np.ndarray, top_k: int, seed: int) -> list[Ranked]:
+    """Lexical BM25 (bm25s) over the pool's query texts. Every query is scored against the whole
+    pool (bm25s scores one query at a time), so ties break by the same seeded draw as `simcse`:
+    a top-k from bm25s would break them by pool order and give every query of a surface form
+    the same demonstrations."""
+    index = _BM25([texts[i] for i in pool])
+    tokens = index.tokens(texts)
+    return _rank(len(texts), pool, top_k, seed, lambda a, b: index.scores(tokens[a:b]))
+
+
+def random_demos(n_queries: int, pool: np.ndarray, top_k: int, seed: int) -> list[Ranked]:
+    """top_k distinct pool items drawn uniformly (seeded), never the query itself; scores 0."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for col in _self_columns(n_queries, pool):
+        picked = rng.choice(len(pool), size=min(top_k + 1, len(pool)), replace=False)
+        picked = picked[picked != col][:top_k]
+        out.append((picked, np.zeros(len(picked), dtype=np.float32)))
+    return out
 
 
 def _rank(n_queries: int, pool: np.ndarray, top_k: int, seed: int,
-          scores: Callable[[int, int], torch.Tensor]) -> list[tuple]:
+          scores: Callable[[int, int], torch.Tensor]) -> list[Ranked]:
     """Top k pool items per query, least similar first, from `scores(a, b)` (queries a..b-1 x
     pool), chunk by chunk; a query never retrieves itself, and ties break by the seeded draw of
     `_topk_least_first`, the same for every scoring method."""
     self_col = _self_columns(n_queries, pool)       # query -> its pool column, -1 if none
     k = min(top_k, len(pool))
     chunk = max(1, MAX_CELLS // max(1, len(pool)))
-    out: list[tuple] = []
+    out: list[Ranked] = []
     generator = torch.Generator().manual_seed(seed)  # chunks run in order: the draws are reproducible
     for start in range(0, n_queries, chunk):
         block = scores(start, min(start + chunk, n_queries)).float()
@@ -182,27 +206,13 @@ def _rank(n_queries: int, pool: np.ndarray, top_k: int, seed: int,
     return out
 
 
-def _rows(val: np.ndarray, idx: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+def _rows(val: np.ndarray, idx: np.ndarray) -> list[Ranked]:
     """Per query (pool indices, scores), dropping the excluded self cell (-inf) when the pool was
     too small for it to fall out of the top k."""
     keep = np.isfinite(val)
     if keep.all():
         return list(zip(idx, val))
     return [(i[m], v[m]) for i, v, m in zip(idx, val, keep)]
-
-
-def random_demos(mentions: pd.DataFrame, pool: np.ndarray, texts: list[str], top_k: int,
-                 encoder=None, batch_size: int = 64, seed: int = 0, stats: dict | None = None) -> list[tuple]:
-    """top_k distinct pool items drawn uniformly (seeded), never the query itself; scores 0."""
-    rng = np.random.default_rng(seed)
-    self_col = _self_columns(len(texts), pool)
-    out = []
-    for col in self_col:
-        n = min(top_k + 1, len(pool))
-        picked = rng.choice(len(pool), size=n, replace=False)
-        picked = picked[picked != col][:top_k]
-        out.append((picked, np.zeros(len(picked), dtype=np.float32)))
-    return out
 
 
 class _BM25:
@@ -228,18 +238,7 @@ class _BM25:
                                 .astype(np.float32))
 
 
-def bm25(mentions: pd.DataFrame, pool: np.ndarray, texts: list[str], top_k: int,
-         encoder=None, batch_size: int = 64, seed: int = 0, stats: dict | None = None) -> list[tuple]:
-    """Lexical BM25 (bm25s) over the pool's query texts. Every query is scored against the whole
-    pool (bm25s scores one query at a time), so ties break by the same seeded draw as `simcse`:
-    a top-k from bm25s would break them by pool order and give every query of a surface form
-    the same demonstrations."""
-    index = _BM25([texts[i] for i in pool])
-    tokens = index.tokens(texts)
-    return _rank(len(texts), pool, top_k, seed, lambda a, b: index.scores(tokens[a:b]))
-
-
-METHODS: dict[str, Callable[..., list[tuple]]] = {"simcse": simcse, "random": random_demos, "bm25": bm25}
+METHODS = ("simcse", "random", "bm25")
 
 
 def _self_columns(n_queries: int, pool: np.ndarray) -> np.ndarray:
@@ -255,31 +254,52 @@ def pool_rows(mentions: pd.DataFrame) -> np.ndarray:
     return np.flatnonzero(mask)
 
 
+@dataclass(frozen=True)
+class RetrievalStats:
+    """What one `retrieve` call did, for the stage's report and pool.parquet."""
+    queries: int
+    pool: int
+    encoded: int | None = None  # simcse: distinct query texts encoded
+    encode_seconds: float | None = None
+    pool_vectors: np.ndarray | None = None  # simcse: the pool's normalised embeddings, in pool order
+
+
 def retrieve(mentions: pd.DataFrame, method: str, top_k: int, query: str = "mention", encoder=None,
-             batch_size: int = 64, seed: int = 0, stats: dict | None = None) -> pd.DataFrame:
+             batch_size: int = 64, seed: int = 0) -> tuple[pd.DataFrame, RetrievalStats]:
     """For every mention (all splits), up to top_k demonstration ids from the train pool, least
-    similar first, with their scores. `stats`, if given, receives encoding counts and times."""
+    similar first, with their scores; and what it took (encoding counts and time)."""
     if method not in METHODS:
         raise RetrievalError(f"unknown retrieve method '{method}' (known: {', '.join(METHODS)})")
     if top_k < 0:
         raise RetrievalError(f"retrieve.top_k must be >= 0, not {top_k}")
+    if method == "simcse" and encoder is None:
+        raise RetrievalError("retrieve method 'simcse' needs a text encoder")
     if mentions["id"].duplicated().any():
         dup = mentions.loc[mentions["id"].duplicated(), "id"].iloc[0]
         raise RetrievalError(f"mention ids must be unique; '{dup}' occurs more than once")
     mentions = mentions.reset_index(drop=True)
     texts = query_texts(mentions, query)
     pool = pool_rows(mentions)
+    stats = RetrievalStats(queries=len(mentions), pool=len(pool))
     if top_k == 0 or len(pool) == 0:
-        rows = [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))] * len(mentions)
+        rows: list[Ranked] = [(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))] * len(mentions)
+    elif method == "simcse":
+        t0 = time.perf_counter()
+        emb, row = encode_unique(encoder, texts, batch_size)
+        stats = dataclasses.replace(stats, encoded=int(emb.shape[0]), encode_seconds=time.perf_counter() - t0,
+                                    pool_vectors=emb[torch.from_numpy(row[pool])].numpy())
+        rows = simcse(emb, row, pool, top_k, seed)
+    elif method == "bm25":
+        rows = bm25(texts, pool, top_k, seed)
     else:
-        rows = METHODS[method](mentions, pool, texts, top_k, encoder=encoder, batch_size=batch_size,
-                               seed=seed, stats=stats)
+        rows = random_demos(len(texts), pool, top_k, seed)
     pool_ids = mentions["id"].to_numpy()[pool]
-    return pd.DataFrame({
+    demos = pd.DataFrame({
         "id": mentions["id"].to_numpy(),
         "demo_ids": [pool_ids[i].tolist() for i, _ in rows],
         "demo_scores": [np.asarray(v, dtype=np.float32) for _, v in rows],
     })
+    return demos, stats
 
 
 def read_demos(path: str | Path) -> pd.DataFrame:

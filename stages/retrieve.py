@@ -10,7 +10,7 @@ from pathlib import Path
 from gemel.config import RetrieveParams, section
 from gemel.data.importers import DataError
 from gemel.data.tables import read_mentions, write_parquet_atomic
-from gemel.retrieval import DEMOS, DemoPool, RetrievalError, load_text_encoder, pool_rows, retrieve, write_pool
+from gemel.retrieval import DEMOS, DemoPool, RetrievalError, load_text_encoder, retrieve, write_pool
 from stages import _cli
 
 
@@ -23,27 +23,26 @@ def main(argv: list[str] | None = None) -> int:
     mentions = read_mentions(mentions_path)
     # Only simcse needs the encoder: random/bm25 runs must not fail on an absent model.
     encoder = load_text_encoder(p.encoder, params["text_encoders"]) if p.method == "simcse" else None
-    stats: dict = {}
     t0 = time.perf_counter()
-    demos = retrieve(mentions, p.method, p.top_k, query=p.query, encoder=encoder,
-                     batch_size=p.batch_size, seed=p.seed, stats=stats)
+    demos, stats = retrieve(mentions, p.method, p.top_k, query=p.query, encoder=encoder,
+                            batch_size=p.batch_size, seed=p.seed)
     seconds = time.perf_counter() - t0
     write_parquet_atomic(demos, Path(p.out) / "demos.parquet", DEMOS)
     pool = DemoPool.of(mentions, p.method, p.query, p.encoder if encoder is not None else None, p.seed,
-                       stats.pop("pool_vectors", None))
+                       stats.pool_vectors)
     write_pool(pool, Path(p.out) / "pool.parquet")
     report = {
         "method": p.method,
         "encoder": p.encoder if encoder is not None else None,
         "query": p.query,
-        "queries": int(len(demos)),
-        "pool": int(len(pool_rows(mentions))),
+        "queries": stats.queries,
+        "pool": stats.pool,
         "top_k": p.top_k,
         "seconds": round(seconds, 2),
     }
-    if "encoded" in stats:
-        report["texts_encoded"] = stats["encoded"]  # distinct query texts
-        report["encoded_per_s"] = round(stats["encoded"] / max(stats["encode_seconds"], 1e-9), 1)
+    if stats.encoded is not None:
+        report["texts_encoded"] = stats.encoded  # distinct query texts
+        report["encoded_per_s"] = round(stats.encoded / max(stats.encode_seconds or 0.0, 1e-9), 1)
     print(json.dumps(report, indent=2))
     return 0
 

@@ -10,7 +10,7 @@ import pytest
 
 from gemel.data.importers import DataError
 from gemel.data.tables import MENTIONS, write_parquet_atomic
-from gemel.retrieval import (RetrievalError, load_text_encoder, read_demos, resolve_text_encoder,
+from gemel.retrieval import (TIE_DECIMALS, RetrievalError, load_text_encoder, read_demos, resolve_text_encoder,
                              retrieve)
 from stages import _cli
 from stages import retrieve as retrieve_stage
@@ -75,9 +75,12 @@ def brute_force(mentions: pd.DataFrame, encoder, top_k: int, query: str):
 def test_simcse_matches_brute_force(encoder, query):
     mentions = make_mentions()
     top_k = 8
-    demos = retrieve(mentions, "simcse", top_k, query=query, encoder=encoder, batch_size=7)
+    demos, stats = retrieve(mentions, "simcse", top_k, query=query, encoder=encoder, batch_size=7)
     expected, emb, pool = brute_force(mentions, encoder, top_k, query)
     assert demos["id"].tolist() == mentions["id"].tolist()
+    texts = mentions["mention"] if query == "mention" else mentions["mention"] + " " + mentions["text"]
+    assert (stats.queries, stats.pool, stats.encoded) == (len(mentions), len(pool), texts.nunique())
+    np.testing.assert_allclose(stats.pool_vectors, emb[pool], atol=1e-5)  # what pool.parquet keeps
     score_of = {}
     for q in range(len(mentions)):
         for pos, p in enumerate(pool):
@@ -94,7 +97,7 @@ def test_simcse_matches_brute_force(encoder, query):
 
 def test_order_self_exclusion_and_pool(encoder):
     mentions = make_mentions()
-    demos = retrieve(mentions, "simcse", 10, encoder=encoder)
+    demos, _ = retrieve(mentions, "simcse", 10, encoder=encoder)
     pool_ids = set(mentions.loc[(mentions["split"] == "train") & ~mentions["is_nil"], "id"])
     for row in demos.itertuples():
         assert row.id not in row.demo_ids
@@ -118,9 +121,9 @@ def test_ties_are_broken_at_random_but_reproducibly(encoder, method):
     top-k would break its ties by pool order, and the retrieval ablation would measure that."""
     mentions = make_mentions([("train", "Paris", False)] * 40 + [("test", "Paris", False)] * 10
                              + [("test", "Paris Hilton", False)])
-    first = retrieve(mentions, method, 3, encoder=encoder, seed=0).set_index("id")
-    again = retrieve(mentions, method, 3, encoder=encoder, seed=0).set_index("id")
-    other = retrieve(mentions, method, 3, encoder=encoder, seed=1).set_index("id")
+    first = retrieve(mentions, method, 3, encoder=encoder, seed=0)[0].set_index("id")
+    again = retrieve(mentions, method, 3, encoder=encoder, seed=0)[0].set_index("id")
+    other = retrieve(mentions, method, 3, encoder=encoder, seed=1)[0].set_index("id")
     assert first["demo_ids"].map(list).tolist() == again["demo_ids"].map(list).tolist()
     assert first["demo_ids"].map(list).tolist() != other["demo_ids"].map(list).tolist()
     tests = [f"m{i}" for i in range(40, 50)]
@@ -129,19 +132,66 @@ def test_ties_are_broken_at_random_but_reproducibly(encoder, method):
     assert len(chosen) > 15 and all(int(i[1:]) < 40 for i in chosen)
 
 
+class FixedEncoder:
+    """A stand-in sentence encoder: each text's vector from a table (normalised as asked)."""
+
+    def __init__(self, vectors: dict[str, np.ndarray]):
+        self.vectors = vectors
+
+    def encode(self, texts, batch_size, normalize_embeddings, convert_to_tensor, show_progress_bar):
+        import torch
+
+        v = torch.tensor(np.stack([self.vectors[t] for t in texts]), dtype=torch.float32)
+        return torch.nn.functional.normalize(v, dim=1) if normalize_embeddings else v
+
+
+def test_scores_equal_up_to_float_noise_rank_the_same():
+    """Train mentions whose similarity to the query is the same up to float noise (what another
+    BLAS, thread count or batch padding changes) must be ranked the same whichever of them the
+    noise favours: the ranking rounds scores to TIE_DECIMALS and breaks the tie by the seeded
+    draw, never by the last bits. A real difference above the rounding still ranks."""
+    rows = [("train", "a", False), ("train", "b", False), ("train", "c", False), ("train", "d", False),
+            ("train", "far", False), ("test", "q", False)]
+    mentions = make_mentions(rows)
+    base = {"q": [1.0, 0.0, 0.0], "a": [0.6, 0.8, 0.0], "b": [0.6, 0.0, 0.8], "c": [0.6, -0.8, 0.0],
+            "d": [0.6, 0.0, -0.8], "far": [0.0, 1.0, 0.0]}
+
+    def run(noise: dict[str, float], seed: int = 0) -> list[list[str]]:
+        vectors = {t: np.array(v) + np.array([noise.get(t, 0.0), 0.0, 0.0]) for t, v in base.items()}
+        demos, _ = retrieve(mentions, "simcse", 4, encoder=FixedEncoder(vectors), seed=seed)
+        return demos["demo_ids"].map(list).tolist()
+
+    clean = run({})
+    assert len({tuple(run({}, seed=s)[5]) for s in range(4)}) > 1  # the seeded draw orders the tie
+    step = 10.0 ** -TIE_DECIMALS
+    for noise in ({"a": 3e-7}, {"b": 3e-7, "c": -2e-7}, {"d": 1e-6}, {"a": -1e-6, "d": 2e-7}):
+        assert run(noise) == clean, noise
+    # a (cosine 0.6) made more similar by well over one rounding step ranks last (most similar)
+    assert run({"a": 20 * step})[5][-1] == "m00"
+
+
+def test_batch_size_does_not_change_demos(encoder):
+    """Batch padding moves embeddings in their last bits; the demonstrations stay the same."""
+    mentions = make_mentions()
+    runs = [retrieve(mentions, "simcse", 6, query="mention_text", encoder=encoder, batch_size=b)[0]
+            for b in (1, 5, 64)]
+    for other in runs[1:]:
+        assert other["demo_ids"].map(list).tolist() == runs[0]["demo_ids"].map(list).tolist()
+
+
 def test_pool_smaller_than_top_k(encoder):
     mentions = make_mentions(ROWS[:3] + [("train", "Nobody", True), ("dev", "Paris Hilton", False)])
     for method in ["simcse", "random", "bm25"]:
-        demos = retrieve(mentions, method, 16, encoder=encoder).set_index("id")
+        demos = retrieve(mentions, method, 16, encoder=encoder)[0].set_index("id")
         assert [len(demos.loc[i, "demo_ids"]) for i in ["m00", "m01", "m02", "m03", "m04"]] == [2, 2, 2, 3, 3], method
         assert "m00" not in demos.loc["m00", "demo_ids"]
 
 
 def test_random_is_seeded_and_excludes_self():
     mentions = make_mentions()
-    a = retrieve(mentions, "random", 5, seed=3)
-    b = retrieve(mentions, "random", 5, seed=3)
-    c = retrieve(mentions, "random", 5, seed=4)
+    a = retrieve(mentions, "random", 5, seed=3)[0]
+    b = retrieve(mentions, "random", 5, seed=3)[0]
+    c = retrieve(mentions, "random", 5, seed=4)[0]
     assert a["demo_ids"].tolist() == b["demo_ids"].tolist()
     assert a["demo_ids"].tolist() != c["demo_ids"].tolist()
     for row in a.itertuples():
@@ -151,7 +201,7 @@ def test_random_is_seeded_and_excludes_self():
 
 def test_bm25_exact_match_is_most_similar():
     mentions = make_mentions()
-    demos = retrieve(mentions, "bm25", 5).set_index("id")
+    demos = retrieve(mentions, "bm25", 5)[0].set_index("id")
     ids = mentions.set_index("mention")["id"]
     assert demos.loc[ids["Air Jordan"], "demo_ids"][-1] in {ids["Michael Jordan"], ids["Jordan"]}
     # dev "the queen": the train "Queen" shares the one informative token and is shortest.
