@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from gemel.errors import GemelError
 from gemel.metrics import BUCKETS, read_predictions
 
 THUMB_PX = 96           # longest side of a thumbnail; ~3 KB as JPEG, ~4 KB in base64
@@ -46,7 +47,7 @@ EXTRA_COLUMNS = ("llm_scores", "cand_priors")  # candidate-aware decoding only (
 ALL, WRONG = "all", "wrong"  # filter keys beside the buckets' "factor:label"
 
 
-class ReportError(ValueError):
+class ReportError(GemelError, ValueError):
     """A run's file is missing or disagrees with another; the message names the file."""
 
 
@@ -103,7 +104,7 @@ def thumbnail(path: str | None, root: Path, px: int = THUMB_PX) -> tuple[str | N
     'none given', 'missing' or 'unreadable', the features stage's words)."""
     from PIL import Image
 
-    if path is None or (isinstance(path, float) and math.isnan(path)) or path == "":
+    if path is None or (isinstance(path, float) and math.isnan(path)) or path == "":  # NaN: pandas' missing
         return None, "none given"
     full = Path(path) if os.path.isabs(path) else root / path
     if not full.is_file():
@@ -231,8 +232,9 @@ def collect(run_dir: str | Path, mentions: pd.DataFrame, candidates: pd.DataFram
     ev["correct"] = (ev["pred_name"] == ev["gold_name"]).to_numpy(dtype=bool)
     ev["buckets"] = bucket_keys(flags) if flags else [[] for _ in range(len(ev))]
     thumbs = thumbnails(list(ev["image"]), root)
-    ev["thumb"] = [thumbs[p][0] for p in ev["image"]]
-    ev["no_image"] = [thumbs[p][1] for p in ev["image"]]
+    # object dtype: pandas would otherwise infer strings and turn None into NaN (truthy).
+    ev["thumb"] = pd.Series([thumbs[p][0] for p in ev["image"]], dtype=object)
+    ev["no_image"] = pd.Series([thumbs[p][1] for p in ev["image"]], dtype=object)
     if features_ok is not None:  # the encoder's view: a file it could not read gave the model no image
         bad = set(features_ok.loc[~features_ok["ok"].astype(bool), "image"])
         ev["encoder_failed"] = [p in bad for p in ev["image"]]
@@ -263,7 +265,7 @@ def collect(run_dir: str | Path, mentions: pd.DataFrame, candidates: pd.DataFram
 # ---------------------------------------------------------------- HTML
 
 def esc(x: Any) -> str:
-    return html.escape("" if x is None else str(x), quote=True)
+    return html.escape("" if x is None or (isinstance(x, float) and math.isnan(x)) else str(x), quote=True)
 
 
 def _num(x: Any, digits: int = 3) -> str:
@@ -423,7 +425,7 @@ def _row(n: int, r: Any, uses_candidates: bool) -> str:
     if r.thumb:
         img = f'<img loading="lazy" decoding="async" src="{r.thumb}" alt="{esc(r.image)}" title="{esc(r.image)}">'
     else:
-        img = f'<div class=noimg title="{esc(r.image)}">no image:<br>{esc(r.no_image)}</div>'
+        img = f'<div class=noimg title="{esc(r.image)}">no image: <br>{esc(r.no_image)}</div>'
     if r.encoder_failed:
         img += "<div class=warn>encoder could not read it</div>"
     elif not r.has_image and r.thumb:
@@ -433,7 +435,7 @@ def _row(n: int, r: Any, uses_candidates: bool) -> str:
     cells = [f"<div class=i>{n}</div>", f"<div>{img}</div>",
              f"<div>{mark_mention(r.text, r.mention, r.start, r.end)}<div class=lbl>{esc(r.id)} {tags}</div></div>",
              f"<div><div class=lbl>gold</div>{esc(r.gold_name)}<div class=lbl>prediction ({verdict})</div>"
-             f"{esc(r.pred_name) if r.pred_name is not None else '<i>none</i>'}</div>",
+             f"{'<i>none</i>' if pd.isna(r.pred_name) else esc(r.pred_name)}</div>",
              f"<div><div class=lbl>top beams</div>{_beams(r)}</div>"]
     if uses_candidates:
         cells.append(f"<div>{_candidates(r)}</div>")
