@@ -169,3 +169,17 @@ def _save_atomic(fig: Any, path: Path) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def summary_html(kind: str, table: pd.DataFrame, plot_png: str | Path, runs: list[Run], path: str | Path) -> str:
+    """The sweep's page (gemel.report.summary_page): the table, the plot embedded, and a link to each
+    run's report.html relative to the page at `path` (none for a run whose report is not there)."""
+    from gemel.report import summary_page
+
+    folder = Path(path).parent
+    reports = {}
+    for run in runs:
+        report = Path(run.out) / run.llm / "report.html"
+        reports[run.name] = Path(os.path.relpath(report, folder)).as_posix() if report.is_file() else None
+    return summary_page(f"{kind} summary", table, plot_png, reports, table.columns[0])
+

@@ -1,14 +1,16 @@
 """summarize: the metrics.json of every run of a sweep -> {train.out}/{summarize.kind}/summary.csv,
-summary.md and a plot (scales: summarize.metric against LLM size, log x; ablations: one bar each;
-datasets: every preset whose files are here, one group of bars each with its baselines)."""
+summary.md, a plot (scales: summarize.metric against LLM size, log x; ablations: one bar each;
+datasets: every preset whose files are here, one group of bars each with its baselines) and
+report.html (the table, the plot and a link to each run's report.html)."""
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from gemel.config import ConfigError, SummarizeParams, section
 from gemel.data.tables import write_text_atomic
-from gemel.summary import SummaryError, dataset_table, plot, summary_table, to_markdown
+from gemel.summary import SummaryError, dataset_table, plot, summary_html, summary_table, to_markdown
 from gemel.workflow import ablation_runs, dataset_runs, scale_runs, summary_files
 from stages import _cli
 
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(table.to_csv(index=False), files["csv"])
     write_text_atomic(to_markdown(table), files["md"])
     plot(table, p.kind, p.metric, files["png"])
+    # The sweep's page beside its table (workflow.summary_files names it once it has an "html" entry).
+    html = files.get("html") or str(Path(files["csv"]).with_name("report.html"))
+    write_text_atomic(summary_html(p.kind, table, files["png"], runs, html), html)
     print(json.dumps({"kind": p.kind, "runs": len(table), **files,
                       p.metric: dict(zip(table[table.columns[0]], table[p.metric].round(4)))}, indent=2))
     return 0

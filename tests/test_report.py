@@ -316,3 +316,24 @@ def test_sample_report_in_headless_chromium(sample_run, tmp_path):
         finally:
             ctx.close()
     assert errors == []
+
+
+def test_summarize_writes_a_page_linking_each_runs_report(tmp_path):
+    from gemel.config import load_params
+    from gemel.workflow import ablation_runs, effective
+    from stages import summarize
+
+    out = tmp_path / "results"
+    runs = ablation_runs(effective(load_params(ROOT / "params.yaml"), {"train.out": str(out)}))
+    for i, run in enumerate(runs):
+        Path(run.metrics).parent.mkdir(parents=True)
+        Path(run.metrics).write_text(json.dumps({"accuracy": 0.1 * i, "evaluated": 10}))
+    (Path(runs[0].metrics).parent / "report.html").write_text("<p>run page</p>")
+    argv = ["--params", str(ROOT / "params.yaml"), "--set", f"train.out={out}", "--set", "summarize.kind=ablations"]
+    assert summarize.main(argv) == 0
+    page = out / "ablations" / "report.html"
+    html = page.read_text()
+    link = f'{runs[0].name}/{runs[0].llm}/report.html'  # the run's folder, relative to results/ablations/
+    assert f'<a href="{link}">report</a>' in html and (page.parent / link).is_file()
+    assert html.count("none yet") == len(runs) - 1
+    assert html.count("<tr>") == len(runs) + 1 and "data:image/png;base64," in html
