@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from gemel.config import PrepareParams
@@ -464,3 +466,101 @@ def test_limit_applies_after_the_carved_dev_split(tmp_path: Path) -> None:
 def test_bad_limit(tmp_path: Path, limit: object, message: str) -> None:
     with pytest.raises(DataError, match=message):
         prepare(params(melbench_fixture(tmp_path, lists=False), "melbench", limit=limit), root=Path("/"))
+
+
+# ---------------------------------------------------------------- NIL entities with an answer id
+
+@pytest.mark.parametrize("with_kb", [False, True])
+def test_kgmel_nil_entity_with_an_answer_id_is_nil(tmp_path: Path, with_kb: bool) -> None:
+    """WikiDiverse marks out-of-KB mentions in `entity`; such a mention is NIL even when its
+    `answer` holds an id the KB knows (from the data, or from datasets.<name>.kb), so it is left
+    out of accuracy rather than scored against that id's name."""
+    from gemel.metrics import compute_metrics
+
+    d = wikidiverse_fixture(tmp_path)
+    records = json.loads((d / "wikidiverse.json").read_text())
+    # record 0: Paris -> Q90 (linked); record 3's "Paris" mention: entity NIL, answer Q90
+    records[3]["entity"], records[3]["answer"] = ["nil"], ["Q90"]
+    records[2]["entity"], records[2]["answer"] = ["NIL"], ["Q90"]
+    (d / "wikidiverse.json").write_text(json.dumps(records))
+    kw = {}
+    if with_kb:
+        (d / "kb.json").write_text(json.dumps({"Q90": "Paris", "Q598884": "Hilton Hotels", "Q47899": "Paris Hilton",
+                                               "Q2": "Where"}))
+        kw["kb"] = str(d / "kb.json")
+    out = prepare(wikidiverse(d, **kw), root=Path("/"))
+    m = out.mentions.set_index("id")
+    for mid in ("2-0", "3-0"):
+        assert bool(m.loc[mid, "is_nil"]), mid
+        assert pd_isna(m.loc[mid, "entity_id"]) and pd_isna(m.loc[mid, "entity_name"])
+    assert not m.loc["0-0", "is_nil"] and m.loc["0-0", "entity_id"] == "Q90"
+    assert out.report["nil"] == 4 + 2
+    # Scored as the evaluate stage scores: a NIL mention is removed, whatever was predicted for it.
+    pred = pd.DataFrame({"id": m.index, "split": m["split"], "mention": m["mention"],
+                         "gold_id": m["entity_id"], "gold_name": m["entity_name"], "is_nil": m["is_nil"],
+                         "has_image": True, "pred_name": m["entity_name"].fillna("Paris"), "pred_id": None,
+                         "beams": [[] for _ in m.index], "beam_scores": [[] for _ in m.index]})
+    metrics = compute_metrics(pred, set(out.kb["name"]), [1])
+    assert metrics["nil_removed"] == 6 and metrics["evaluated"] == len(m) - 6 and metrics["accuracy"] == 1.0
+
+
+def test_melbench_nil_name_with_a_known_answer_stays_linked(tmp_path: Path) -> None:
+    """MELBench's rule differs: a NIL entity name is NIL only when the KB does not know the answer."""
+    d = melbench_fixture(tmp_path, lists=True)
+    train = json.loads((d / "train.json").read_text())
+    train["r1"]["entities"] = ["nil", "nil"]
+    train["r1"]["answer"] = ["Q76", "Q999"]  # Q76 in qid2ne.json, Q999 not
+    (d / "train.json").write_text(json.dumps(train))
+    m = prepare(params(d, "melbench", dev_fraction=0.0), root=Path("/")).mentions.set_index("id")
+    assert not m.loc["r1-0", "is_nil"] and m.loc["r1-0", "entity_id"] == "Q76"
+    assert m.loc["r1-0", "entity_name"] == "Barack Obama"  # the KB's name
+    assert bool(m.loc["r1-1", "is_nil"])
+
+
+# ---------------------------------------------------------------- the carved dev split
+
+def carve_fixture(d: Path, order: list[int], fmt: str) -> Path:
+    """24 train records (every third with two mentions) and one test record, train written in `order`."""
+    d.mkdir()
+
+    def record(i: int) -> dict:
+        two = i % 3 == 0
+        return {"sentence": f"Obama and Merkel {i}.", "mentions": ["Obama", "Merkel"] if two else ["Obama"],
+                "entities": ["Barack Obama", "Angela Merkel"] if two else ["Barack Obama"],
+                "answer": ["Q76", "Q567"] if two else ["Q76"]}
+
+    if fmt == "melbench":
+        (d / "train.json").write_text(json.dumps({f"r{i:02d}": record(i) for i in order}))
+        (d / "test.json").write_text(json.dumps({"t1": {"sentence": "Merkel smiled.", "mentions": "Merkel",
+                                                        "entities": "Angela Merkel", "answer": "Q567"}}))
+        (d / "qid2ne.json").write_text(json.dumps({"Q76": "Barack Obama", "Q567": "Angela Merkel"}))
+    else:  # gemel_jsonl, one mention a line; ids given (without them a record's id is its line number)
+        write_jsonl(d / "train.json", [{"id": f"r{i:02d}", "text": f"Obama spoke {i}.", "mention": "Obama",
+                                        "target": "Barack Obama", "golden": "Q76"} for i in order])
+        write_jsonl(d / "test.json", [{"id": "t1", "text": "Merkel smiled.", "mention": "Merkel",
+                                       "target": "Angela Merkel"}])
+    return d
+
+
+@pytest.mark.parametrize("fmt", ["melbench", "gemel_jsonl"])
+def test_carved_dev_split_ignores_record_order(tmp_path: Path, fmt: str) -> None:
+    """The same records in another file order give the same dev set (records are sorted by id
+    before the seeded draw), the seed and the fraction change it as they should, and a record's
+    mentions stay together."""
+    order = list(range(24))
+    shuffled = [order[i] for i in np.random.default_rng(5).permutation(24)]
+    runs = iter(range(100))
+
+    def dev(o: list[int], fraction: float = 0.25, seed: int = 0) -> set[str]:
+        d = carve_fixture(tmp_path / f"run{next(runs)}", o, fmt)
+        m = prepare(params(d, fmt, dev_fraction=fraction, seed=seed), root=Path("/")).mentions
+        return set(m.loc[m["split"] == "dev", "id"])
+
+    first = dev(order)
+    assert dev(shuffled) == first and dev(order[::-1]) == first
+    records = {i.split("-")[0] for i in first}
+    assert len(records) == 6  # round(0.25 * 24) records
+    if fmt == "melbench":  # both mentions of a two-mention record go together
+        assert all((f"{r}-1" in first) == (int(r[1:]) % 3 == 0) for r in records)
+    assert dev(shuffled, seed=1) != first and dev(shuffled, seed=1) == dev(order, seed=1)
+    assert len({i.split("-")[0] for i in dev(order, fraction=0.5)}) == 12

@@ -8,11 +8,11 @@ file) always raise, saying what was expected and what was found.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from gemel.data.tables import SPLITS
 from gemel.errors import GemelError
 
 NIL_MARKERS = {"nil", "NIL", "Nil", ""}
@@ -247,97 +247,21 @@ def found(value: Any) -> str:
     return f"a JSON {type(value).__name__} ({value!r:.40})"
 
 
-# ---------------------------------------------------------------- split files
-
-SPLIT_NAMES = {"train": "train", "dev": "dev", "valid": "dev", "val": "dev", "test": "test"}
-# SPLITS (train, dev, test) is also the overlap policy's priority: an id listed in two splits goes
-# to the later one, so an evaluation record never doubles as a training one.
-SPLIT_LAYOUTS = "split -> [record ids], dataset name -> {split -> [record ids]}, or record id -> split"
-
-
-@dataclass
-class Splits:
-    """A split file resolved to exactly one split per record id, each split in its list order."""
-
-    ids: dict[str, list[str]]  # split -> record ids (as strings), only the splits the file has
-    overlaps: dict[str, int]  # "train+test" -> ids listed in both (kept in the later split)
-    repeated: int  # ids listed twice in one split's list (kept once)
-
-
-def read_split_file(path: Path, split_key: str | None = None) -> Splits:
-    """GHMFC's {split: [ids]}, {id: split}, or KGMEL's {dataset: {split: [ids]}} picked by split_key.
-    Ids are compared as strings: KGMEL lists ints, GHMFC strings."""
-    data = read_json(path)
-    if not isinstance(data, dict) or not data:
-        raise DataError(f"{path}: expected a JSON object ({SPLIT_LAYOUTS}); found {found(data)}")
-    values = list(data.values())
-    where = str(path)
-    if all(isinstance(v, dict) for v in values):
-        names = ", ".join(map(str, data))
-        if split_key is None:
-            raise DataError(f"{path} nests splits under dataset names {names}: set datasets.<name>.split_key")
-        if split_key not in data:
-            raise DataError(f"{path} nests splits under dataset names {names}: "
-                            f"datasets.<name>.split_key '{split_key}' is not one of them")
-        lists, where = data[split_key], f"{path} [{split_key}]"
-        if not all(isinstance(v, list) for v in lists.values()):
-            raise DataError(f"{where}: expected split -> [record ids]; found {found(lists)}")
-    elif all(isinstance(v, list) for v in values):
-        lists = data
-    elif all(isinstance(v, str) for v in values):
-        lists = {}
-        for rid, split in data.items():
-            lists.setdefault(split, []).append(rid)
-    else:
-        kinds = ", ".join(sorted({type(v).__name__ for v in values}))
-        raise DataError(f"{path}: expected a JSON object ({SPLIT_LAYOUTS}); found one whose values are {kinds}")
-    return resolve_splits(normalise_splits(lists, where))
-
-
-def normalise_splits(lists: dict[str, list[Any]], where: str) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for name, ids in lists.items():
-        split = SPLIT_NAMES.get(name)
-        if split is None:
-            raise DataError(f"{where}: unknown split name '{name}': expected train, dev (or val, valid) and test; "
-                            f"found {', '.join(map(str, lists))}")
-        if split in out:
-            raise DataError(f"{where}: two lists name the {split} split; found {', '.join(map(str, lists))}")
-        for i, rid in enumerate(ids):
-            if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-                raise DataError(f"{where}: {name}[{i}]: expected a record id (a string or an integer); "
-                                f"found {found(rid)}")
-        out[split] = [str(rid) for rid in ids]
-    return out
-
-
-def resolve_splits(lists: dict[str, list[str]]) -> Splits:
-    unique = {s: list(dict.fromkeys(lists[s])) for s in SPLITS if s in lists}
-    repeated = sum(len(lists[s]) - len(ids) for s, ids in unique.items())
-    listed_in: dict[str, list[str]] = {}
-    for split, ids in unique.items():
-        for rid in ids:
-            listed_in.setdefault(rid, []).append(split)
-    overlaps: dict[str, int] = {}
-    for splits in listed_in.values():
-        if len(splits) > 1:
-            key = "+".join(splits)
-            overlaps[key] = overlaps.get(key, 0) + 1
-    kept = {s: [rid for rid in ids if listed_in[rid][-1] == s] for s, ids in unique.items()}
-    return Splits(kept, dict(sorted(overlaps.items())), repeated)
-
-
 # ---------------------------------------------------------------- records with mention lists
 
 @dataclass(frozen=True)
 class Layout:
     """A layout whose records hold a text and parallel mention / entity name / answer fields
-    (lists, or scalars for one mention): MELBench/GHMFC and KGMEL differ only in names."""
+    (lists, or scalars for one mention): MELBench/GHMFC and KGMEL differ in names and the NIL rule."""
 
     format: str
     mentions: str
     names: str
     keyed: bool  # records are a JSON object keyed by record id, else a list with an `id` field
+    # A NIL entity name makes the mention NIL whatever its answer field holds (KGMEL's WikiDiverse
+    # marks out-of-KB mentions in `entity`). Otherwise a NIL name is NIL only when the KB does not
+    # know the answer, since there is nothing to link it to.
+    nil_name_is_nil: bool = False
     text: str = "sentence"
     answers: str = "answer"
 
@@ -349,8 +273,10 @@ class Layout:
 
 
 MELBENCH = Layout("melbench", mentions="mentions", names="entities", keyed=True)
-KGMEL = Layout("kgmel_wikidiverse", mentions="mention", names="entity", keyed=False)
+KGMEL = Layout("kgmel_wikidiverse", mentions="mention", names="entity", keyed=False, nil_name_is_nil=True)
 ImageOf = Callable[[str, dict[str, Any]], str | None]
+# (split, file, record id, raw record) in row order: what the two file layouts list.
+Listed = Iterable[tuple[str, Path, str, Any]]
 
 
 def read_records(path: Path, layout: Layout, problems: Problems) -> tuple[dict[str, Any], int]:
@@ -420,8 +346,7 @@ def record_rows(obj: Any, rid: str, split: str, file: Path, layout: Layout, kb_i
             problems.bad(file, rid, layout.names + at,
                          f"expected an entity name or a NIL marker; found {found(name)}")
             continue
-        # NIL: a NIL answer, or a NIL name for an answer the KB does not know (nothing to link to).
-        nil = is_nil(answer) or (is_nil(name) and answer not in kb_ids)
+        nil = is_nil(answer) or (is_nil(name) and (layout.nil_name_is_nil or answer not in kb_ids))
         eid = None if nil else resolve_entity(answer, name, kb_ids, kb_by_name)
         mid = f"{rid}-{i}" if several else rid
         rows.append(row(mid, rid, split, text, mention, image, eid, None if nil else name))
@@ -463,16 +388,28 @@ def link_records(imported: Imported, kb: list[dict[str, Any]] | None) -> Importe
     return imported
 
 
+def layout_rows(listed: Listed, layout: Layout, kb: list[dict[str, Any]], image_of: ImageOf,
+                problems: Problems) -> list[dict[str, Any]]:
+    """The mention rows of every listed record, in listing order."""
+    kb_ids, kb_by_name = kb_index(kb)
+    return [r for split, file, rid, obj in listed
+            for r in record_rows(obj, rid, split, file, layout, kb_ids, kb_by_name, image_of, problems)]
+
+
 def import_split_folder(folder: Path, layout: Layout, kb: list[dict[str, Any]], image_of: ImageOf,
                         problems: Problems) -> Imported:
-    """One annotation file per split (train.json, test.json, maybe dev.json)."""
-    kb_ids, kb_by_name = kb_index(kb)
-    seen, rows = Seen(), []
-    for split, path in split_files(folder, (".json",)).items():
-        records, _ = read_records(path, layout, problems)
-        for rid, obj in records.items():
-            if seen.first(rid, path, split, problems):
-                rows += record_rows(obj, rid, split, path, layout, kb_ids, kb_by_name, image_of, problems)
+    """One annotation file per split (train.json, test.json, maybe dev.json); a record id seen in
+    an earlier file is a duplicate."""
+    seen = Seen()
+
+    def listed() -> Iterator[tuple[str, Path, str, Any]]:  # lazily: problems come in file order
+        for split, path in split_files(folder, (".json",)).items():
+            records, _ = read_records(path, layout, problems)
+            for rid, obj in records.items():
+                if seen.first(rid, path, split, problems):
+                    yield split, path, rid, obj
+
+    rows = layout_rows(listed(), layout, kb, image_of, problems)
     return Imported(rows, kb, seen.records, seen.duplicates)
 
 
@@ -481,21 +418,16 @@ def import_with_split_file(path: Path, src: Source, layout: Layout, kb: list[dic
     """One annotation file for all splits plus a split file. Rows follow the split lists' order;
     listed ids with no record and records in no split are counted, not errors (the published
     files have both)."""
+    from gemel.data.splits import read_split_file  # splits.py builds on this module's JSON readers
+
     assert src.split_file is not None
     splits = read_split_file(src.split_file, src.split_key)
     records, duplicates = read_records(path, layout, problems)
-    kb_ids, kb_by_name = kb_index(kb)
-    rows: list[dict[str, Any]] = []
-    read = {split: 0 for split in splits.ids}
-    absent = {split: 0 for split in splits.ids}
-    for split, ids in splits.ids.items():
-        for rid in ids:
-            if rid not in records:
-                absent[split] += 1
-                continue
-            read[split] += 1
-            rows += record_rows(records[rid], rid, split, path, layout, kb_ids, kb_by_name, image_of, problems)
-    return Imported(rows, kb, read, duplicates, records_in_no_split=len(records) - sum(read.values()),
+    listed = [(split, path, rid, records[rid]) for split, ids in splits.ids.items() for rid in ids if rid in records]
+    read = {split: sum(rid in records for rid in ids) for split, ids in splits.ids.items()}
+    absent = {split: len(ids) - read[split] for split, ids in splits.ids.items()}
+    rows = layout_rows(listed, layout, kb, image_of, problems)
+    return Imported(rows, kb, read, duplicates, records_in_no_split=len(records) - len(listed),
                     split_ids_not_in_annotations=absent, split_overlaps=splits.overlaps,
                     split_ids_repeated=splits.repeated)
 
@@ -514,9 +446,9 @@ def annotation_file(src: Source, layout: Layout) -> Path:
     candidates = sorted(p.name for p in src.input.glob("*.json")
                         if p.name not in COMPANIONS and p.resolve() not in own)
     if len(candidates) != 1:
-        raise DataError(f"{src.input}: with datasets.<name>.split_file, format {layout.format} expects one annotation JSON "
-                        f"here besides {', '.join(COMPANIONS)} ({layout.shape}), or datasets.<name>.input naming it; "
-                        f"found {', '.join(candidates) or 'none'}")
+        raise DataError(f"{src.input}: with datasets.<name>.split_file, format {layout.format} expects one "
+                        f"annotation JSON here besides {', '.join(COMPANIONS)} ({layout.shape}), or "
+                        f"datasets.<name>.input naming it; found {', '.join(candidates) or 'none'}")
     return src.input / candidates[0]
 
 
@@ -554,7 +486,8 @@ def import_kgmel_wikidiverse(src: Source, problems: Problems) -> Imported:
     lists) and ids_split_mappings.json (pick the entry with datasets.<name>.split_key). No KB ships: unless
     datasets.<name>.kb names one, the KB is built from the gold answers."""
     if src.split_file is None:
-        raise DataError(f"{src.input}: format kgmel_wikidiverse needs datasets.<name>.split_file (ids_split_mappings.json)")
+        raise DataError(f"{src.input}: format kgmel_wikidiverse needs datasets.<name>.split_file "
+                        f"(ids_split_mappings.json)")
     path = annotation_file(src, KGMEL)
     kb = read_kb_file(src.kb) if src.kb else []
     images = src.images or path.parent
