@@ -3,10 +3,11 @@
     python -m benchmarks.report [--mentions 3561] [--size 640x480] [--browser]
 
 A synthetic run in a temporary folder: `--mentions` evaluated mentions, each with its own JPEG
-photo (`--size`, smooth colour fields with noise; 64 distinct ones, each mention its own file, so that thumbnails compress like photos rather
-than like flat colours), 1 in 50 image missing and 1 in 50 unreadable, a third of the rows wrong,
-16 candidates each (candidate-aware mode: the largest rows). Times `collect` (thumbnails
-included) and `render`, and with `--browser` how long headless chromium takes to load the page.
+photo (`--size`, smooth colour fields with noise, so that thumbnails compress like photos rather
+than like flat colours; 64 distinct ones, each mention its own file), 1 in 50 image missing and
+1 in 50 unreadable, a third of the rows wrong, 16 candidates each (candidate-aware mode: the
+largest rows). Times `collect` (thumbnails included) and `render`, and with `--browser` how long
+headless chromium takes to load the page.
 """
 from __future__ import annotations
 

@@ -27,10 +27,11 @@ import json
 import math
 import os
 import struct
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -294,14 +295,17 @@ def mark_mention(text: str, mention: str, start: Any = None, end: Any = None) ->
 
 
 CSS = """
-*{box-sizing:border-box}body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1400px;padding:1em 2em;color:#222}
+*{box-sizing:border-box}
+body{font:14px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1400px;padding:1em 2em;color:#222}
 h1{font-size:1.4em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
 table.t{border-collapse:collapse}table.t td,table.t th{border:1px solid #ddd;padding:3px 8px;text-align:left}
 table.t td.n{text-align:right;font-variant-numeric:tabular-nums}table.t th{background:#f4f4f4}
 dl.s{display:grid;grid-template-columns:max-content auto;gap:2px 1em}dl.s dt{color:#666}dl.s dd{margin:0}
-.curves,.top{display:flex;gap:2em;flex-wrap:wrap}.top h2{margin-top:.6em}svg text{font:11px system-ui,sans-serif;fill:#444}
+.curves,.top{display:flex;gap:2em;flex-wrap:wrap}.top h2{margin-top:.6em}
+svg text{font:11px system-ui,sans-serif;fill:#444}
 .ctl{position:sticky;top:0;background:#fff;padding:.5em 0;border-bottom:1px solid #ddd;z-index:1}
-.m{display:grid;grid-template-columns:2.5em 104px minmax(16em,2fr) minmax(10em,1fr) minmax(14em,1.5fr) minmax(12em,1.3fr);
+.m{display:grid;
+grid-template-columns:2.5em 104px minmax(16em,2fr) minmax(10em,1fr) minmax(14em,1.5fr) minmax(12em,1.3fr);
 gap:0 12px;padding:6px 0;border-bottom:1px solid #eee;content-visibility:auto;contain-intrinsic-size:auto 110px}
 .m.no-c{grid-template-columns:2.5em 104px minmax(16em,2fr) minmax(10em,1fr) minmax(14em,1.5fr)}
 .m.wrong{background:#fff6f6}.m .i{color:#999}.m img{max-width:96px;max-height:96px;display:block}
@@ -321,7 +325,8 @@ function keep(k){return k==='all'?rows:k==='wrong'?rows.filter(r=>r.classList.co
 rows.filter(r=>r.dataset.b.split(' ').includes(k))}
 function show(){const n=Math.max(1,Math.ceil(cur.length/PAGE));page=Math.min(Math.max(page,0),n-1);
 const on=new Set(cur.slice(page*PAGE,(page+1)*PAGE));rows.forEach(r=>{r.hidden=!on.has(r)});
-info.textContent=cur.length?`rows ${page*PAGE+1}-${Math.min(cur.length,(page+1)*PAGE)} of ${cur.length} (page ${page+1} of ${n})`:'no rows'}
+info.textContent=cur.length?`rows ${page*PAGE+1}-${Math.min(cur.length,(page+1)*PAGE)} of ${cur.length}`+
+` (page ${page+1} of ${n})`:'no rows'}
 function apply(){const k=decodeURIComponent((location.hash.match(/^#only=(.*)$/)||[])[1]||'all');
 sel.value=[...sel.options].some(o=>o.value===k)?k:'all';cur=keep(sel.value);page=0;show()}
 sel.addEventListener('change',()=>{location.hash='only='+encodeURIComponent(sel.value)});

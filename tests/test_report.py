@@ -21,8 +21,18 @@ import pytest
 from PIL import Image
 
 from gemel.metrics import breakdown
-from gemel.report import (ReportError, bucket_flags, bucket_keys, collect, mark_mention, order_rows, render,
-                          select_rows, summary_page, thumbnail)
+from gemel.report import (
+    ReportError,
+    bucket_flags,
+    bucket_keys,
+    collect,
+    mark_mention,
+    order_rows,
+    render,
+    select_rows,
+    summary_page,
+    thumbnail,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
