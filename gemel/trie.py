@@ -14,8 +14,6 @@ and the LLM it was tokenized for. Both save to a plain .npz (no pickle).
 from __future__ import annotations
 
 import itertools
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from gemel.atomic import atomic_path
 from gemel.errors import GemelError
 
 FORMAT = "gemel-trie/1"
@@ -336,19 +335,10 @@ def build_entity_trie(names: Sequence[str], entity_ids: Sequence[str], tokenizer
 
 
 def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez to a temporary file beside `path`, then rename. Writing through a file object
-    keeps np.savez from appending '.npz' to the temporary name."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; give it a normal file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """np.savez through gemel.atomic (a normal file's mode, never a half-written trie). Writing
+    through a file object keeps np.savez from appending '.npz' to the temporary name."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _load_npz(path: str | Path) -> dict[str, np.ndarray]:
@@ -363,12 +353,6 @@ def _load_npz(path: str | Path) -> dict[str, np.ndarray]:
     if fmt != FORMAT:
         raise TrieError(f"{path}: format {fmt!r}, expected {FORMAT!r} (rebuild it with the trie stage)")
     return data
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _node_dtype(n_nodes: int) -> type:

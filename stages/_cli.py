@@ -1,12 +1,15 @@
 """What every stage CLI shares: `--params FILE` and `--set section.key=value` overrides, and one
-way to turn a known error into a message and exit status 2 instead of a traceback."""
+way to turn an expected failure (a GemelError) into a one-line message and exit status 2; any other
+exception is a bug and keeps its traceback."""
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from gemel.config import ConfigError, load_params
+from gemel.config import load_params
+from gemel.errors import GemelError
 
 
 def parse(description: str | None, argv: list[str] | None = None) -> dict[str, Any]:
@@ -20,9 +23,12 @@ def parse(description: str | None, argv: list[str] | None = None) -> dict[str, A
 
 def run(stage: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None,
         errors: tuple[type[BaseException], ...] = ()) -> int:
-    """Run a stage's main; ConfigError and the stage's own input errors print one line and exit 2."""
+    """Run a stage's main; a GemelError prints `<stage>: error: <message>` on one line and exits 2.
+    `errors`: more exception types treated alike (being phased out: expected failures are
+    GemelErrors, and catching a builtin such as ValueError hides bugs)."""
     try:
         return main(argv)
-    except (ConfigError, *errors) as e:
-        print(f"{stage}: error: {e}", file=sys.stderr)
+    except (GemelError, *errors) as e:
+        message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message holds
+        print(f"{stage}: error: {message}", file=sys.stderr)
         return 2
