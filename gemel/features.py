@@ -4,24 +4,28 @@ The table (`images.parquet`) has one row per image: `image` (the path, as the me
 gives it), `vector` (fixed_size_list<float32>[dim]) and `ok` (False: the image was missing or
 unreadable and the vector is zeros). The encoder's name is stored in the Parquet schema metadata;
 rows are reused from an earlier table only when that name matches.
+
+The table is written once, complete, at the end. Until then every encoded batch is appended to a
+checkpoint beside it (`images.partial/`, Arrow IPC streams): a killed run loses at most the batch
+it was encoding, and the next run resumes from the checkpoint, then removes it.
 """
 from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from gemel.data.tables import write_parquet_atomic
+from gemel.data.tables import InputFileError, read_arrow, write_parquet_atomic
 from gemel.encoders import ImageEncoder
 from gemel.errors import GemelError
 
@@ -61,11 +65,13 @@ def cache_rows(cache: pd.DataFrame | None, encoder: ImageEncoder) -> dict[str, n
 
 
 def encode_paths(paths: Sequence[str], encoder: ImageEncoder, batch_size: int,
-                 on_bad: Callable[[str, str], None], progress: bool = True) -> dict[str, np.ndarray]:
+                 on_bad: Callable[[str, str], None], progress: bool = True,
+                 on_batch: Callable[[list[str], np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
     """Vectors of the images among `paths` that can be read; every other path goes to
     `on_bad(path, why)`, why being 'missing' or 'unreadable' (it may raise). Missing files are
-    reported before any encoding, so a raising `on_bad` stops before minutes of work. The one
-    encoding loop of the features stage and of linking new inputs (gemel.linker)."""
+    reported before any encoding, so a raising `on_bad` stops before minutes of work. Each batch's
+    vectors go to `on_batch(paths, vectors)` (the checkpoint) before the progress bar counts them.
+    The one encoding loop of the features stage and of linking new inputs (gemel.linker)."""
     vectors: dict[str, np.ndarray] = {}
     missing = {p for p in paths if not os.path.isfile(p)}
     for path in (p for p in paths if p in missing):
@@ -85,26 +91,33 @@ def encode_paths(paths: Sequence[str], encoder: ImageEncoder, batch_size: int,
             if tensors:
                 out = encoder.encode(torch.stack(tensors)).numpy().astype(np.float32, copy=False)
                 vectors.update(zip(names, out))
+                if on_batch is not None:
+                    on_batch(names, out)
             bar.update(len(chunk))
     return vectors
 
 
 def encode_images(paths: Iterable[str], encoder: ImageEncoder, batch_size: int = 32,
                   missing_image: str = "zero", cache: pd.DataFrame | None = None,
-                  used_by: Mapping[str, str] | None = None) -> tuple[pd.DataFrame, dict]:
-    """Vectors for `paths` (deduplicated, order kept), reusing `cache` rows of the same encoder.
+                  used_by: dict[str, str] | None = None, resume: pd.DataFrame | None = None,
+                  on_batch: Callable[[list[str], np.ndarray], None] | None = None) -> tuple[pd.DataFrame, dict]:
+    """Vectors for `paths` (deduplicated, order kept), reusing rows of the same encoder from
+    `cache` (the last complete table) and `resume` (the checkpoint of an unfinished run).
 
     `missing_image`: zero (zero vector, ok=False) | drop (no row) | error (raise ImageError,
-    naming the path and `used_by[path]`, the id of a mention that uses it).
-    Returns the table (columns image, vector, ok; attrs encoder and dim) and a report of counts.
+    naming the path and `used_by[path]`, the id of a mention that uses it). `on_batch`: see
+    encode_paths. Returns the table (columns image, vector, ok; attrs encoder and dim) and a report
+    of counts: encoded now, reused from `cache`, resumed from `resume`.
     """
     if missing_image not in MISSING_POLICIES:
         known = ", ".join(MISSING_POLICIES)
         raise ValueError(f"features.missing_image: unknown policy {missing_image!r} (known: {known})")
     paths = list(dict.fromkeys(paths))
-    reusable = cache_rows(cache, encoder)
+    reusable, resumable = cache_rows(cache, encoder), cache_rows(resume, encoder)
     vectors: dict[str, np.ndarray] = {p: reusable[p] for p in paths if p in reusable}
     reused = len(vectors)
+    vectors.update((p, resumable[p]) for p in paths if p in resumable and p not in vectors)
+    resumed = len(vectors) - reused
     bad: dict[str, str] = {}  # path -> missing | unreadable
     todo = [p for p in paths if p not in vectors]
 
@@ -115,8 +128,8 @@ def encode_images(paths: Iterable[str], encoder: ImageEncoder, batch_size: int =
                              "set features.missing_image to zero or drop to go on without it")
         bad[path] = why
 
-    vectors.update(encode_paths(todo, encoder, batch_size, fail))
-    encoded = len(vectors) - reused
+    vectors.update(encode_paths(todo, encoder, batch_size, fail, on_batch=on_batch))
+    encoded = len(vectors) - reused - resumed
 
     zero = np.zeros(encoder.dim, dtype=np.float32)
     rows = [(p, vectors[p], True) if p in vectors else (p, zero, False)
@@ -130,6 +143,7 @@ def encode_images(paths: Iterable[str], encoder: ImageEncoder, batch_size: int =
         "images": len(paths),
         "encoded": encoded,
         "reused": reused,
+        "resumed": resumed,
         "missing": statuses.count("missing"),
         "unreadable": statuses.count("unreadable"),
         "zero_vectors": len(bad) if missing_image == "zero" else 0,
@@ -174,24 +188,32 @@ def mention_images(mentions: pd.DataFrame) -> tuple[list[str], dict[str, str], i
 
 
 def encode_mentions(mentions: pd.DataFrame, encoder: ImageEncoder, batch_size: int = 32,
-                    missing_image: str = "zero", cache: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict]:
+                    missing_image: str = "zero", cache: pd.DataFrame | None = None,
+                    resume: pd.DataFrame | None = None,
+                    on_batch: Callable[[list[str], np.ndarray], None] | None = None) -> tuple[pd.DataFrame, dict]:
     """encode_images over the images of a mentions table; the report adds mention counts."""
     paths, used_by, no_image = mention_images(mentions)
-    table, report = encode_images(paths, encoder, batch_size, missing_image, cache, used_by)
+    table, report = encode_images(paths, encoder, batch_size, missing_image, cache, used_by, resume, on_batch)
     return table, {"mentions": len(mentions), "no_image": no_image, **report}
 
 
 # --- Parquet I/O ----------------------------------------------------------------------------
 
+def _schema(encoder: str, dim: int, ok: bool = True) -> pa.Schema:
+    fields = [("image", pa.string()), ("vector", pa.list_(pa.float32(), dim))] + ([("ok", pa.bool_())] if ok else [])
+    return pa.schema(fields, metadata={ENCODER_KEY: encoder.encode(), DIM_KEY: str(dim).encode()})
+
+
+def _vectors(matrix: np.ndarray, dim: int) -> pa.FixedSizeListArray:
+    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(matrix, np.float32).reshape(-1)), dim)
+
+
 def to_arrow(table: pd.DataFrame) -> pa.Table:
     """The features table as Arrow: fixed-size float32 vectors, encoder name in the metadata."""
     dim = int(table.attrs["dim"])
-    matrix = np.stack(list(table["vector"])).astype(np.float32) if len(table) else np.zeros((0, dim), np.float32)
-    vectors = pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1), pa.float32()), dim)
-    schema = pa.schema([("image", pa.string()), ("vector", pa.list_(pa.float32(), dim)), ("ok", pa.bool_())],
-                       metadata={ENCODER_KEY: str(table.attrs["encoder"]).encode(), DIM_KEY: str(dim).encode()})
-    return pa.Table.from_arrays([pa.array(table["image"].astype(object), pa.string()), vectors,
-                                 pa.array(table["ok"], pa.bool_())], schema=schema)
+    matrix = np.stack(list(table["vector"])) if len(table) else np.zeros((0, dim), np.float32)
+    return pa.Table.from_arrays([pa.array(table["image"].astype(object), pa.string()), _vectors(matrix, dim),
+                                 pa.array(table["ok"], pa.bool_())], schema=_schema(str(table.attrs["encoder"]), dim))
 
 
 def write_features(table: pd.DataFrame, path: str | Path) -> None:
@@ -204,13 +226,11 @@ def _arrow_matrix(column: pa.ChunkedArray, dim: int) -> np.ndarray:
 
 
 def _read_arrow(path: str | Path) -> tuple[pa.Table, str, int]:
-    arrow = pq.read_table(path)
+    arrow = read_arrow(path, "features", columns=["image", "vector", "ok"])
     meta = arrow.schema.metadata or {}
     if ENCODER_KEY not in meta or DIM_KEY not in meta:
-        raise ImageError(f"{path}: not a gemel features table (no {ENCODER_KEY.decode()} in the schema metadata)")
-    missing = {"image", "vector", "ok"} - set(arrow.column_names)
-    if missing:
-        raise ImageError(f"{path}: features table lacks column(s) {', '.join(sorted(missing))}")
+        raise InputFileError(f"{path}: not a gemel features table (no {ENCODER_KEY.decode()} in the schema "
+                             "metadata; the features stage writes it: rerun it)")
     return arrow, meta[ENCODER_KEY].decode(), int(meta[DIM_KEY])
 
 
@@ -224,19 +244,104 @@ def read_features(path: str | Path) -> pd.DataFrame:
     return table
 
 
-def load_features(path: str | Path) -> tuple[tuple[dict[str, int], np.ndarray], int]:
-    """((image path -> row, float32 matrix [n, dim]), dim): the lookup the train and decode stages
-    use. Rows of missing/unreadable images are zero vectors."""
-    arrow, _, dim = _read_arrow(path)
+@dataclass(frozen=True)
+class Features:
+    """The features table as the train and decode stages use it: one row per image."""
+    index: dict[str, int]  # image path -> row
+    matrix: np.ndarray     # float32 [rows, dim]; zeros where `ok` is False
+    ok: np.ndarray         # bool [rows]; False: the image was missing or unreadable, its zero vector is no image
+    encoder: str
+
+    @property
+    def dim(self) -> int:
+        return int(self.matrix.shape[1])
+
+    def usable(self) -> dict[str, int]:
+        """image path -> row, for the images that were encoded: a missing or unreadable image is
+        no image (prompt.NO_IMAGE), as for one that was dropped or never given."""
+        return {p: r for p, r in self.index.items() if self.ok[r]}
+
+    def __iter__(self) -> Iterator:
+        # Transitional: the old return value `((index, matrix), dim)` for gemel.linker until it
+        # reads the fields. Remove with that call site.
+        return iter(((self.index, self.matrix), self.dim))
+
+
+def load_features(path: str | Path) -> Features:
+    """The features table at `path` as a matrix, its row index and its ok mask."""
+    arrow, encoder, dim = _read_arrow(path)
     index = {p: i for i, p in enumerate(arrow.column("image").to_pylist())}
-    return (index, _arrow_matrix(arrow.column("vector"), dim)), dim
+    ok = arrow.column("ok").to_numpy(zero_copy_only=False).astype(bool, copy=False)
+    return Features(index, _arrow_matrix(arrow.column("vector"), dim), ok, encoder)
 
 
-def lookup(index: Mapping[str, int], matrix: np.ndarray, paths: Sequence[str | None]) -> tuple[np.ndarray, np.ndarray]:
-    """Vectors for `paths` ([len, dim] float32) and a mask of those found; a null path or an
-    image without a row (dropped) gets a zero vector and False."""
-    rows = np.array([index.get(p, -1) if p is not None else -1 for p in paths], dtype=np.int64)
-    found = rows >= 0
-    out = np.zeros((len(paths), matrix.shape[1]), dtype=np.float32)
-    out[found] = matrix[rows[found]]
-    return out, found
+# --- the checkpoint of an unfinished run ----------------------------------------------------
+
+class Checkpoint:
+    """The vectors of unfinished runs, kept in `folder` as they are encoded: one Arrow IPC stream
+    per run, appended batch by batch straight to the OS (no user-space buffer), so a killed
+    process loses at most the batch being written. A stream cut mid-batch is read up to its last
+    whole batch. Only vectors of images that were read are kept: a missing or unreadable image
+    is looked at again, as in the complete table's cache."""
+
+    SUFFIX = ".arrows"
+
+    def __init__(self, folder: str | Path, encoder: str, dim: int):
+        self.folder = Path(folder)
+        self.schema = _schema(encoder, dim, ok=False)
+        self._sink: pa.NativeFile | None = None
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+
+    def read(self) -> pd.DataFrame | None:
+        """The vectors of earlier unfinished runs with this encoder (a table like read_features's,
+        all ok), or None when there are none."""
+        images: list[str] = []
+        parts: list[np.ndarray] = []
+        dim = self.schema.field("vector").type.list_size
+        for file in sorted(self.folder.glob(f"*{self.SUFFIX}")):
+            with pa.OSFile(str(file)) as source:
+                try:
+                    reader = pa.ipc.open_stream(source)
+                except (pa.ArrowException, OSError):  # cut before the first batch: nothing to take
+                    continue
+                if not reader.schema.equals(self.schema, check_metadata=True):
+                    continue  # another encoder's vectors
+                while True:
+                    try:
+                        batch = reader.read_next_batch()
+                    except StopIteration:
+                        break
+                    except (pa.ArrowException, OSError):  # the batch being written when the run was killed
+                        break
+                    images += batch.column("image").to_pylist()
+                    parts.append(_arrow_matrix(pa.chunked_array([batch.column("vector")]), dim))
+        if not images:
+            return None
+        matrix = np.concatenate(parts)
+        table = pd.DataFrame({"image": pd.array(images, dtype="string"), "vector": list(matrix), "ok": True})
+        table.attrs.update(encoder=self.schema.metadata[ENCODER_KEY].decode(), dim=dim)
+        return table
+
+    def append(self, images: list[str], vectors: np.ndarray) -> None:
+        if self._writer is None:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            taken = [int(f.stem) for f in self.folder.glob(f"*{self.SUFFIX}") if f.stem.isdigit()]
+            self._sink = pa.OSFile(str(self.folder / f"{max(taken, default=0) + 1:04d}{self.SUFFIX}"), "wb")
+            self._writer = pa.ipc.new_stream(self._sink, self.schema)
+        dim = self.schema.field("vector").type.list_size
+        self._writer.write_batch(pa.record_batch([pa.array(images, pa.string()), _vectors(vectors, dim)],
+                                                 schema=self.schema))
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._sink.close()
+            self._writer = self._sink = None
+
+    def clear(self) -> None:
+        """Forget the checkpoint: call once the complete table is written."""
+        self.close()
+        for file in self.folder.glob(f"*{self.SUFFIX}"):
+            file.unlink()
+        if self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()

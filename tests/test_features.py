@@ -18,8 +18,15 @@ from PIL import Image, ImageDraw
 from gemel.config import FeaturesParams
 from gemel.data.tables import MENTIONS, write_parquet_atomic
 from gemel.encoders import EncoderError, ImageEncoder, _cached_tag_file, build_image_encoder
-from gemel.features import (ImageError, encode_images, encode_mentions, load_features, lookup,
-                            read_features, write_features)
+from gemel.features import (
+    Checkpoint,
+    ImageError,
+    encode_images,
+    encode_mentions,
+    load_features,
+    read_features,
+    write_features,
+)
 from stages import features as features_stage
 
 TINY_VIT = Path(__file__).parent / "fixtures" / "gemel-tiny-vit.json"
@@ -100,16 +107,49 @@ def test_incremental_cache(effnet: ImageEncoder, images: list[str], tmp_path: Pa
     assert (report["encoded"], report["reused"]) == (3, 0)
 
 
-def test_load_features_lookup(effnet: ImageEncoder, images: list[str], tmp_path: Path) -> None:
-    table, _ = encode_images(images + [str(tmp_path / "gone.png")], effnet, missing_image="zero")
+def test_load_features_keeps_the_ok_mask(effnet: ImageEncoder, images: list[str], tmp_path: Path) -> None:
+    gone = str(tmp_path / "gone.png")
+    table, _ = encode_images(images + [gone], effnet, missing_image="zero")
     write_features(table, tmp_path / "images.parquet")
-    (index, matrix), dim = load_features(tmp_path / "images.parquet")
-    assert dim == 1280 and matrix.dtype == np.float32 and matrix.shape == (4, 1280)
-    np.testing.assert_array_equal(matrix[index[images[1]]], vectors(table)[images[1]])
-    got, found = lookup(index, matrix, [images[2], None, "never-seen.png", str(tmp_path / "gone.png")])
-    assert found.tolist() == [True, False, False, True]
-    np.testing.assert_array_equal(got[0], vectors(table)[images[2]])
-    assert not got[1:].any()  # null, unknown and missing images are zero vectors
+    f = load_features(tmp_path / "images.parquet")
+    assert (f.dim, f.encoder) == (1280, effnet.name) and f.matrix.dtype == np.float32 and f.matrix.shape == (4, 1280)
+    np.testing.assert_array_equal(f.matrix[f.index[images[1]]], vectors(table)[images[1]])
+    # The missing image has a row (a zero vector) but is flagged: it is no image to the prompts.
+    assert f.ok.tolist() == [True, True, True, False] and not f.matrix[f.index[gone]].any()
+    assert f.usable() == {p: i for i, p in enumerate(images)}
+
+
+def test_checkpoint_resumes_whole_batches(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(2, 3)).astype(np.float32), rng.normal(size=(1, 3)).astype(np.float32)
+    first = Checkpoint(tmp_path / "partial", "enc", 3)
+    first.append(["a0", "a1"], a)
+    first.append(["b0"], b)
+    # Read while the writer is still open, as after a kill -9: every appended batch is on disk.
+    got = Checkpoint(tmp_path / "partial", "enc", 3).read()
+    assert got["image"].tolist() == ["a0", "a1", "b0"] and got["ok"].all() and got.attrs == {"encoder": "enc", "dim": 3}
+    np.testing.assert_array_equal(np.stack(got["vector"]), np.concatenate([a, b]))
+    assert Checkpoint(tmp_path / "partial", "another encoder", 3).read() is None
+    # A stream cut in the middle of its last batch gives the batches before it.
+    (stream,) = (tmp_path / "partial").iterdir()
+    stream.write_bytes(stream.read_bytes()[:-8])
+    assert Checkpoint(tmp_path / "partial", "enc", 3).read()["image"].tolist() == ["a0", "a1"]
+    # A second unfinished run appends its own stream; clear() removes them all.
+    second = Checkpoint(tmp_path / "partial", "enc", 3)
+    second.append(["c0"], b)
+    assert Checkpoint(tmp_path / "partial", "enc", 3).read()["image"].tolist() == ["a0", "a1", "c0"]
+    second.clear()
+    assert not (tmp_path / "partial").exists()
+
+
+def test_resumed_rows_are_not_encoded_again(effnet: ImageEncoder, images: list[str], tmp_path: Path) -> None:
+    full, _ = encode_images(images, effnet, batch_size=2)
+    partial = Checkpoint(tmp_path / "partial", effnet.name, effnet.dim)
+    encode_images(images[:2], effnet, batch_size=2, on_batch=partial.append)
+    table, report = encode_images(images, effnet, batch_size=2, resume=partial.read())
+    assert (report["encoded"], report["resumed"], report["reused"]) == (1, 2, 0)
+    assert table["image"].tolist() == images
+    np.testing.assert_allclose(np.stack(table["vector"]), np.stack(full["vector"]), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("policy", ["zero", "drop"])
