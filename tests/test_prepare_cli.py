@@ -126,3 +126,44 @@ def test_subset_run_is_byte_identical_and_reported(tmp_path: Path) -> None:
     assert report["mentions_before_limit"] == {"train": 3, "dev": 1, "test": 2}
     assert {s: v["mentions"] for s, v in report["splits"].items()} == {"train": 2, "dev": 1, "test": 1}
     assert pd.read_parquet(tmp_path / "a" / "mentions.parquet")["id"].tolist() == ["0-0", "1-0", "3-0", "4-0"]
+
+
+@pytest.mark.parametrize("damage, named, says", [
+    pytest.param("empty_kb", "kb.json", "the KB has no entities", marks=pytest.mark.xfail(
+        strict=True, reason="gemel/data/importers.py import_gemel_jsonl replaces an empty KB file by the names of "
+                            "the data (`if not kb:`); it should do so only without a KB file (`if src.kb is None:`)")),
+    ("blank_name", "kb.json", "field 'name'"),
+    ("empty_test", "test.json", "split 'test' has no mentions"),
+    ("empty_train", "train.json", "split 'train' has no mentions"),
+])
+def test_empty_kb_split_or_blank_name_exits_2_and_keeps_outputs(tmp_path: Path, done: tuple[Path, dict],
+                                                                  damage: str, named: str, says: str) -> None:
+    data, section = done
+    before = outputs(tmp_path)
+    kb = json.loads((data / "kb.json").read_text(encoding="utf-8"))
+    if damage == "empty_kb":
+        (data / "kb.json").write_text("{}", encoding="utf-8")
+    elif damage == "blank_name":
+        eid = sorted(kb)[3]
+        (data / "kb.json").write_text(json.dumps({**kb, eid: " \t "}), encoding="utf-8")
+        says = f"entity {eid}: {says}"
+    else:
+        (data / named).write_text("", encoding="utf-8")
+    result = run_prepare(write_params(tmp_path, **section))
+    assert_failed_cleanly(result, data / named, before, tmp_path)
+    assert says in result.stderr
+
+
+def test_empty_kb_file_exits_2(tmp_path: Path, done: tuple[Path, dict]) -> None:
+    """A MELBench-style dataset whose KB file (qid2ne.json) holds no entity."""
+    before = outputs(tmp_path)
+    d = tmp_path / "melbench"
+    d.mkdir()
+    record = {"sentence": "Obama spoke.", "mentions": "Obama", "entities": "Barack Obama", "answer": "Q76"}
+    (d / "train.json").write_text(json.dumps({"r1": record}), encoding="utf-8")
+    (d / "test.json").write_text(json.dumps({"t1": record}), encoding="utf-8")
+    (d / "qid2ne.json").write_text("{}", encoding="utf-8")
+    section = {**done[1], "format": "melbench", "input": str(d), "kb": str(d / "qid2ne.json"), "images": None}
+    result = run_prepare(write_params(tmp_path, **section))
+    assert_failed_cleanly(result, d / "qid2ne.json", before, tmp_path)
+    assert "the KB has no entities" in result.stderr

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from gemel.config import PrepareParams
-from gemel.data.importers import DataError, Imported, Problems, Source, get_importer
+from gemel.data.importers import DataError, Imported, Problems, Source, get_importer, split_files
 from gemel.data.tables import KB, MENTIONS, SPLITS
 
 
@@ -70,6 +70,35 @@ def check_files(p: PrepareParams, root: Path = Path("."), source: str | None = N
                             f"published file there, or point datasets.{p.dataset}.{key} at it{where}")
 
 
+def split_source(src: Source, split: str) -> Path:
+    """The file a split's records come from, for messages: the split file, else the split's own
+    file in the input folder, else the input."""
+    if src.split_file is not None:
+        return src.split_file
+    if src.input.is_dir():
+        return split_files(src.input, (".json", ".jsonl")).get(split, src.input)
+    return src.input
+
+
+def check_tables(mentions: pd.DataFrame, kb: pd.DataFrame, src: Source) -> None:
+    """What every later stage relies on, whatever the importer: train and test have mentions (the
+    mapper's examples and demonstrations; what decode links), and the KB has entities, each with
+    a name (the trie's answers). An empty dev split is allowed: training then runs without dev
+    evaluation (dev_fraction 0, or a train split too small to carve one from)."""
+    for split in ("train", "test"):
+        if not (mentions["split"] == split).any():
+            raise DataError(f"{split_source(src, split)}: split '{split}' has no mentions "
+                            f"(every stage after prepare needs {split} mentions)")
+    kb_file = src.kb or src.input
+    if kb.empty:
+        raise DataError(f"{kb_file}: the KB has no entities (nothing to link to)")
+    blank = ~kb["name"].map(lambda n: isinstance(n, str) and bool(n.strip()))
+    if blank.any():
+        first = kb.loc[blank, "entity_id"].iloc[0]
+        raise DataError(f"{kb_file}: entity {first}: field 'name': empty or only whitespace "
+                        f"({int(blank.sum())} such entities; a name is what the LLM generates)")
+
+
 def prepare(p: PrepareParams, root: Path = Path("."), source: str | None = None) -> Prepared:
     check_files(p, root, source)
     if p.invalid_records not in ("error", "skip"):
@@ -94,11 +123,12 @@ def prepare(p: PrepareParams, root: Path = Path("."), source: str | None = None)
     if unknown:
         raise DataError(f"{src.split_file or src.input}: unknown split name(s) {sorted(unknown)}; use {SPLITS}")
     mentions = mentions.drop(columns="record")
+    kb = pd.DataFrame(imported.kb, columns=KB.names)
+    check_tables(mentions, kb, src)
     # The limit comes last: after the overlap policy (importer) and the carved dev split, so a
     # subset is the head of the same splits a full run has.
     before = {split: int((mentions["split"] == split).sum()) for split in SPLITS}
     mentions = apply_limit(mentions, limit)
-    kb = pd.DataFrame(imported.kb, columns=KB.names)
     report = make_report(mentions, kb, problems, imported, dev_carved=not has_dev)
     report = {"dataset": p.dataset, **report}
     report["limit"] = limit or None
