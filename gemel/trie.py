@@ -281,12 +281,6 @@ class EntityTrie:
         """KB rows whose token sequence repeats an earlier row's (same name): they map to the first."""
         return len(self.names) - self.trie.num_values
 
-    def entity(self, value: int) -> tuple[str, str]:
-        """(entity_id, name) of a value found at a node; IndexError for -1."""
-        if not 0 <= value < len(self.names):
-            raise IndexError(f"value {value} is not an entity (KB has {len(self.names)} rows)")
-        return self.entity_ids[value], self.names[value]
-
     def save(self, path: str | Path) -> None:
         save_npz_atomic(path, {
             "format": np.array(FORMAT), **self.trie.arrays(),

@@ -106,8 +106,9 @@ def test_values_map_back_to_entities(entity_trie, kb, sequences):
         first.setdefault(tuple(s), i)
     for s in sequences:
         value = entity_trie.trie.value(entity_trie.trie.node_of(s))
-        assert entity_trie.entity(value) == kb[first[tuple(s)]]
-    assert entity_trie.entity(entity_trie.trie.value(entity_trie.trie.node_of(sequences[9]))) == ("Q1", "Jordan")
+        assert (entity_trie.entity_ids[value], entity_trie.names[value]) == kb[first[tuple(s)]]
+    value = entity_trie.trie.value(entity_trie.trie.node_of(sequences[9]))  # the second "Jordan" (Q10)
+    assert (entity_trie.entity_ids[value], entity_trie.names[value]) == ("Q1", "Jordan")
     assert entity_trie.duplicates == len(sequences) - len(first) >= 1
     # Inner nodes carry no entity.
     assert entity_trie.trie.value(entity_trie.trie.node_of(sequences[0][:-1])) == -1
@@ -178,6 +179,56 @@ def test_bad_names_are_named(smollm2):
         build_entity_trie(["Paris", " "], ["Q1", "Q2"], smollm2, "smollm2-135m")
 
 
+def bos_tokenizer(bos: str, eos: str):
+    """A word-level tokenizer over the handmade names' words that puts `bos` before every text,
+    as Gemma's and Llama's do; bos == eos is OPT's case (its BOS is </s>)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    split = pre_tokenizers.Whitespace()
+    words = sorted({w for _, name in HANDMADE for w, _ in split.pre_tokenize_str(name)})
+    specials = list(dict.fromkeys(["<unk>", bos, eos]))
+    vocab = {t: i for i, t in enumerate(specials + words)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = split
+    tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", special_tokens=[(bos, vocab[bos])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token="<unk>")
+
+
+@pytest.mark.parametrize("bos, eos", [("<s>", "</s>"), ("</s>", "</s>")])
+def test_trie_of_a_tokenizer_that_adds_bos(bos: str, eos: str):
+    """Every name's sequence is its tokens without special tokens, then EOS: the BOS the tokenizer
+    puts before a text never starts a name, whether it differs from EOS (Gemma, Llama) or is EOS
+    (OPT). Checked against the plain definition, not against answer_ids."""
+    tok = bos_tokenizer(bos, eos)
+    assert start_ids(tok) == [tok.bos_token_id]  # the tokenizer does add it to a text
+    names = [n for _, n in HANDMADE]
+    expected = [tok(n, add_special_tokens=False).input_ids + [tok.eos_token_id] for n in names]
+    assert all(tok(n).input_ids[0] == tok.bos_token_id for n in names)
+    assert all(tok.unk_token_id not in s for s in expected)
+    for batch_size in (1, 5, 10_000):
+        et = build_entity_trie(names, [q for q, _ in HANDMADE], tok, "bos-test", batch_size=batch_size)
+        assert et.eos_id == tok.eos_token_id
+        for p in all_prefixes(expected):
+            assert et.trie.allowed_next(list(p)).tolist() == brute_next(expected, list(p)), p
+        for i, s in enumerate(expected):
+            assert et.trie.value(et.trie.node_of(s)) == expected.index(s), names[i]
+            assert answer_ids(tok, names[i]) == s  # what training targets, what decoding can reach
+        assert tok.eos_token_id not in et.trie.allowed_next([]).tolist()
+        if bos != eos:
+            assert tok.bos_token_id not in et.trie.child_tok.tolist()
+        else:  # the one EOS of a sequence is its last token: after it, nothing
+            eos_nodes = et.trie.child_node[et.trie.child_tok == tok.eos_token_id]
+            assert all(et.trie.value(int(n)) >= 0 and not len(et.trie.children(int(n))[0]) for n in eos_nodes)
+
+
+def test_build_batch_size_changes_nothing(kb, smollm2):
+    names, ids = [n for _, n in kb], [q for q, _ in kb]
+    arrays = [build_entity_trie(names, ids, smollm2, "smollm2-135m", batch_size=b).trie.arrays() for b in (1, 7, 10_000)]
+    for other in arrays[1:]:
+        assert all(np.array_equal(other[k], arrays[0][k]) and other[k].dtype == arrays[0][k].dtype for k in other)
+
+
 @pytest.mark.skipif(os.environ.get("GEMEL_SLOW_TESTS") != "1",
                     reason="Gemma3's tokenizer takes ~15 s to load; set GEMEL_SLOW_TESTS=1")
 def test_gemma3_trie_has_no_bos(kb):
@@ -201,17 +252,15 @@ def test_stage_writes_a_loadable_trie(tmp_path, kb, capsys):
 
     names = pd.DataFrame({"entity_id": [q for q, _ in HANDMADE], "name": [n for _, n in HANDMADE], "description": None})
     write_parquet_atomic(names, tmp_path / "prepared" / "kb.parquet", KB)
-    argv = ["--set", f"prepare.out={tmp_path / 'prepared'}", "--set", f"train.out={tmp_path / 'results'}"]
+    argv = ["--set", f"prepare.out={tmp_path / 'prepared'}", "--set", f"trie.out={tmp_path / 'tries'}"]
     assert stage.main(argv) == 0
     report = json.loads(capsys.readouterr().out)
-    path = tmp_path / "results" / "smollm2-135m" / "trie.npz"
-    assert report["file_bytes"] == path.stat().st_size
+    path = tmp_path / "tries" / "smollm2-135m.npz"  # one trie per LLM and KB, shared by its runs
+    assert report["out"] == str(path) and report["file_bytes"] == path.stat().st_size
     assert (report["names"], report["duplicate_names"]) == (len(HANDMADE), 1)
     loaded = EntityTrie.load(path)
-    assert loaded.llm == "smollm2-135m" and loaded.entity(0) == ("Q1", "Jordan")
+    assert loaded.llm == "smollm2-135m" and (loaded.entity_ids[0], loaded.names[0]) == ("Q1", "Jordan")
     # Known errors are one line and exit 2: no KB yet, an unknown LLM.
-    assert _cli.run("trie", stage.main, ["--set", f"prepare.out={tmp_path / 'none'}"],
-                    errors=(stage.LLMError, stage.DataError, TrieError)) == 2
-    assert _cli.run("trie", stage.main, argv + ["--set", "model.llm=no-such-llm"],
-                    errors=(stage.LLMError, stage.DataError, TrieError)) == 2
+    assert _cli.run("trie", stage.main, ["--set", f"prepare.out={tmp_path / 'none'}"]) == 2
+    assert _cli.run("trie", stage.main, argv + ["--set", "model.llm=no-such-llm"]) == 2
     assert "unknown LLM" in capsys.readouterr().err
