@@ -53,8 +53,9 @@ def examples(rng: np.random.Generator) -> list[Example]:
 
 
 def naive_beam_search(model: Gemel, e: Example, features: np.ndarray, trie: Trie, num_beams: int,
-                      max_new_tokens: int) -> list[Hypothesis]:
-    """Textbook constrained beam search: one full forward per beam per step, no cache."""
+                      max_new_tokens: int, length_penalty: float = 1.0) -> list[Hypothesis]:
+    """Textbook constrained beam search: one full forward per beam per step, no cache. A name of
+    n tokens scores (sum of log-probabilities) / n ** length_penalty."""
     beams: list[tuple[list[int], float, int]] = [([], 0.0, ROOT)]
     finished: list[Hypothesis] = []
     for step in range(max_new_tokens):
@@ -71,11 +72,11 @@ def naive_beam_search(model: Gemel, e: Example, features: np.ndarray, trie: Trie
                 break
             if trie.value(node) >= 0:
                 if j < num_beams:
-                    finished.append(Hypothesis(trie.value(node), score / (step + 1)))
+                    finished.append(Hypothesis(trie.value(node), score / (step + 1) ** length_penalty))
             else:
                 beams.append((toks, score, node))
         worst = sorted(h.score for h in finished)[-num_beams] if len(finished) >= num_beams else None
-        if not beams or (worst is not None and max(b[1] for b in beams) / (step + 1) <= worst):
+        if not beams or (worst is not None and max(b[1] for b in beams) / (step + 1) ** length_penalty <= worst):
             break
     return sorted(finished, key=lambda h: -h.score)[:num_beams]
 
@@ -140,3 +141,35 @@ def test_candidate_scores_match_teacher_forcing(arch: str, attn: str) -> None:
     # Batched and alone agree, and the order of the candidates does not change a score.
     alone = score_candidates(model, prompts[:1], features, PAD, [seqs[0][::-1]], batch_size=1)[0]
     assert alone.tolist() == pytest.approx(got[0][::-1].tolist(), abs=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_length_penalty_matches_naive_beam_search_and_reorders_names(arch: str) -> None:
+    """Beam search at length penalties other than 1 (0: raw sums, favouring short names; 2:
+    favouring long ones), and with a token budget that cuts long names off, against the naive beam
+    search; with a beam per name, the ranking is every name by its teacher-forced
+    sum / length ** penalty, and it changes with the penalty."""
+    model = Gemel(tiny_llm(arch, "sdpa"), DIM, K).to(DEVICE)
+    rng = np.random.default_rng(4)
+    features = rng.normal(size=(4, DIM)).astype(np.float32)
+    trie, names = names_trie()
+    prompts = examples(rng)
+    for penalty in (0.0, 0.5, 2.0):
+        for beams, budget in ((1, 12), (3, 12), (3, 4)):
+            batched = decode(model, prompts, features, PAD, trie, beams, budget, length_penalty=penalty, batch_size=3)
+            for e, got in zip(prompts, batched):
+                want = naive_beam_search(model, e, features, trie, beams, budget, penalty)
+                assert [h.value for h in got] == [h.value for h in want], (penalty, beams, budget)
+                assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-4)
+    seqs = [n + [EOS] for n in names]
+    rankings: dict[float, list[list[int]]] = {}
+    for penalty in (0.0, 1.0, 2.0):
+        got = decode(model, prompts, features, PAD, trie, len(names), 12, length_penalty=penalty, batch_size=3)
+        rankings[penalty] = []
+        for e, hyps in zip(prompts, got):
+            sums = [naive_sequence_score(model, e, features, s) * len(s) for s in seqs]
+            reference = [s / len(q) ** penalty for s, q in zip(sums, seqs)]
+            assert [h.score for h in hyps] == pytest.approx(sorted(reference, reverse=True), abs=1e-4)
+            assert [h.value for h in hyps] == sorted(range(len(names)), key=lambda i: -reference[i])
+            rankings[penalty].append([h.value for h in hyps])
+    assert rankings[0.0] != rankings[1.0] != rankings[2.0]  # the penalty does reorder these names
