@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -23,7 +22,8 @@ import pandas as pd  # noqa: E402
 
 from gemel.config import PrepareParams, load_params  # noqa: E402
 from gemel.data.prepare import prepare  # noqa: E402
-from gemel.llm import get_spec, load_llm, load_tokenizer  # noqa: E402
+from gemel.linker import build_linker  # noqa: E402
+from gemel.llm import get_spec, load_tokenizer  # noqa: E402
 from gemel.model import Gemel  # noqa: E402
 from gemel.prompt import PromptBuilder  # noqa: E402
 from gemel.retrieval import retrieve  # noqa: E402
@@ -48,22 +48,21 @@ class Workload:
 def build(llm: str = "smollm2-135m", num_demos: int = 16, prefix_tokens: int = 4, data: Path = RICHPEDIA,
           device: str = "cpu") -> Workload:
     """The workload on `device`; on a GPU the LLM is bf16, as the pipeline loads it there."""
-    params = load_params(ROOT / "params.yaml")
+    params = load_params(ROOT / "params.yaml", [f"model.llm={llm}", f"model.num_demos={num_demos}",
+                                                 f"model.prefix_tokens={prefix_tokens}", f"retrieve.top_k={num_demos}"])
     mentions = prepare(PrepareParams(format="melbench", dataset="richpedia", input=str(data),
                                      invalid_records="skip")).mentions  # one train record has an empty mention
-    demos = retrieve(mentions, "bm25", num_demos)
-    spec = get_spec(params["llms"], llm)
-    tokenizer = load_tokenizer(spec)
+    demos, _ = retrieve(mentions, "bm25", num_demos)
     kb = pd.read_json(data / "qid2ne.json", typ="series")
-    trie = build_entity_trie(list(kb.values), list(kb.index.astype(str)), tokenizer, llm)
+    trie = build_entity_trie(list(kb.values), list(kb.index.astype(str)), load_tokenizer(get_spec(params["llms"], llm)),
+                             llm)
     paths = sorted({p for p in mentions["image"] if isinstance(p, str)})
     features = np.random.default_rng(0).normal(size=(len(paths), IMAGE_DIM)).astype(np.float32)
-    builder = PromptBuilder(mentions, demos, {p: i for i, p in enumerate(paths)}, tokenizer,
-                            prefix_tokens, use_image=True, num_demos=num_demos)
-    llm_model = load_llm(spec, device, torch.bfloat16 if device.startswith("cuda") else torch.float32)
-    model = Gemel(llm_model, IMAGE_DIM, prefix_tokens).to(device)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return Workload(mentions, builder, features, model, trie, pad, tokenizer)
+    # The pipeline's own assembly (gemel.linker.build_linker), with these features and this trie.
+    linker = build_linker(params, mentions, demos, ({p: i for i, p in enumerate(paths)}, features), trie,
+                          device_name=device)
+    return Workload(mentions, linker.builder, linker.features, linker.model, linker.trie, linker.pad_id,
+                    linker.tokenizer)
 
 
 def peak_rss_gib() -> float:

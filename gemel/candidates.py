@@ -29,7 +29,9 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
 
+from gemel.config import CandidatesParams
 from gemel.errors import GemelError
+from gemel.paths import Artifacts
 
 WORD = re.compile(r"\w+")
 
@@ -359,3 +361,12 @@ def generate(mentions: pd.DataFrame, kb: pd.DataFrame, top: int, pool_size: int,
                                        **recall_at(by_id.loc[linked["id"]], linked["entity_id"],
                                                    sorted({k for k in (1, 4, 5, 16, 64, top) if k <= top}))}
     return table, report
+
+
+def generate_for(a: Artifacts, p: CandidatesParams) -> tuple[pd.DataFrame, dict]:
+    """The candidates stage over the prepared tables of `a`. The report holds no timing: train
+    reads it (the ranker's weights), and equal inputs must give equal bytes."""
+    from gemel.data.tables import read_kb, read_mentions
+
+    table, report = generate(read_mentions(a.mentions), read_kb(a.kb), p.top_k, p.pool, p.fit_limit)
+    return table, {**report, "mentions": int(len(table))}

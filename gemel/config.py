@@ -1,17 +1,23 @@
-"""params.yaml: read once, validate against the one schema, hand each stage its typed section."""
+"""params.yaml: read once, validate against the one schema, hand each stage its typed section.
+
+The schema (gemel/schema/params.schema.yaml, shipped inside the package) checks keys, types and
+allowed values once, before anything runs; the dataclasses below give each section its typed view
+and the defaults. tests/test_config.py checks that the two agree key by key (names, `Literal`
+choices against the schema's enums, defaults against params.yaml), so code need not re-check a
+value the schema has already allowed."""
 from __future__ import annotations
 
 import dataclasses
 import re
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import jsonschema
 import yaml
 
 from gemel.errors import GemelError
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "params.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parent / "schema" / "params.schema.yaml"
 
 
 class ConfigError(GemelError, ValueError):
@@ -126,20 +132,20 @@ def preset_source(params: dict[str, Any]) -> str | None:
 
 @dataclasses.dataclass(frozen=True)
 class FeaturesParams:
-    encoder: str = "efficientnet_lite0"
+    encoder: Literal["efficientnet_lite0", "open_clip"] = "efficientnet_lite0"
     open_clip_model: str = "ViT-L-14"
     open_clip_pretrained: str | None = "openai"
-    open_clip_output: str = "pooled"
+    open_clip_output: Literal["pooled", "projected"] = "pooled"
     batch_size: int = 32
-    missing_image: str = "zero"
+    missing_image: Literal["zero", "drop", "error"] = "zero"
     out: str = "data/features"
 
 
 @dataclasses.dataclass(frozen=True)
 class RetrieveParams:
-    method: str = "simcse"
+    method: Literal["simcse", "random", "bm25"] = "simcse"
     encoder: str = "all-MiniLM-L6-v2"
-    query: str = "mention"
+    query: Literal["mention", "mention_text"] = "mention"
     top_k: int = 16
     batch_size: int = 64
     seed: int = 0
@@ -152,6 +158,11 @@ class CandidatesParams:
     pool: int = 100
     fit_limit: int | None = 5000
     out: str = "data/candidates"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrieParams:
+    out: str = "data/tries"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,7 +184,10 @@ class TrainParams:
     batch_size: int = 4
     eval_every: int = 50
     dev_limit: int | None = None
-    precision: str = "auto"
+    dev_candidates: Literal["none", "constrained"] = "none"  # how the dev evaluation links (not decode's settings)
+    dev_num_beams: int = 5
+    dev_num_candidates: int = 16
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     demo_image_grad: bool = True
     seed: int = 0
     out: str = "results"
@@ -185,8 +199,8 @@ class DecodeParams:
     max_new_tokens: int = 32
     length_penalty: float = 1.0
     batch_size: int = 8
-    split: str = "test"
-    candidates: str = "none"  # none: the paper's beam search over every KB name | constrained: the candidates stage's
+    split: Literal["train", "dev", "test"] = "test"
+    candidates: Literal["none", "constrained"] = "none"  # none: the paper's beam search over every KB name | constrained: the candidates stage's
     num_candidates: int = 16  # constrained: the first N of each mention's candidates (<= candidates.top_k)
     fusion_weight: float | str = "auto"  # score = LLM + w * log prior; auto: the best of fusion_grid on dev
     fusion_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
@@ -199,5 +213,5 @@ class EvaluateParams:
 
 @dataclasses.dataclass(frozen=True)
 class SummarizeParams:
-    kind: str = "scales"
+    kind: Literal["scales", "ablations", "datasets"] = "scales"
     metric: str = "accuracy"

@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from gemel.candidates import CandidateError, choose_weight, first, fuse
@@ -28,10 +29,21 @@ from gemel.errors import GemelError
 from gemel.features import encode_inputs, load_features
 from gemel.llm import answer_ids, get_spec, load_llm, load_tokenizer
 from gemel.model import Gemel
+from gemel.paths import DECODE_REPORT, MAPPER, Artifacts
 from gemel.prompt import Example, PromptBuilder
 from gemel.trie import EntityTrie
 
 MODES = {"none": "paper", "constrained": "candidates"}  # decode.candidates -> the mode a link reports
+# What decoding was run with (decode_report.json's `settings`): `Linker.from_run` links new inputs the same way.
+DECODE_SETTINGS = ("candidates", "num_candidates", "fusion_weight", "fusion_grid", "length_penalty", "num_beams",
+                   "max_new_tokens", "batch_size")
+PREDICTIONS_SCHEMA = pa.schema([
+    ("id", pa.string()), ("split", pa.string()), ("mention", pa.string()),
+    ("gold_id", pa.string()), ("gold_name", pa.string()), ("is_nil", pa.bool_()), ("has_image", pa.bool_()),
+    ("pred_id", pa.string()), ("pred_name", pa.string()),
+    ("beams", pa.list_(pa.string())), ("beam_ids", pa.list_(pa.string())), ("beam_scores", pa.list_(pa.float32())),
+    ("llm_scores", pa.list_(pa.float32())), ("cand_priors", pa.list_(pa.float32())),  # candidate-aware mode only
+])
 
 
 def device() -> str:
@@ -59,6 +71,7 @@ class Linker:
     tokenizer: Any = None
     candidates: pd.DataFrame | None = None  # the candidates stage's table, indexed by mention id
     new: NewInputs | None = None  # set by from_run: what linking new inputs needs
+    image_ok: np.ndarray | None = None  # per features row: False for a missing or unreadable image
 
     @classmethod
     def from_run(cls, run_dir: str | Path, check: bool = True) -> Linker:
@@ -73,12 +86,15 @@ class Linker:
             if diffs:
                 raise RunError(f"run {run_dir} no longer matches what it was trained with, so it cannot link: "
                                + "; ".join(diffs))
-        demos, constrained = record["model"]["num_demos"] > 0, record["decode"].get("candidates", "none") != "none"
+        dp, weight, notes = decode_settings(Path(run_dir))
+        demos, constrained = record["model"]["num_demos"] > 0, dp.candidates != "none"
         reads = ("features",) + (("mentions",) if demos or constrained else ()) + (("pool",) if demos else ())
-        return cls._assemble(record, Path(run_dir), resolve(record, run_dir), drift(record, run_dir, reads))
+        return cls._assemble(record, Path(run_dir), resolve(record, run_dir), dp, weight,
+                             drift(record, run_dir, reads) + notes)
 
     @classmethod
-    def _assemble(cls, record: dict[str, Any], run_dir: Path, paths: dict[str, Path], notes: list[str]) -> Linker:
+    def _assemble(cls, record: dict[str, Any], run_dir: Path, paths: dict[str, Path], dp: DecodeParams,
+                  weight: float, notes: list[str]) -> Linker:
         from gemel.candidates import AliasTable, Generator, Ranker, ranker_weights
         from gemel.config import FeaturesParams
         from gemel.data.tables import read_kb, read_mentions
@@ -87,7 +103,7 @@ class Linker:
         from gemel.run import RunError, run_params
 
         params = run_params(record)
-        m, dp = ModelParams(**record["model"]), DecodeParams(**record["decode"])
+        m = ModelParams(**record["model"])
         constrained = dp.candidates != "none"
         mentions = read_mentions(paths["mentions"]) if (m.num_demos or constrained) else None
         pool = read_pool(paths["pool"]) if m.num_demos else None
@@ -109,13 +125,12 @@ class Linker:
                                "when it was trained): rerun the candidates and train stages")
             gen = Generator(read_kb(paths["kb"]), AliasTable.from_mentions(mentions), record["candidates"]["pool"])
             ranker = Ranker(ranker_weights({"weights": weights}))
-        weight, note = _fusion_weight(dp, run_dir) if constrained else (0.0, None)
         linker.new = NewInputs(record=record, decode=dp, mode=MODES[dp.candidates], fusion_weight=weight,
                                image_encoder=encoder, missing_image=record["features"]["missing_image"],
                                image_batch_size=record["features"]["batch_size"], pool=pool,
                                text_encoder=text_encoder, retrieve_batch_size=record["retrieval"]["batch_size"],
                                generator=gen, ranker=ranker, cand_top_k=record["candidates"]["top_k"],
-                               base_features=linker.features, notes=notes + ([note] if note else []))
+                               base_features=linker.features, notes=notes)
         return linker
 
     @property
@@ -281,15 +296,44 @@ class Linker:
             "id": mentions["id"].tolist(), "split": mentions["split"].tolist(), "mention": mentions["mention"].tolist(),
             "gold_id": mentions["entity_id"].tolist(), "gold_name": mentions["entity_name"].tolist(),
             "is_nil": mentions["is_nil"].tolist(),
-            # A missing or unreadable image is no row, or a zero vector (features.missing_image: zero).
-            "has_image": [bool(self.builder.image[i] >= 0 and self.features[self.builder.image[i]].any())
-                          for i in mentions["id"]],
+            # A missing or unreadable image is no row (missing_image: drop), or a row whose ok is False.
+            "has_image": [self.has_image(i) for i in mentions["id"]],
             "pred_id": [r.ids[0] if r.ids else None for r in ranked],
             "pred_name": [r.names[0] if r.names else None for r in ranked],
             "beams": [r.names for r in ranked], "beam_ids": [r.ids for r in ranked],
             "beam_scores": [r.scores for r in ranked],
             "llm_scores": [r.llm_scores for r in ranked], "cand_priors": [r.priors for r in ranked],
         })
+
+    def has_image(self, mention_id: str) -> bool:
+        row = self.builder.image[mention_id]
+        return bool(row >= 0 and (self.image_ok is None or self.image_ok[row]))
+
+    def decode_split(self, mentions: pd.DataFrame, p: DecodeParams,
+                     progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
+        """The decode stage: link every mention of split `p.split` (candidate-aware: with the fusion
+        weight chosen on the dev split's linked mentions). Returns the predictions table (schema
+        PREDICTIONS_SCHEMA) and the report: the settings, the chosen weight, accuracy and speed."""
+        import time
+
+        report: dict[str, Any] = {"split": p.split, "mode": MODES[p.candidates],
+                                  "settings": {k: getattr(p, k) for k in DECODE_SETTINGS}}
+        report["settings"]["fusion_grid"] = list(p.fusion_grid)
+        weight = 0.0
+        if p.candidates != "none":
+            weight, chosen = self.fusion_weight(mentions[(mentions["split"] == "dev") & ~mentions["is_nil"]], p)
+            report.update(chosen)
+        split = mentions[mentions["split"] == p.split].reset_index(drop=True)
+        t0 = time.perf_counter()
+        ranked = self.rank(list(split["id"]), p, weight, progress=progress)
+        seconds = time.perf_counter() - t0
+        pred = self.predictions(split, ranked)
+        linked = pred[~pred["is_nil"]]
+        report.update({"mentions": len(pred), "seconds": round(seconds, 1),
+                       "mentions_per_s": round(len(pred) / max(seconds, 1e-9), 3),
+                       "accuracy": round(float((linked["pred_name"] == linked["gold_name"]).mean()), 4)
+                       if len(linked) else None})
+        return pred, report
 
 
 class InputError(GemelError, ValueError):
@@ -384,53 +428,83 @@ def propose_for(n: NewInputs, table: pd.DataFrame) -> list[dict]:
     return propose(n.generator, n.ranker, table["mention"].tolist(), table["text"].tolist(), n.cand_top_k)
 
 
-def _fusion_weight(p: DecodeParams, run_dir: Path) -> tuple[float, str | None]:
-    """The weight the decode stage chose (decode_report.json), else decode.fusion_weight when it is a
-    number, else 0; with a note whenever it is not the decode stage's choice."""
+def decode_settings(run_dir: Path) -> tuple[DecodeParams, float, list[str]]:
+    """How the run's decode stage linked (its decode_report.json: settings and, candidate-aware, the
+    fusion weight chosen on dev), so new inputs link the same way; with a note whenever that record
+    is missing and defaults stand in."""
     import json
 
-    report = run_dir / "decode_report.json"
-    if report.is_file():
-        data = json.loads(report.read_text())
-        if data.get("fusion_weight") is not None:
-            return float(data["fusion_weight"]), None
+    report = run_dir / DECODE_REPORT
+    data = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+    if "settings" not in data:
+        return DecodeParams(), 0.0, [f"{report}: no record of the decode stage's settings (run the decode stage): "
+                                     "linking in the paper's mode with the default decode settings"]
+    p = DecodeParams(**{**data["settings"], "fusion_grid": tuple(data["settings"]["fusion_grid"])})
+    if p.candidates == "none":
+        return p, 0.0, []
+    if data.get("fusion_weight") is not None:
+        return p, float(data["fusion_weight"]), []
     if p.fusion_weight != "auto":
-        return float(p.fusion_weight), (f"fusion weight {float(p.fusion_weight)} (decode.fusion_weight): "
-                                        f"no decode_report.json with the decode stage's choice in {run_dir}")
-    return 0.0, (f"fusion weight 0 (the LLM alone chooses among candidates): decode.fusion_weight is auto and "
-                 f"{run_dir} has no decode_report.json with the weight chosen on dev (run the decode stage)")
+        return p, float(p.fusion_weight), []
+    return p, 0.0, [f"fusion weight 0 (the LLM alone chooses among candidates): {report} records no chosen weight"]
 
 
-def load_candidates(params: dict[str, Any]) -> pd.DataFrame | None:
-    """The candidates stage's table when decoding is candidate-aware (decode.candidates), else None."""
-    if params["decode"].get("candidates", "none") == "none":
-        return None
-    path = Path(params["candidates"]["out"]) / "candidates.parquet"
+def load_candidates(path: str | Path, k: int, top_k: int) -> pd.DataFrame:
+    """The candidates stage's table cut to each mention's first `k` candidates (best first)."""
+    path = Path(path)
     if not path.is_file():
-        raise CandidateError(f"{path}: no such file (decode.candidates: {params['decode']['candidates']} needs the "
-                             "candidates stage: run it first)")
-    k = int(params["decode"].get("num_candidates", 16))
-    if k > params["candidates"]["top_k"]:
-        raise CandidateError(f"decode.num_candidates = {k} exceeds candidates.top_k = {params['candidates']['top_k']}: "
+        raise CandidateError(f"{path}: no such file (candidate-aware linking needs the candidates stage: run it first)")
+    if k > top_k:
+        raise CandidateError(f"{k} candidates per mention asked for, but candidates.top_k = {top_k}: "
                              "the candidates stage keeps only top_k per mention")
     table = pd.read_parquet(path)
-    return pd.DataFrame(first(table.to_dict("records"), k), columns=table.columns)  # the first K, best first
+    return pd.DataFrame(first(table.to_dict("records"), k), columns=table.columns)
+
+
+def pipeline_linker(params: dict[str, Any], candidates: str = "none", num_candidates: int = 16,
+                    mapper: bool = False) -> tuple[Linker, pd.DataFrame]:
+    """The linker of the pipeline's own mentions, assembled from the artifacts `params` names (the
+    train and decode stages and the benchmarks): with the candidates table cut to `num_candidates`
+    when `candidates` is constrained, and the run's trained mapper when `mapper`. Returns it and
+    the mentions table."""
+    from gemel.data.tables import read_mentions
+
+    a = Artifacts.of(params)
+    mentions = read_mentions(a.mentions)
+    demos = pd.read_parquet(a.demos)
+    cands = (load_candidates(a.candidates, num_candidates, params["candidates"]["top_k"])
+             if candidates != "none" else None)
+    linker = build_linker(params, mentions, demos, a.features, a.trie, cands)
+    if mapper:
+        linker.model.load_mapper(a.in_run(MAPPER))
+    return linker, mentions
 
 
 def build_linker(params: dict[str, Any], mentions: pd.DataFrame, demos: pd.DataFrame,
-                 features_path: str | Path, trie_path: str | Path, candidates: pd.DataFrame | None = None) -> Linker:
+                 features: str | Path | tuple[dict[str, int], np.ndarray], trie: str | Path | EntityTrie,
+                 candidates: pd.DataFrame | None = None, device_name: str | None = None) -> Linker:
+    """A linker from its parts: `features` is a features table's path or (image path -> row,
+    matrix), `trie` a trie file or an EntityTrie. The LLM is bf16 on a GPU, fp32 on a CPU."""
     m = ModelParams(**params["model"])
     if m.num_demos > params["retrieve"]["top_k"]:
         raise ValueError(f"model.num_demos = {m.num_demos} exceeds retrieve.top_k = {params['retrieve']['top_k']}: "
                          "retrieve keeps only top_k demonstrations per mention")
     spec = get_spec(params["llms"], m.llm)
     tokenizer = load_tokenizer(spec)
-    dev = device()
-    llm = load_llm(spec, dev, torch.bfloat16 if dev == "cuda" else torch.float32)
-    (rows, matrix), _ = load_features(features_path)
+    dev = device_name or device()
+    llm = load_llm(spec, dev, torch.bfloat16 if dev.startswith("cuda") else torch.float32)
+    if isinstance(features, tuple):
+        rows, matrix = features
+        ok = np.ones(len(matrix), dtype=bool)
+    else:
+        table = load_features(features)
+        # A missing or unreadable image keeps its zero vector in the prompt (features.missing_image:
+        # zero) but counts as no image in the predictions (has_image).
+        rows, matrix, ok = table.index, table.matrix, table.ok
     builder = PromptBuilder(mentions, demos, rows, tokenizer, m.prefix_tokens, m.use_image, m.num_demos)
     torch.manual_seed(params["train"]["seed"])  # the mapper's initial weights are part of the run
     model = Gemel(llm, matrix.shape[1], m.prefix_tokens).to(dev)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     cands = candidates.set_index("id", drop=False) if candidates is not None else None
-    return Linker(model, builder, matrix, EntityTrie.load(trie_path), pad, tokenizer, cands)
+    return Linker(model, builder, matrix, trie if isinstance(trie, EntityTrie) else EntityTrie.load(trie), pad,
+                  tokenizer, cands, image_ok=ok)

@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gemel.errors import GemelError
+from gemel.paths import DECODE_REPORT, PREDICTIONS, Artifacts
 
 if TYPE_CHECKING:
     from gemel.candidates import AliasTable, NameIndex
@@ -201,3 +202,23 @@ def breakdown_table(b: dict[str, dict[str, dict[str, Any]]]) -> str:
             fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
             lines.append(f"| {factor} | {label} | {r['mentions']} | {fmt(r['accuracy'])} | {fmt(r['alias_prior'])} |")
     return "\n".join(lines) + "\n"
+
+
+def evaluate_run(a: Artifacts, hits_at: Sequence[int]) -> dict[str, Any]:
+    """The evaluate stage: metrics.json of a run from its predictions and the shared tables (the
+    candidates table, when present, feeds the breakdown). No timings: equal inputs, equal bytes."""
+    import json
+
+    from gemel.data.tables import read_kb, read_mentions
+
+    pred = read_predictions(a.in_run(PREDICTIONS))
+    kb, mentions = read_kb(a.kb), read_mentions(a.mentions)
+    cands = pd.read_parquet(a.candidates, columns=["id", "cand_ids"]) if a.candidates.is_file() else None
+    metrics = compute_metrics(pred, set(kb["name"].dropna()), hits_at)
+    report = a.in_run(DECODE_REPORT)
+    if report.is_file():  # what decoding chose: the mode and, candidate-aware, the fusion weight
+        d = json.loads(report.read_text(encoding="utf-8"))
+        metrics["decode"] = {k: d[k] for k in ("mode", "split", "fusion_weight", "chosen_on") if k in d}
+    metrics["baselines"], rule = baselines(pred, mentions, kb)
+    metrics["breakdown"] = breakdown(pred, mentions, rule, cands)
+    return metrics

@@ -69,7 +69,7 @@ class Gemel(nn.Module):
             mapped = self.mapper(batch.images.to(self.device))
             if not demo_image_grad:
                 mapped = torch.where(batch.query_images.to(self.device)[:, None], mapped, mapped.detach())
-            mapped = mapped.view(-1, self.embed_dim).to(embeds.dtype)
+            mapped = mapped.flip(0).view(-1, self.embed_dim).to(embeds.dtype)
             # masked_scatter fills slots in row-major order: the order collate() gathered images in.
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), mapped)
         return embeds
@@ -120,10 +120,16 @@ class Gemel(nn.Module):
 
     # ------------------------------------------------------------------ mapper checkpoints
     def save_mapper(self, path: str | Path, metadata: dict[str, str]) -> None:
+        """Write the mapper's weights (safetensors) beside a temporary name, then rename: a killed
+        run never leaves a half-written mapper that looks trained."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.mapper.state_dict().items()}
-        save_file(state, str(path), metadata={**metadata, "prefix_tokens": str(self.k),
-                                              "image_dim": str(self.mapper.linear.in_features),
-                                              "embed_dim": str(self.embed_dim)})
+        tmp = path.with_name(f".{path.name}.tmp")
+        save_file(state, str(tmp), metadata={**metadata, "prefix_tokens": str(self.k),
+                                             "image_dim": str(self.mapper.linear.in_features),
+                                             "embed_dim": str(self.embed_dim)})
+        tmp.replace(path)
 
     def load_mapper(self, path: str | Path) -> None:
         state = load_file(str(path), device=str(self.device))

@@ -1,13 +1,14 @@
 """The run record: `{train.out}/{llm}/run.json`, written by the train stage beside the mapper, says
 what the run was built from, so that `gemel link` and `Linker.from_run` can link new inputs with
 nothing but the run folder: the LLM, the image encoder (with a hash of its weights), the prompt
-settings, how demonstrations and candidates were made, the decode settings, every artifact the
-run reads (with sha256 hashes) and the library versions.
+settings, how demonstrations and candidates were made, every artifact the run reads (the shared
+trie among them, with sha256 hashes) and the library versions. How the run decodes is the decode
+stage's record (decode_report.json), so that changing decode settings never retrains.
 
 Paths of data artifacts are as params.yaml gave them: relative ones are resolved against the
 project root, the folder that holds `{train.out}` (found from the run folder's own path), so a run
-links from any working directory. The run's own files (trie.npz, mapper.safetensors) are read
-from the run folder itself.
+links from any working directory. The run's own file (mapper.safetensors) is read from the run
+folder itself.
 
 `check_run` lists what no longer matches: the image encoder's weights or the features table's
 encoder, the KB, the trie or the mapper (these change what a link means: linking refuses). Other
@@ -24,12 +25,11 @@ from typing import Any
 from gemel.config import FeaturesParams, section
 from gemel.data.tables import write_text_atomic
 from gemel.errors import GemelError
+from gemel.paths import MAPPER, RUN_RECORD, Artifacts
 
-RUN_FILE = "run.json"
+RUN_FILE = RUN_RECORD
 FORMAT = "gemel-run/1"
 LIBRARIES = ("torch", "transformers", "sentence-transformers", "numpy", "pandas", "gemel")
-DECODE_KEYS = ("candidates", "num_candidates", "fusion_weight", "fusion_grid", "length_penalty", "num_beams",
-               "max_new_tokens", "batch_size")
 # Linking refuses when one of these differs from the run's record; the others only drift.
 STRICT = ("kb", "trie", "mapper")
 
@@ -57,16 +57,14 @@ def versions() -> dict[str, str | None]:
 
 
 def artifact_paths(params: dict[str, Any]) -> dict[str, str]:
-    """The data artifacts a run reads, as params gives their paths."""
-    prepared, demos = Path(params["prepare"]["out"]), Path(params["retrieve"]["out"])
-    cands = Path(params["candidates"]["out"])
-    return {"mentions": str(prepared / "mentions.parquet"), "kb": str(prepared / "kb.parquet"),
-            "features": str(Path(params["features"]["out"]) / "images.parquet"),
-            "demos": str(demos / "demos.parquet"), "pool": str(demos / "pool.parquet"),
-            "candidates": str(cands / "candidates.parquet"), "candidates_report": str(cands / "report.json")}
+    """The shared artifacts a run reads, as params gives their paths (gemel.paths)."""
+    a = Artifacts.of(params)
+    return {"mentions": str(a.mentions), "kb": str(a.kb), "features": str(a.features), "demos": str(a.demos),
+            "pool": str(a.pool), "candidates": str(a.candidates), "candidates_report": str(a.candidates_report),
+            "trie": str(a.trie)}
 
 
-RUN_FILES = {"trie": "trie.npz", "mapper": "mapper.safetensors"}
+RUN_FILES = {"mapper": MAPPER}
 
 
 def _entry(path: Path) -> dict[str, Any]:
@@ -108,7 +106,6 @@ def write_run_record(params: dict[str, Any], out_dir: str | Path) -> dict[str, A
                       "encoder_spec": params.get("text_encoders", {}).get(retrieve.get("encoder")),
                       "query": retrieve.get("query", "mention"), "top_k": retrieve.get("top_k", 16),
                       "batch_size": retrieve.get("batch_size", 64), "seed": retrieve.get("seed", 0)},
-        "decode": {k: params["decode"][k] for k in DECODE_KEYS if k in params["decode"]},
         "candidates": {"top_k": params["candidates"]["top_k"], "pool": params["candidates"].get("pool", 100),
                        "fit_limit": params["candidates"].get("fit_limit"), "weights": weights},
         "train": dict(params["train"]),
@@ -226,5 +223,5 @@ def run_params(record: dict[str, Any]) -> dict[str, Any]:
     retrieval = record["retrieval"]
     return {"model": record["model"], "llms": {llm: record["llm"]["spec"]},
             "retrieve": {"method": retrieval["method"], "top_k": retrieval["top_k"]},
-            "train": record["train"], "decode": record["decode"],
+            "train": record["train"],
             "text_encoders": {retrieval["encoder"]: retrieval["encoder_spec"]} if retrieval.get("encoder_spec") else {}}

@@ -1,18 +1,24 @@
 """The mapper's optimisation loop: AdamW, linear warm-up then decay, clipping, accumulation,
-dev accuracy every few steps, and the best mapper kept."""
+dev accuracy every few steps, and the best mapper kept. `fit` is the train stage: which mentions
+train and which evaluate, the text-only case, and the check that the LLM stayed frozen."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+import pandas as pd
 import torch
 from tqdm import tqdm
 
-from gemel.config import TrainParams
+from gemel.config import DecodeParams, TrainParams
 from gemel.model import Gemel
 from gemel.prompt import Example, collate
+
+if TYPE_CHECKING:
+    from gemel.linker import Linker
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -29,9 +35,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     bf16 on a GPU and fp32 on a CPU (where bf16 is fast only with AVX512-BF16 or AMX, and slow
     without). The mapper's weights and AdamW's moments stay fp32 either way."""
     choices = {"auto": torch.bfloat16 if device.type == "cuda" else None, "bf16": torch.bfloat16, "fp32": None}
-    if precision not in choices:
-        raise ValueError(f"train.precision: '{precision}' is not one of {', '.join(choices)}")
-    return choices[precision]
+    return choices[precision]  # the schema allows only these
 
 
 def optimizer_steps(n_examples: int, p: TrainParams) -> int:
@@ -111,3 +115,47 @@ def train(model: Gemel, examples: Sequence[Example], features, pad_id: int, p: T
     if evaluate is not None:
         model.mapper.load_state_dict(best_state)
     return hist
+
+
+def dev_decode_params(p: TrainParams) -> DecodeParams:
+    """How the dev evaluation links: train's own settings, so that changing decode.* never retrains."""
+    return DecodeParams(num_beams=p.dev_num_beams, candidates=p.dev_candidates, num_candidates=p.dev_num_candidates)
+
+
+@dataclass
+class Fit:
+    history: History
+    report: dict[str, Any]  # train_report.json
+
+
+class FrozenLLMError(RuntimeError):
+    """A weight of the frozen LLM changed during training: a bug, never an input problem."""
+
+
+def fit(linker: Linker, mentions: pd.DataFrame, p: TrainParams, use_image: bool, progress: bool = True) -> Fit:
+    """Train the linker's mapper on the train split's linked mentions, keeping the best mapper by
+    accuracy on the dev split (its first `dev_limit`). A text-only run has no image slots, so there
+    is nothing to learn: it trains 0 epochs and only reports dev accuracy."""
+    linked = mentions[~mentions["is_nil"]]
+    train_ids = list(linked.loc[linked["split"] == "train", "id"])
+    dev = linked[linked["split"] == "dev"]
+    dev = dev.head(p.dev_limit) if p.dev_limit else dev
+    examples = linker.examples(train_ids, with_target=True)
+    dp = dev_decode_params(p)
+    evaluate = (lambda: linker.accuracy(dev, dp)) if len(dev) else None
+    if not use_image:
+        p = dataclasses.replace(p, epochs=0)
+    llm = linker.model.llm
+    # Every in-place update bumps a tensor's version counter: unchanged counters prove the LLM was
+    # not touched, without copying its weights.
+    versions = [t._version for t in llm.parameters()]
+    t0 = time.perf_counter()
+    hist = train(linker.model, examples, linker.features, linker.pad_id, p, evaluate, progress)
+    if [t._version for t in llm.parameters()] != versions or any(t.requires_grad for t in llm.parameters()):
+        raise FrozenLLMError("the frozen LLM's weights changed during training")
+    report = {"train_examples": len(examples), "dev_mentions": len(dev), "optimizer_steps": len(hist.loss),
+              "first_loss": hist.loss[0]["loss"] if hist.loss else None,
+              "last_loss": hist.loss[-1]["loss"] if hist.loss else None,
+              "best_dev_accuracy": hist.best_accuracy if hist.dev else None, "best_step": hist.best_step,
+              "examples_per_s": round(hist.examples_per_s, 3), "train_s": round(time.perf_counter() - t0, 1)}
+    return Fit(hist, report)

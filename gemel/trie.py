@@ -358,3 +358,21 @@ def _np(x: np.ndarray | torch.Tensor | Sequence[int]) -> np.ndarray:
         return x.detach().cpu().numpy().astype(np.int64, copy=False)
     return np.asarray(x, dtype=np.int64)
 
+
+def build_kb_trie(kb_path: str | Path, llms: dict[str, Any], llm: str) -> tuple[EntityTrie, dict[str, Any]]:
+    """The trie stage: the prepared KB's names for one LLM of the registry, and a report."""
+    import time
+
+    from gemel.data.tables import read_kb
+    from gemel.llm import get_spec, load_tokenizer
+
+    kb = read_kb(kb_path)
+    tokenizer = load_tokenizer(get_spec(llms, llm))
+    t0 = time.perf_counter()
+    entity_trie = build_entity_trie(kb["name"].tolist(), kb["entity_id"].tolist(), tokenizer, llm)
+    report = {"llm": llm, "names": len(entity_trie.names), "nodes": entity_trie.trie.num_nodes,
+              # same name (token sequence) as an earlier entity: maps to the first
+              "duplicate_names": entity_trie.duplicates,
+              "max_depth": entity_trie.trie.max_depth(),  # tokens of the longest name, EOS included
+              "build_seconds": round(time.perf_counter() - t0, 3)}
+    return entity_trie, report

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from gemel.config import ConfigError, apply_override, validate
+from gemel.paths import METRICS
 
 # What an ablation may change. Everything else (sample, prepare, features, the retrieval encoder,
 # output folders) is shared work that every run reads from the same place.
@@ -24,7 +25,7 @@ FIXED_KEYS = ("train.out",)
 KINDS = ("scales", "ablations", "datasets")
 PLOTS = {"scales": "{metric}_vs_size.png", "ablations": "{metric}_by_ablation.png",
          "datasets": "{metric}_by_dataset.png"}
-# Every dataset preset's shared work (prepared tables, features, demonstrations, candidates) goes
+# Every dataset preset's shared work (prepared tables, features, demonstrations, candidates, tries) goes
 # under DATASETS_DATA/{name}/, its model under {train.out}/datasets/{name}/{model.llm}/.
 DATASETS_DATA = "data/datasets"
 PRESET_FILES = ("input", "kb", "split_file")  # what `prepare` checks before reading (check_files)
@@ -33,7 +34,7 @@ RAW_README = "data/raw/README.md"
 
 @dataclass(frozen=True)
 class Run:
-    """One trained-and-evaluated model: its files are {out}/{llm}/{trie.npz, ..., metrics.json}."""
+    """One trained-and-evaluated model: its files are {out}/{llm}/{mapper.safetensors, ..., metrics.json}."""
     name: str                      # the LLM (scales) or the ablation name
     llm: str
     out: str                       # its train.out
@@ -41,7 +42,7 @@ class Run:
 
     @property
     def metrics(self) -> str:
-        return f"{self.out}/{self.llm}/metrics.json"
+        return f"{self.out}/{self.llm}/{METRICS}"
 
 
 def get(params: dict[str, Any], key: str) -> Any:
@@ -121,7 +122,7 @@ def dataset_settings(params: dict[str, Any], name: str) -> dict[str, Any]:
         raise ConfigError(f"dataset: '{name}' is not a preset in datasets (known: {known})")
     data = f"{DATASETS_DATA}/{name}"
     return {"dataset": name, "prepare.out": f"{data}/prepared", "features.out": f"{data}/features",
-            "retrieve.out": f"{data}/demos", "candidates.out": f"{data}/candidates",
+            "retrieve.out": f"{data}/demos", "candidates.out": f"{data}/candidates", "trie.out": f"{data}/tries",
             "train.out": dataset_out(params, name)}
 
 

@@ -59,7 +59,7 @@ def folders(base: Path, results: str = "results") -> list[str]:
     return [f"sample.out={base}/sample", f"datasets.sample.input={base}/sample",
             f"datasets.sample.kb={base}/sample/kb.json", f"datasets.sample.images={base}/sample/images",
             f"prepare.out={base}/prepared", f"features.out={base}/features", f"retrieve.out={base}/demos",
-            f"candidates.out={base}/candidates", f"train.out={base}/{results}"]
+            f"candidates.out={base}/candidates", f"trie.out={base}/tries", f"train.out={base}/{results}"]
 
 
 @pytest.fixture(scope="session")
@@ -131,14 +131,16 @@ def test_run_record_describes_the_run_and_matches_its_files(pipeline):
     assert enc["features_table"].startswith("efficientnet_lite0:")
     assert record["model"] == {"llm": LLM, "prefix_tokens": 4, "use_image": True, "num_demos": 0}
     assert record["retrieval"]["method"] == "simcse" and record["retrieval"]["encoder"] == "all-MiniLM-L6-v2"
-    assert {k: record["decode"][k] for k in ("candidates", "num_candidates", "length_penalty", "num_beams",
-                                             "max_new_tokens", "batch_size")} == {
+    assert "decode" not in record  # how the run decodes is the decode stage's record: decode never retrains
+    settings = json.loads((pipeline.run / "decode_report.json").read_text())["settings"]
+    assert {k: settings[k] for k in ("candidates", "num_candidates", "length_penalty", "num_beams",
+                                     "max_new_tokens", "batch_size")} == {
         k: params["decode"][k] for k in ("candidates", "num_candidates", "length_penalty", "num_beams",
                                          "max_new_tokens", "batch_size")}
     report = json.loads((pipeline.base / "candidates" / "report.json").read_text())
     assert record["candidates"]["weights"] == report["weights"]  # exact: the ranker rebuilds from them
     assert record["artifacts"]["kb"]["sha256"] == sha256(pipeline.base / "prepared" / "kb.parquet")
-    assert record["run_files"]["trie"]["sha256"] == sha256(pipeline.run / "trie.npz")
+    assert record["artifacts"]["trie"]["sha256"] == sha256(pipeline.base / "tries" / f"{LLM}.npz")
     assert record["run_files"]["mapper"]["sha256"] == sha256(pipeline.run / "mapper.safetensors")
     assert Path(record["artifacts"]["pool"]["path"]).is_file()
     assert set(record["versions"]) == {"torch", "transformers", "sentence-transformers", "numpy", "pandas", "gemel"}
@@ -225,8 +227,7 @@ def test_candidate_mode_reproduces_the_decode_stage(pipeline, tmp_path):
     more = [f"train.out={tmp_path}", "decode.candidates=constrained"]
     run = tmp_path / LLM
     run.mkdir()
-    for name in ("trie.npz", "mapper.safetensors"):
-        shutil.copy(pipeline.run / name, run / name)
+    shutil.copy(pipeline.run / "mapper.safetensors", run / "mapper.safetensors")
     write_run_record(load_params(ROOT / "params.yaml", pipeline.overrides + more), run)
     assert decode.main(pipeline.argv(*more)) == 0
     report = json.loads((run / "decode_report.json").read_text())
@@ -239,9 +240,14 @@ def test_candidate_mode_reproduces_the_decode_stage(pipeline, tmp_path):
         assert o["mode"] == "candidates"
         assert [e["id"] for e in o["entities"]] == list(pred.at[o["id"], "beam_ids"])
         np.testing.assert_allclose([e["score"] for e in o["entities"]], pred.at[o["id"], "beam_scores"], atol=1e-4)
-    # Without the decode stage's report: decode.fusion_weight is auto, so 0, and a note says so.
-    (run / "decode_report.json").unlink()
+    # A report with the settings but no chosen weight: 0 (the LLM alone), and a note says so.
+    report.pop("fusion_weight")
+    (run / "decode_report.json").write_text(json.dumps(report))
     assert "fusion weight 0" in Linker.from_run(run).notes[-1]
+    # No report at all: the paper's mode with the default decode settings, and a note says so.
+    (run / "decode_report.json").unlink()
+    again = Linker.from_run(run)
+    assert again.new.mode == "paper" and "no record of the decode stage's settings" in again.notes[-1]
 
 
 def test_candidates_of_new_inputs_are_the_stages(pipeline):
@@ -290,7 +296,7 @@ def test_new_inputs_retrieve_like_the_stage_for_every_method(method):
     got = pool.retrieve(test, 3)
     assert all(len(ids) == 3 == len(set(ids)) and set(ids) <= set(pool.ids) for ids, _ in got)
     if method == "bm25":
-        stage = retrieve(mentions, "bm25", 3).set_index("id")
+        stage = retrieve(mentions, "bm25", 3)[0].set_index("id")
         for mid, (_, scores) in zip(test["id"], got):
             np.testing.assert_allclose(scores, stage.at[mid, "demo_scores"], atol=1e-6)
 
@@ -301,8 +307,7 @@ def test_prompts_of_a_run_with_demonstrations_hold_them(pipeline, fresh, tmp_pat
     folder, records, _ = fresh
     run = tmp_path / LLM
     run.mkdir()
-    for name in ("trie.npz", "mapper.safetensors"):
-        shutil.copy(pipeline.run / name, run / name)
+    shutil.copy(pipeline.run / "mapper.safetensors", run / "mapper.safetensors")
     write_run_record(load_params(ROOT / "params.yaml", pipeline.overrides + [f"train.out={tmp_path}",
                                                                           "model.num_demos=2"]), run)
     linker = Linker.from_run(run)
@@ -423,18 +428,18 @@ def gemel_command() -> list[str]:
 def test_link_refuses_a_run_whose_kb_trie_or_encoder_changed(pipeline, tmp_path):
     """A copy of the run and its prepared tables, recorded by write_run_record, then changed."""
     shutil.copytree(pipeline.base / "prepared", tmp_path / "prepared")
+    shutil.copytree(pipeline.base / "tries", tmp_path / "tries")
     run = tmp_path / "results" / LLM
     run.mkdir(parents=True)
-    for name in ("trie.npz", "mapper.safetensors"):
-        shutil.copy(pipeline.run / name, run / name)
+    shutil.copy(pipeline.run / "mapper.safetensors", run / "mapper.safetensors")
     write_run_record(load_params(ROOT / "params.yaml", pipeline.overrides + [
-        f"prepare.out={tmp_path}/prepared", f"train.out={tmp_path}/results"]), run)
+        f"prepare.out={tmp_path}/prepared", f"trie.out={tmp_path}/tries", f"train.out={tmp_path}/results"]), run)
     record = read_run_record(run)
     assert check_run(record, run) == []
     kb = read_kb(tmp_path / "prepared" / "kb.parquet")
     kb.loc[0, "name"] = "Mercury (a planet)"
     write_parquet_atomic(kb, tmp_path / "prepared" / "kb.parquet")
-    with open(run / "trie.npz", "ab") as f:
+    with open(tmp_path / "tries" / f"{LLM}.npz", "ab") as f:
         f.write(b"\0")
     diffs = check_run(record, run)
     assert [d.split(" ", 1)[0] for d in diffs] == ["kb", "trie"]
@@ -446,7 +451,7 @@ def test_link_refuses_a_run_whose_kb_trie_or_encoder_changed(pipeline, tmp_path)
     assert res.returncode == 2 and res.stdout == ""
     assert len(res.stderr.strip().splitlines()) == 1 and "Traceback" not in res.stderr
     assert res.stderr.startswith(f"gemel link: error: run {run} no longer matches")
-    assert "kb.parquet" in res.stderr and "trie.npz" in res.stderr
+    assert "kb.parquet" in res.stderr and f"{LLM}.npz" in res.stderr
     # Other encoder weights than the run's (say, an upgraded package): named too.
     record["image_encoder"]["weights_sha256"] = "0" * 64
     (run / "run.json").write_text(json.dumps(record))

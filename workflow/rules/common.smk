@@ -4,17 +4,15 @@ import functools
 import re
 import sys
 
-from snakemake.utils import validate
-
+from gemel import paths
 from gemel.config import ConfigError, load_params
 from gemel.workflow import (ablation_runs, check_llms, dataset_inputs, dataset_runs, dataset_settings, default_run,
                             demos_dir, effective, run_overrides, run_settings, scale_runs, set_args, summary_files,
                             tracked)
 
 
-validate(config, "../schemas/params.schema.yaml")
-
-# The stage CLIs read this file, as under DVC; Snakemake's config must therefore say the same,
+# The stage CLIs read this file, as under DVC (load_params validates it against the one schema);
+# Snakemake's config must therefore say the same,
 # except `scales`, the one workflow-level choice (`--config scales=paper`).
 PARAMS_FILE = "params.yaml"
 PARAMS = load_params(PARAMS_FILE)
@@ -33,6 +31,7 @@ PREPARED = PARAMS["prepare"]["out"]
 FEATURES = PARAMS["features"]["out"]
 DEMOS = PARAMS["retrieve"]["out"]
 CANDIDATES = PARAMS["candidates"]["out"]
+TRIES = PARAMS["trie"]["out"]
 METHODS = ["simcse", "random", "bm25"]
 
 # Fail before any job runs when an LLM of the DAG has no weights here, naming it and the fix.
@@ -81,12 +80,18 @@ def run_cli(stage):
 
 
 def run_tracked(keys):
-    return lambda wildcards: tracked(params_of(wildcards), keys)
+    """tracked() of a run's params; `{llm}` in a key stands for the run's LLM (llms.{llm})."""
+    return lambda wildcards: tracked(params_of(wildcards), [k.format(llm=wildcards.llm) for k in keys])
 
 
 def run_demos(wildcards):
     p = params_of(wildcards)
-    return f"{demos_dir(PARAMS, p['retrieve']['method'])}/demos.parquet"
+    return f"{demos_dir(PARAMS, p['retrieve']['method'])}/{paths.DEMOS}"
+
+
+def run_pool(wildcards):
+    p = params_of(wildcards)
+    return f"{demos_dir(PARAMS, p['retrieve']['method'])}/{paths.POOL}"
 
 
 def run_file(name):

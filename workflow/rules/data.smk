@@ -24,9 +24,9 @@ rule prepare:
         data=[PARAMS["sample"]["out"], "data/raw"],
         code=["gemel/data/importers.py", "gemel/data/prepare.py", "gemel/data/tables.py", "stages/prepare.py"],
     output:
-        mentions=f"{PREPARED}/mentions.parquet",
-        kb=f"{PREPARED}/kb.parquet",
-        report=f"{PREPARED}/report.json",
+        mentions=f"{PREPARED}/{paths.MENTIONS}",
+        kb=f"{PREPARED}/{paths.KB}",
+        report=f"{PREPARED}/{paths.PREPARE_REPORT}",
     params:
         cmd=cli("prepare"),
         tracked=tracked(PARAMS, ["dataset", f"datasets.{PARAMS['dataset']}", "prepare"]),
@@ -40,11 +40,11 @@ rule prepare:
 
 rule features:
     input:
-        mentions=f"{PREPARED}/mentions.parquet",
+        mentions=rules.prepare.output.mentions,
         code=["gemel/encoders.py", "gemel/features.py", "stages/features.py"],
     output:
-        table=f"{FEATURES}/images.parquet",
-        report=f"{FEATURES}/report.json",
+        table=f"{FEATURES}/{paths.FEATURES}",
+        report=f"{FEATURES}/{paths.FEATURES_REPORT}",
     params:
         cmd=cli("features"),
         tracked=tracked(PARAMS, ["prepare.out", "features"]),
@@ -59,11 +59,11 @@ rule features:
 
 rule retrieve:
     input:
-        mentions=f"{PREPARED}/mentions.parquet",
+        mentions=rules.prepare.output.mentions,
         code=["gemel/retrieval.py", "stages/retrieve.py"],
     output:
-        demos=f"{DEMOS}/demos.parquet",
-        pool=f"{DEMOS}/pool.parquet",
+        demos=f"{DEMOS}/{paths.DEMOS}",
+        pool=f"{DEMOS}/{paths.POOL}",
     params:
         cmd=cli("retrieve"),
         tracked=tracked(PARAMS, ["prepare.out", "retrieve", "text_encoders"]),
@@ -79,11 +79,11 @@ rule retrieve:
 # The other retrieval methods (ablations) in sub-folders of retrieve.out.
 rule retrieve_method:
     input:
-        mentions=f"{PREPARED}/mentions.parquet",
+        mentions=rules.prepare.output.mentions,
         code=["gemel/retrieval.py", "stages/retrieve.py"],
     output:
-        demos=f"{DEMOS}/{{method}}/demos.parquet",
-        pool=f"{DEMOS}/{{method}}/pool.parquet",
+        demos=f"{DEMOS}/{{method}}/{paths.DEMOS}",
+        pool=f"{DEMOS}/{{method}}/{paths.POOL}",
     params:
         cmd=lambda wc: cli("retrieve", method_settings(wc.method)),
         tracked=lambda wc: tracked(effective(PARAMS, method_settings(wc.method)), ["prepare.out", "retrieve", "text_encoders"]),
@@ -98,12 +98,12 @@ rule retrieve_method:
 
 rule candidates:
     input:
-        mentions=f"{PREPARED}/mentions.parquet",
-        kb=f"{PREPARED}/kb.parquet",
+        mentions=rules.prepare.output.mentions,
+        kb=rules.prepare.output.kb,
         code=["gemel/candidates.py", "stages/candidates.py"],
     output:
-        table=f"{CANDIDATES}/candidates.parquet",
-        report=f"{CANDIDATES}/report.json",
+        table=f"{CANDIDATES}/{paths.CANDIDATES}",
+        report=f"{CANDIDATES}/{paths.CANDIDATES_REPORT}",
     params:
         cmd=cli("candidates"),
         tracked=tracked(PARAMS, ["prepare.out", "candidates"]),

@@ -1,20 +1,20 @@
-# One run = one LLM under one train.out: {run}/{llm}/{trie.npz, mapper.safetensors, ...,
-# metrics.json}. {run} is train.out itself (the default run and the scale sweep) or an ablation's
-# folder; run_cli turns it into the stage's `--set` overrides (none for the default run, whose
-# commands are exactly dvc.yaml's).
+# One run = one LLM under one train.out: {run}/{llm}/{mapper.safetensors, ..., metrics.json}. {run}
+# is train.out itself (the default run and the scale sweep) or an ablation's folder; run_cli turns
+# it into the stage's `--set` overrides (none for the default run, whose commands are exactly
+# dvc.yaml's). The trie depends only on the KB and the LLM: one per LLM, shared by every run.
 
 
 rule trie:
     input:
-        kb=f"{PREPARED}/kb.parquet",
+        kb=rules.prepare.output.kb,
         code=["gemel/llm.py", "gemel/trie.py", "stages/trie.py"],
     output:
-        run_file("trie.npz"),
+        trie=f"{TRIES}/{{llm}}.npz",
     params:
-        cmd=run_cli("trie"),
-        tracked=run_tracked(["prepare.out", "model.llm", "llms", "train.out"]),
+        cmd=lambda wc: cli("trie", {"model.llm": wc.llm}),
+        tracked=lambda wc: tracked(PARAMS, ["model.llm", f"llms.{wc.llm}"]),
     log:
-        run_file("logs/trie.log"),
+        f"{LOGS}/trie_{{llm}}.log",
     conda:
         ENV
     shell:
@@ -23,24 +23,26 @@ rule trie:
 
 rule train:
     input:
-        mentions=f"{PREPARED}/mentions.parquet",
-        features=f"{FEATURES}/images.parquet",
+        mentions=rules.prepare.output.mentions,
+        features=rules.features.output.table,
         demos=run_demos,
-        trie=run_file("trie.npz"),
-        candidates=f"{CANDIDATES}/candidates.parquet",
-        candidates_report=f"{CANDIDATES}/report.json",
+        pool=run_pool,
+        trie=rules.trie.output.trie,
+        candidates=rules.candidates.output.table,
+        candidates_report=rules.candidates.output.report,
         code=["gemel/llm.py", "gemel/prompt.py", "gemel/model.py", "gemel/training.py", "gemel/decoding.py",
               "gemel/candidates.py", "gemel/linker.py", "gemel/run.py", "stages/train.py"],
     output:
-        mapper=run_file("mapper.safetensors"),
-        run=run_file("run.json"),
-        loss=run_file("train_loss.csv"),
-        dev=run_file("dev_accuracy.csv"),
-        report=run_file("train_report.json"),
+        mapper=run_file(paths.MAPPER),
+        run=run_file(paths.RUN_RECORD),
+        loss=run_file(paths.TRAIN_LOSS),
+        dev=run_file(paths.DEV_ACCURACY),
+        report=run_file(paths.TRAIN_REPORT),
     params:
         cmd=run_cli("train"),
-        tracked=run_tracked(["model", "llms", "train", "decode", "features", "retrieve", "text_encoders", "candidates",
-                             "prepare.out"]),
+        # Not decode: the dev evaluation has its own train.dev_* settings (as in dvc.yaml).
+        tracked=run_tracked(["model", "llms.{llm}", "train", "features", "retrieve", "text_encoders",
+                             "candidates.top_k", "candidates.pool", "candidates.fit_limit"]),
     log:
         run_file("logs/train.log"),
     threads: 8
@@ -54,20 +56,20 @@ rule train:
 
 rule decode:
     input:
-        mentions=f"{PREPARED}/mentions.parquet",
-        features=f"{FEATURES}/images.parquet",
+        mentions=rules.prepare.output.mentions,
+        features=rules.features.output.table,
         demos=run_demos,
-        trie=run_file("trie.npz"),
-        mapper=run_file("mapper.safetensors"),
-        candidates=f"{CANDIDATES}/candidates.parquet",
+        trie=rules.trie.output.trie,
+        mapper=rules.train.output.mapper,
+        candidates=rules.candidates.output.table,
         code=["gemel/decoding.py", "gemel/model.py", "gemel/prompt.py", "gemel/candidates.py", "gemel/linker.py",
               "stages/decode.py"],
     output:
-        predictions=run_file("predictions.parquet"),
-        report=run_file("decode_report.json"),
+        predictions=run_file(paths.PREDICTIONS),
+        report=run_file(paths.DECODE_REPORT),
     params:
         cmd=run_cli("decode"),
-        tracked=run_tracked(["model", "llms", "decode"]),
+        tracked=run_tracked(["model", "llms.{llm}", "decode", "candidates.top_k", "retrieve.top_k"]),
     log:
         run_file("logs/decode.log"),
     threads: 8
@@ -81,15 +83,15 @@ rule decode:
 
 rule evaluate:
     input:
-        kb=f"{PREPARED}/kb.parquet",
-        mentions=f"{PREPARED}/mentions.parquet",
-        candidates=f"{CANDIDATES}/candidates.parquet",
-        predictions=run_file("predictions.parquet"),
-        decode_report=run_file("decode_report.json"),
+        kb=rules.prepare.output.kb,
+        mentions=rules.prepare.output.mentions,
+        candidates=rules.candidates.output.table,
+        predictions=rules.decode.output.predictions,
+        decode_report=rules.decode.output.report,
         code=["gemel/metrics.py", "gemel/candidates.py", "stages/evaluate.py"],
     output:
-        metrics=run_file("metrics.json"),
-        breakdown=run_file("breakdown.md"),
+        metrics=run_file(paths.METRICS),
+        breakdown=run_file(paths.BREAKDOWN),
     params:
         cmd=run_cli("evaluate"),
         tracked=run_tracked(["evaluate"]),

@@ -23,7 +23,7 @@ rule summarize_scales:
     params:
         # --set scales: the sweep may come from --config scales=paper rather than params.yaml.
         cmd=cli("summarize", {"summarize.kind": "scales", "scales": PARAMS["scales"]}),
-        tracked=tracked(PARAMS, ["scales", "paper_scales", "llms", "summarize"]),
+        tracked=tracked(PARAMS, ["scales", "paper_scales", *sorted({f"llms.{r.llm}" for r in SCALES}), "summarize"]),
     log:
         f"{LOGS}/summarize_scales.log",
     conda:
@@ -40,7 +40,7 @@ rule summarize_ablations:
         **summary_files(PARAMS, "ablations"),
     params:
         cmd=cli("summarize", {"summarize.kind": "ablations"}),
-        tracked=tracked(PARAMS, ["ablations", "llms", "summarize"]),
+        tracked=tracked(PARAMS, ["ablations", *sorted({f"llms.{r.llm}" for r in ABLATIONS}), "summarize"]),
     log:
         f"{LOGS}/summarize_ablations.log",
     conda:
@@ -56,14 +56,15 @@ rule dataset_run:
         data=lambda wc: dataset_inputs(PARAMS, wc.name),
         code=DATASET_CODE,
     output:
-        metrics=f"{RESULTS}/datasets/{{name}}/{PARAMS['model']['llm']}/metrics.json",
+        metrics=f"{RESULTS}/datasets/{{name}}/{PARAMS['model']['llm']}/{paths.METRICS}",
     wildcard_constraints:
         name=_alternatives(r.name for r in DATASETS) or "(?!)",
     params:
         cmd=lambda wc: " && ".join(cli(stage, dataset_settings(PARAMS, wc.name)) for stage in DATASET_STAGES),
         tracked=lambda wc: tracked(effective(PARAMS, dataset_settings(PARAMS, wc.name)),
                                    [f"datasets.{wc.name}", "prepare", "features", "retrieve", "text_encoders",
-                                    "candidates", "model", "llms", "train", "decode", "evaluate"]),
+                                    "candidates", "model", f"llms.{PARAMS['model']['llm']}", "train", "decode",
+                                    "evaluate"]),
     log:
         f"{LOGS}/datasets_{{name}}.log",
     threads: 8

@@ -1,0 +1,105 @@
+"""Where every artifact of the pipeline lives. The stages, `gemel link`, the benchmarks and the
+Snakemake rules all ask here, so each path is written once; dvc.yaml, which cannot import Python,
+is checked against this module by tests/test_dag.py.
+
+Shared work sits in one folder per section (`prepare.out`, `features.out`, `retrieve.out`,
+`candidates.out`, `trie.out`); one trained model, a *run*, in `{train.out}/{model.llm}/`. The
+trie depends only on the KB and the LLM's tokenizer, so every run of one LLM shares
+`{trie.out}/{llm}.npz`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# prepare.out
+MENTIONS = "mentions.parquet"
+KB = "kb.parquet"
+PREPARE_REPORT = "report.json"
+# features.out
+FEATURES = "images.parquet"
+FEATURES_REPORT = "report.json"
+# retrieve.out
+DEMOS = "demos.parquet"
+POOL = "pool.parquet"
+# candidates.out
+CANDIDATES = "candidates.parquet"
+CANDIDATES_REPORT = "report.json"
+# a run folder, {train.out}/{model.llm}/
+MAPPER = "mapper.safetensors"
+RUN_RECORD = "run.json"
+TRAIN_LOSS = "train_loss.csv"
+DEV_ACCURACY = "dev_accuracy.csv"
+TRAIN_REPORT = "train_report.json"
+PREDICTIONS = "predictions.parquet"
+DECODE_REPORT = "decode_report.json"
+METRICS = "metrics.json"
+BREAKDOWN = "breakdown.md"
+REPORT_HTML = "report.html"
+
+
+def trie_file(tries: str | Path, llm: str) -> Path:
+    return Path(tries) / f"{llm}.npz"
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """Every file of one configuration of params (a `dvc repro`, or one Snakemake run)."""
+    prepared: Path
+    features_dir: Path
+    demos_dir: Path
+    candidates_dir: Path
+    tries: Path
+    run: Path  # {train.out}/{model.llm}
+    llm: str
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> Artifacts:
+        llm = params["model"]["llm"]
+        return cls(prepared=Path(params["prepare"]["out"]), features_dir=Path(params["features"]["out"]),
+                   demos_dir=Path(params["retrieve"]["out"]), candidates_dir=Path(params["candidates"]["out"]),
+                   tries=Path(params["trie"]["out"]), run=Path(params["train"]["out"]) / llm, llm=llm)
+
+    @property
+    def mentions(self) -> Path:
+        return self.prepared / MENTIONS
+
+    @property
+    def kb(self) -> Path:
+        return self.prepared / KB
+
+    @property
+    def prepare_report(self) -> Path:
+        return self.prepared / PREPARE_REPORT
+
+    @property
+    def features(self) -> Path:
+        return self.features_dir / FEATURES
+
+    @property
+    def features_report(self) -> Path:
+        return self.features_dir / FEATURES_REPORT
+
+    @property
+    def demos(self) -> Path:
+        return self.demos_dir / DEMOS
+
+    @property
+    def pool(self) -> Path:
+        return self.demos_dir / POOL
+
+    @property
+    def candidates(self) -> Path:
+        return self.candidates_dir / CANDIDATES
+
+    @property
+    def candidates_report(self) -> Path:
+        return self.candidates_dir / CANDIDATES_REPORT
+
+    @property
+    def trie(self) -> Path:
+        return trie_file(self.tries, self.llm)
+
+    def in_run(self, name: str) -> Path:
+        """A file of the run folder, by its name above (MAPPER, METRICS, ...)."""
+        return self.run / name
