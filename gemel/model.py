@@ -69,7 +69,7 @@ class Gemel(nn.Module):
             mapped = self.mapper(batch.images.to(self.device))
             if not demo_image_grad:
                 mapped = torch.where(batch.query_images.to(self.device)[:, None], mapped, mapped.detach())
-            mapped = mapped.flip(0).view(-1, self.embed_dim).to(embeds.dtype)
+            mapped = mapped.view(-1, self.embed_dim).to(embeds.dtype)
             # masked_scatter fills slots in row-major order: the order collate() gathered images in.
             embeds = embeds.masked_scatter(slots.unsqueeze(-1), mapped)
         return embeds
