@@ -8,8 +8,8 @@ first, so the most similar stands right before the question.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -113,7 +113,8 @@ def collate(examples: Sequence[Example], features: np.ndarray, pad_id: int) -> B
         if e.target:
             target[row, width - len(e.target):] = True
     rows = [r for e in examples for r in e.images]
-    query_images = torch.tensor([i == len(e.images) - 1 for e in examples for i in range(len(e.images))], dtype=torch.bool)
+    query_images = torch.tensor([i == len(e.images) - 1 for e in examples for i in range(len(e.images))],
+                                dtype=torch.bool)  # the question's image is each row's last
     dim = features.shape[1]
     vectors = np.zeros((len(rows), dim), dtype=np.float32)
     present = np.array([r != NO_IMAGE for r in rows], dtype=bool)

@@ -10,8 +10,7 @@ import pytest
 
 from gemel.data.importers import DataError
 from gemel.data.tables import MENTIONS, write_parquet_atomic
-from gemel.retrieval import (TIE_DECIMALS, RetrievalError, load_text_encoder, read_demos, resolve_text_encoder,
-                             retrieve)
+from gemel.retrieval import TIE_DECIMALS, RetrievalError, load_text_encoder, read_demos, resolve_text_encoder, retrieve
 from stages import _cli
 from stages import retrieve as retrieve_stage
 
@@ -83,7 +82,7 @@ def test_simcse_matches_brute_force(encoder, query):
     np.testing.assert_allclose(stats.pool_vectors, emb[pool], atol=1e-5)  # what pool.parquet keeps
     score_of = {}
     for q in range(len(mentions)):
-        for pos, p in enumerate(pool):
+        for p in pool:
             score_of[q, mentions["id"][p]] = float(np.dot(emb[q], emb[p]))
     for q, (row, (ids, scores)) in enumerate(zip(demos.itertuples(), expected)):
         assert len(row.demo_ids) == top_k
