@@ -14,9 +14,10 @@ and the LLM it was tokenized for. Both save to a plain .npz (no pickle).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -156,7 +157,8 @@ class Trie:
 
     # ----- batched queries for the decoder (one node per beam)
 
-    def step_many(self, nodes: np.ndarray | torch.Tensor, tokens: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    def step_many(self, nodes: np.ndarray | torch.Tensor,
+                  tokens: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
         """step() for every (node, token) pair, as one vectorised binary search over each node's
         children. Returns the same kind as `nodes` (a torch tensor stays on its device)."""
         nd, tk = _np(nodes), _np(tokens)
