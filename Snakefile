@@ -2,7 +2,7 @@
 #   snakemake --cores 8                  the default run, as `dvc repro`
 #   snakemake --cores 8 eval_all_scales  every LLM of `scales` (--config scales=paper: the paper's)
 #   snakemake --cores 8 ablations        every entry of `ablations`
-# Settings: params.yaml, validated against workflow/schemas/params.schema.yaml. See docs/workflow.md.
+# Settings: params.yaml, validated against gemel/schema/params.schema.yaml. See README (Snakemake).
 configfile: "params.yaml"
 
 
@@ -16,3 +16,4 @@ rule all:
     default_target: True
     input:
         DEFAULT.metrics,
+        DEFAULT.report,

@@ -35,10 +35,12 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gemel.errors import GemelError
 from gemel.metrics import BUCKETS, read_predictions
+from gemel.paths import Artifacts
 
 THUMB_PX = 96           # longest side of a thumbnail; ~3 KB as JPEG, ~4 KB in base64
 THUMB_QUALITY = 70
@@ -519,3 +521,24 @@ def summary_page(title: str, table: pd.DataFrame, plot_png: str | Path | None,
         data = base64.b64encode(Path(plot_png).read_bytes()).decode("ascii")
         body.append(f'<h2>Plot</h2><img alt="{esc(Path(plot_png).name)}" src="data:image/png;base64,{data}">')
     return page(title, body)
+
+
+def _read_optional(path: Path, columns: list[str]) -> pd.DataFrame | None:
+    if not path.is_file():
+        return None
+    try:
+        return pd.read_parquet(path, columns=columns)
+    except (pa.ArrowInvalid, KeyError, OSError) as e:
+        raise ReportError(f"{path}: not readable with columns {', '.join(columns)}: {e}") from None
+
+
+def run_report(a: Artifacts) -> tuple[str, RunPage]:
+    """The report stage: the page of run `a.run`, from its files and the shared tables (the
+    candidates and features tables are optional: without them the page lacks the candidates and
+    the encoder's view of each image). Image paths are relative to the working directory."""
+    from gemel.data.tables import read_mentions
+
+    candidates = _read_optional(a.candidates, ["id", "cand_ids", "cand_names", "cand_sources"])
+    features = _read_optional(a.features, ["image", "ok"])
+    p = collect(a.run, read_mentions(a.mentions), candidates, root=".", features_ok=features)
+    return render(p), p

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from gemel.config import ConfigError, apply_override, validate
-from gemel.paths import METRICS
+from gemel.paths import METRICS, REPORT_HTML
 
 # What an ablation may change. Everything else (sample, prepare, features, the retrieval encoder,
 # output folders) is shared work that every run reads from the same place.
@@ -43,6 +43,10 @@ class Run:
     @property
     def metrics(self) -> str:
         return f"{self.out}/{self.llm}/{METRICS}"
+
+    @property
+    def report(self) -> str:
+        return f"{self.out}/{self.llm}/{REPORT_HTML}"
 
 
 def get(params: dict[str, Any], key: str) -> Any:
@@ -224,7 +228,7 @@ def summary_files(params: dict[str, Any], kind: str) -> dict[str, str]:
         raise ConfigError(f"summarize.kind: '{kind}' is not one of {', '.join(KINDS)}")
     folder = f"{params['train']['out']}/{kind}"
     metric = params.get("summarize", {}).get("metric", "accuracy")
-    return {"csv": f"{folder}/summary.csv", "md": f"{folder}/summary.md",
+    return {"csv": f"{folder}/summary.csv", "md": f"{folder}/summary.md", "html": f"{folder}/{REPORT_HTML}",
             "png": f"{folder}/{PLOTS[kind].format(metric=metric)}"}
 
 

@@ -25,7 +25,7 @@ from gemel.workflow import (ablation_runs, check_ablation, dataset_runs, effecti
 from stages import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ["sample", "prepare", "features", "retrieve", "candidates", "trie", "train", "decode", "evaluate"]
+STAGES = ["sample", "prepare", "features", "retrieve", "candidates", "trie", "train", "decode", "evaluate", "report"]
 LOG = re.compile(r" > \S+ 2>&1$")
 
 
@@ -111,9 +111,13 @@ def test_sweeps_reuse_shared_work_and_put_each_run_where_its_overrides_say(sweep
         assert count[shared] == 1, shared
     assert count["retrieve_method"] == 2  # random and bm25; simcse is retrieve itself
     runs = len(params["scales"]) + len(params["ablations"])
-    assert count["train"] == count["decode"] == count["evaluate"] == count["trie"] == runs
+    assert count["train"] == count["decode"] == count["evaluate"] == count["report"] == runs
+    # One trie per LLM, shared by every run of it (the scales' LLMs and the ablations' one).
+    llms = set(params["scales"]) | {params["model"]["llm"]}
+    assert sorted(j.outputs[0] for j in sweep_jobs if j.rule == "trie") == sorted(
+        f"{params['trie']['out']}/{llm}.npz" for llm in llms)
     for job in sweep_jobs:
-        if job.rule not in ("trie", "train", "decode", "evaluate"):
+        if job.rule not in ("train", "decode", "evaluate", "report"):
             continue
         argv = shlex.split(job.cmd)
         assert argv[:5] == ["python", "-m", f"stages.{job.rule}", "--params", "params.yaml"]
@@ -233,14 +237,15 @@ def test_datasets_plans_every_preset_whose_files_are_here_in_its_own_folders(tmp
                 assert "dataset=tiny" in sets
             p = load_params(wd / "params.yaml", sets)
             assert p["dataset"] == name
-            folders = {s: p[s]["out"] for s in ("prepare", "features", "retrieve", "candidates", "train")}
+            folders = {s: p[s]["out"] for s in ("prepare", "features", "retrieve", "candidates", "trie", "train")}
             assert folders == {"prepare": f"data/datasets/{name}/prepared",
                                "features": f"data/datasets/{name}/features", "retrieve": f"data/datasets/{name}/demos",
-                               "candidates": f"data/datasets/{name}/candidates", "train": f"results/datasets/{name}"}
+                               "candidates": f"data/datasets/{name}/candidates", "trie": f"data/datasets/{name}/tries",
+                               "train": f"results/datasets/{name}"}
     assert "--set dataset=tiny" in runs["results/datasets/tiny/smollm2-135m/metrics.json"].cmd
     summary = next(j for j in jobs if j.rule == "summarize_datasets")
     assert summary.outputs == ["results/datasets/summary.csv", "results/datasets/summary.md",
-                               "results/datasets/accuracy_by_dataset.png"]
+                               "results/datasets/report.html", "results/datasets/accuracy_by_dataset.png"]
     assert sorted(runs) == sorted(i for i in summary.inputs if i.endswith("metrics.json"))
     assert "--set summarize.kind=datasets" in summary.cmd
 

@@ -101,3 +101,28 @@ rule evaluate:
         ENV
     shell:
         "{params.cmd} > {log} 2>&1"
+
+
+rule report:
+    input:
+        mentions=rules.prepare.output.mentions,
+        candidates=rules.candidates.output.table,
+        features=rules.features.output.table,
+        predictions=rules.decode.output.predictions,
+        metrics=rules.evaluate.output.metrics,
+        run=rules.train.output.run,
+        loss=rules.train.output.loss,
+        dev=rules.train.output.dev,
+        # The thumbnails come from the image files themselves (every preset's, as for prepare).
+        data=rules.prepare.input.data,
+        code=["gemel/report.py", "gemel/metrics.py", "stages/report.py"],
+    output:
+        html=run_file(paths.REPORT_HTML),
+    params:
+        cmd=run_cli("report"),
+    log:
+        run_file("logs/report.log"),
+    conda:
+        ENV
+    shell:
+        "{params.cmd} > {log} 2>&1"

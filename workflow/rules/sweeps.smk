@@ -6,18 +6,19 @@
 DATASETS, DATASETS_SKIPPED = dataset_runs(PARAMS)
 for _name, _why in DATASETS_SKIPPED:
     print(f"datasets: skipping {_name}: {_why}", file=sys.stderr)
-DATASET_STAGES = ["prepare", "features", "retrieve", "candidates", "trie", "train", "decode", "evaluate"]
+DATASET_STAGES = ["prepare", "features", "retrieve", "candidates", "trie", "train", "decode", "evaluate", "report"]
 DATASET_CODE = sorted({"gemel/data/importers.py", "gemel/data/prepare.py", "gemel/data/tables.py", "gemel/encoders.py",
                        "gemel/features.py", "gemel/retrieval.py", "gemel/candidates.py", "gemel/llm.py",
                        "gemel/trie.py", "gemel/prompt.py", "gemel/model.py", "gemel/training.py",
-                       "gemel/decoding.py", "gemel/linker.py", "gemel/metrics.py", "gemel/run.py",
+                       "gemel/decoding.py", "gemel/linker.py", "gemel/metrics.py", "gemel/run.py", "gemel/report.py",
                        *(f"stages/{s}.py" for s in DATASET_STAGES)})
 
 
 rule summarize_scales:
     input:
         metrics=[r.metrics for r in SCALES],
-        code=["gemel/summary.py", "gemel/workflow.py", "stages/summarize.py"],
+        reports=[r.report for r in SCALES],  # the summary page links each run's page
+        code=["gemel/summary.py", "gemel/report.py", "gemel/workflow.py", "stages/summarize.py"],
     output:
         **summary_files(PARAMS, "scales"),
     params:
@@ -35,7 +36,8 @@ rule summarize_scales:
 rule summarize_ablations:
     input:
         metrics=[r.metrics for r in ABLATIONS],
-        code=["gemel/summary.py", "gemel/workflow.py", "stages/summarize.py"],
+        reports=[r.report for r in ABLATIONS],
+        code=["gemel/summary.py", "gemel/report.py", "gemel/workflow.py", "stages/summarize.py"],
     output:
         **summary_files(PARAMS, "ablations"),
     params:
@@ -57,6 +59,7 @@ rule dataset_run:
         code=DATASET_CODE,
     output:
         metrics=f"{RESULTS}/datasets/{{name}}/{PARAMS['model']['llm']}/{paths.METRICS}",
+        report=f"{RESULTS}/datasets/{{name}}/{PARAMS['model']['llm']}/{paths.REPORT_HTML}",
     wildcard_constraints:
         name=_alternatives(r.name for r in DATASETS) or "(?!)",
     params:
@@ -79,7 +82,8 @@ rule dataset_run:
 rule summarize_datasets:
     input:
         metrics=[r.metrics for r in DATASETS],
-        code=["gemel/summary.py", "gemel/workflow.py", "stages/summarize.py"],
+        reports=[r.report for r in DATASETS],
+        code=["gemel/summary.py", "gemel/report.py", "gemel/workflow.py", "stages/summarize.py"],
     output:
         **summary_files(PARAMS, "datasets"),
     params:
