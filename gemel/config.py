@@ -213,5 +213,5 @@ class EvaluateParams:
 
 @dataclasses.dataclass(frozen=True)
 class SummarizeParams:
-    kind: Literal["scales", "ablations", "datasets"] = "scales"
+    kind: Literal["scales", "ablations", "datasets", "seeds"] = "scales"
     metric: str = "accuracy"

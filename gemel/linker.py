@@ -31,6 +31,7 @@ from gemel.llm import answer_ids, get_spec, load_llm, load_tokenizer
 from gemel.model import Gemel
 from gemel.paths import DECODE_REPORT, MAPPER, Artifacts
 from gemel.prompt import Example, PromptBuilder
+from gemel.stack import default_device
 from gemel.trie import EntityTrie
 
 MODES = {"none": "paper", "constrained": "candidates"}  # decode.candidates -> the mode a link reports
@@ -44,10 +45,6 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("beams", pa.list_(pa.string())), ("beam_ids", pa.list_(pa.string())), ("beam_scores", pa.list_(pa.float32())),
     ("llm_scores", pa.list_(pa.float32())), ("cand_priors", pa.list_(pa.float32())),  # candidate-aware mode only
 ])
-
-
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass
@@ -468,10 +465,11 @@ def pipeline_linker(params: dict[str, Any], candidates: str = "none", num_candid
     when `candidates` is constrained, and the run's trained mapper when `mapper`. Returns it and
     the mentions table."""
     from gemel.data.tables import read_mentions
+    from gemel.retrieval import read_demos
 
     a = Artifacts.of(params)
     mentions = read_mentions(a.mentions)
-    demos = pd.read_parquet(a.demos)
+    demos = read_demos(a.demos)
     cands = (load_candidates(a.candidates, num_candidates, params["candidates"]["top_k"])
              if candidates != "none" else None)
     linker = build_linker(params, mentions, demos, a.features, a.trie, cands)
@@ -491,7 +489,7 @@ def build_linker(params: dict[str, Any], mentions: pd.DataFrame, demos: pd.DataF
                          "retrieve keeps only top_k demonstrations per mention")
     spec = get_spec(params["llms"], m.llm)
     tokenizer = load_tokenizer(spec)
-    dev = device_name or device()
+    dev = device_name or default_device()
     llm = load_llm(spec, dev, torch.bfloat16 if dev.startswith("cuda") else torch.float32)
     if isinstance(features, tuple):
         rows, matrix = features

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +25,10 @@ from gemel.config import FeaturesParams, section
 from gemel.data.tables import write_text_atomic
 from gemel.errors import GemelError
 from gemel.paths import MAPPER, RUN_RECORD, Artifacts
+from gemel.stack import versions
 
 RUN_FILE = RUN_RECORD
 FORMAT = "gemel-run/1"
-LIBRARIES = ("torch", "transformers", "sentence-transformers", "numpy", "pandas", "gemel")
 # Linking refuses when one of these differs from the run's record; the others only drift.
 STRICT = ("kb", "trie", "mapper")
 
@@ -44,16 +43,6 @@ def sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in LIBRARIES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
 
 
 def artifact_paths(params: dict[str, Any]) -> dict[str, str]:

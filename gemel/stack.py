@@ -118,3 +118,8 @@ def drift(path: str | Path = LOCK_PATH) -> dict[str, tuple[str, str | None]] | N
         if installed != locked:
             out[name] = (locked, installed)
     return out
+
+
+def record(device: str | None = None) -> dict[str, Any]:
+    """What every stage report carries: the versions it ran with, its torch threads and device."""
+    return {"versions": versions(), "runtime": runtime(device)}

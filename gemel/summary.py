@@ -94,6 +94,22 @@ def dataset_table(runs: list[Run], metric: str) -> pd.DataFrame:
     return table
 
 
+def seed_table(runs: list[Run], metric: str) -> pd.DataFrame:
+    """One row per seed (runs of workflow.seed_runs): `metric` and the baselines' accuracy (these
+    do not depend on the seed: a check that every run saw the same mentions), then a `mean` and a
+    `std` row (sample standard deviation, ddof=1)."""
+    rows = []
+    for run in runs:
+        metrics = read_metrics(run.metrics)
+        rows.append({"seed": run.name, "llm": run.llm, "evaluated": metrics.get("evaluated"),
+                     metric: _metric(run, metrics, metric), **_baselines(metrics)})
+    table = pd.DataFrame(rows)
+    values = table.drop(columns=["seed", "llm"]).astype(float)
+    stats = pd.DataFrame([{"seed": "mean", "llm": table["llm"].iloc[0], **values.mean().to_dict()},
+                          {"seed": "std", "llm": table["llm"].iloc[0], **values.std(ddof=1).to_dict()}])
+    return pd.concat([table, stats], ignore_index=True)
+
+
 def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
     """A GitHub Markdown table (pandas' own needs the optional tabulate package)."""
     def cell(v: Any) -> str:
@@ -144,6 +160,14 @@ def plot(table: pd.DataFrame, kind: str, metric: str, path: str | Path) -> None:
             if len(series) > 1:
                 ax.legend(fontsize=8)
             ax.set_title(f"{metric} by dataset")
+        elif kind == "seeds":
+            runs = table[~table["seed"].isin(["mean", "std"])]
+            mean, std = (float(table.loc[table["seed"] == k, metric].iloc[0]) for k in ("mean", "std"))
+            ax.bar(runs["seed"].astype(str), runs[metric])
+            ax.axhline(mean, color="k", lw=1, label=f"mean {mean:.3f} ± {std:.3f} (std)")
+            ax.legend(fontsize=8)
+            ax.set_xlabel("train.seed")
+            ax.set_title(f"{metric} by seed ({', '.join(dict.fromkeys(runs['llm']))})")
         else:
             ax.bar(table["name"], table[metric])
             ax.tick_params(axis="x", labelrotation=30)

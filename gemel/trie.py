@@ -157,35 +157,6 @@ class Trie:
 
     # ----- batched queries for the decoder (one node per beam)
 
-    def step_many(self, nodes: np.ndarray | torch.Tensor,
-                  tokens: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
-        """step() for every (node, token) pair, as one vectorised binary search over each node's
-        children. Returns the same kind as `nodes` (a torch tensor stays on its device)."""
-        nd, tk = _np(nodes), _np(tokens)
-        if nd.shape != tk.shape:
-            raise ValueError(f"step_many: nodes {nd.shape} and tokens {tk.shape} differ in shape")
-        out = np.full(nd.shape, -1, dtype=np.int64)
-        valid = nd >= 0
-        if len(self.child_tok) and valid.any():
-            safe = np.where(valid, nd, 0)
-            lo = np.where(valid, self.child_ptr[safe], 0)
-            hi = np.where(valid, self.child_ptr[safe + 1], 0)
-            end, last = hi.copy(), len(self.child_tok) - 1
-            while True:  # lower bound, all pairs at once: log2(largest fan-out) rounds at most
-                active = lo < hi
-                if not active.any():
-                    break
-                mid = (lo + hi) // 2
-                less = self.child_tok[np.minimum(mid, last)] < tk
-                lo = np.where(active & less, mid + 1, lo)
-                hi = np.where(active & ~less, mid, hi)
-            at = np.minimum(lo, last)
-            found = (lo < end) & (self.child_tok[at] == tk)
-            out[found] = self.child_node[at[found]]
-        if isinstance(nodes, torch.Tensor):
-            return torch.from_numpy(out).to(nodes.device)
-        return out
-
     def allowed_mask(self, nodes: np.ndarray | torch.Tensor, vocab_size: int,
                      device: torch.device | str | None = None) -> torch.Tensor:
         """[len(nodes), vocab_size] bool, True where the token may follow that node (all False

@@ -22,9 +22,9 @@ from gemel.paths import METRICS, REPORT_HTML
 ABLATABLE_SECTIONS = ("model", "train", "decode", "evaluate")
 ABLATABLE_KEYS = ("retrieve.method",)
 FIXED_KEYS = ("train.out",)
-KINDS = ("scales", "ablations", "datasets")
+KINDS = ("scales", "ablations", "datasets", "seeds")
 PLOTS = {"scales": "{metric}_vs_size.png", "ablations": "{metric}_by_ablation.png",
-         "datasets": "{metric}_by_dataset.png"}
+         "datasets": "{metric}_by_dataset.png", "seeds": "{metric}_by_seed.png"}
 # Every dataset preset's shared work (prepared tables, features, demonstrations, candidates, tries) goes
 # under DATASETS_DATA/{name}/, its model under {train.out}/datasets/{name}/{model.llm}/.
 DATASETS_DATA = "data/datasets"
@@ -168,10 +168,21 @@ def dataset_runs(params: dict[str, Any], root: Path | str = ".") -> tuple[list[R
     return present, skipped
 
 
+def seed_runs(params: dict[str, Any]) -> list[Run]:
+    """The default run once per seed of `seeds` (train.seed: the mapper's initial weights and the
+    order of the training data): {train.out}/seeds/{seed}/, except that train.seed itself is the
+    default run's folder, so its work is not done twice."""
+    llm = params["model"]["llm"]
+    return [Run(name=str(seed), llm=llm, out=params["train"]["out"]) if seed == params["train"]["seed"] else
+            Run(name=str(seed), llm=llm, out=f"{params['train']['out']}/seeds/{seed}", overrides=(("train.seed", seed),))
+            for seed in params.get("seeds") or [params["train"]["seed"]]]
+
+
 def run_overrides(params: dict[str, Any]) -> dict[str, tuple[tuple[str, Any], ...]]:
-    """train.out of every run -> its ablation overrides (the plain train.out: none)."""
+    """train.out of every run -> its overrides (the plain train.out: none)."""
     runs = {params["train"]["out"]: ()}
     runs.update({r.out: r.overrides for r in ablation_runs(params)})
+    runs.update({r.out: r.overrides for r in seed_runs(params)})
     return runs
 
 

@@ -9,6 +9,7 @@ from gemel.candidates import CANDIDATES, generate_for
 from gemel.config import CandidatesParams, section
 from gemel.data.tables import write_parquet_atomic, write_text_atomic
 from gemel.paths import Artifacts
+from gemel import stack
 from stages import _cli
 
 
@@ -17,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     a = Artifacts.of(params)
     table, report = generate_for(a, section(params, "candidates", CandidatesParams))
     write_parquet_atomic(table, a.candidates, CANDIDATES)
-    text = json.dumps(report, indent=2)
+    text = json.dumps({**report, "stack": stack.record("cpu")}, indent=2)
     write_text_atomic(text + "\n", a.candidates_report)
     print(text)
     return 0

@@ -10,6 +10,7 @@ from gemel.config import DecodeParams, ModelParams, section
 from gemel.data.tables import write_parquet_atomic, write_text_atomic
 from gemel.linker import PREDICTIONS_SCHEMA, pipeline_linker
 from gemel.paths import DECODE_REPORT, PREDICTIONS, Artifacts
+from gemel import stack
 from stages import _cli
 
 
@@ -20,7 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     pred, report = linker.decode_split(mentions, dp, progress=True)
     a = Artifacts.of(params)
     write_parquet_atomic(pred, a.in_run(PREDICTIONS), PREDICTIONS_SCHEMA)
-    text = json.dumps({"llm": section(params, "model", ModelParams).llm, **report}, indent=2)
+    text = json.dumps({"llm": section(params, "model", ModelParams).llm, **report,
+                       "stack": stack.record(str(linker.model.device))}, indent=2)
     write_text_atomic(text + "\n", a.in_run(DECODE_REPORT))
     print(text)
     return 0

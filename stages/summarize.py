@@ -1,6 +1,7 @@
 """summarize: the metrics.json of every run of a sweep -> {train.out}/{summarize.kind}/summary.csv,
 summary.md, a plot (scales: summarize.metric against LLM size, log x; ablations: one bar each;
-datasets: every preset whose files are here, one group of bars each with its baselines) and
+datasets: every preset whose files are here, one group of bars each with its baselines; seeds: one
+bar per seed, with mean and std rows in the table) and
 report.html (the table, the plot and a link to each run's report.html)."""
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 
 from gemel.config import ConfigError, SummarizeParams, section
 from gemel.data.tables import write_text_atomic
-from gemel.summary import SummaryError, dataset_table, plot, summary_html, summary_table, to_markdown
-from gemel.workflow import ablation_runs, dataset_runs, scale_runs, summary_files
+from gemel.summary import dataset_table, plot, seed_table, summary_html, summary_table, to_markdown
+from gemel.workflow import ablation_runs, dataset_runs, scale_runs, seed_runs, summary_files
 from stages import _cli
 
 
@@ -24,11 +25,13 @@ def main(argv: list[str] | None = None) -> int:
         for name, why in skipped:
             print(f"summarize: skipping {name}: {why}", file=sys.stderr)
     else:
-        runs = scale_runs(params) if p.kind == "scales" else ablation_runs(params)
+        runs = {"scales": scale_runs, "ablations": ablation_runs, "seeds": seed_runs}[p.kind](params)
     if not runs:
         raise ConfigError(f"summarize: no runs for kind '{p.kind}' in params.yaml")
     if p.kind == "datasets":
         table = dataset_table(runs, p.metric)
+    elif p.kind == "seeds":
+        table = seed_table(runs, p.metric)
     else:
         table = summary_table(runs, params["llms"], p.metric)
     write_text_atomic(table.to_csv(index=False), files["csv"])
@@ -43,4 +46,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_cli.run("summarize", main, errors=(SummaryError,)))
+    sys.exit(_cli.run("summarize", main))

@@ -14,6 +14,7 @@ from gemel.data.tables import write_text_atomic
 from gemel.linker import pipeline_linker
 from gemel.paths import DEV_ACCURACY, MAPPER, TRAIN_LOSS, TRAIN_REPORT, Artifacts
 from gemel.run import write_run_record
+from gemel import stack
 from stages import _cli
 
 
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(pd.DataFrame(result.history.loss).to_csv(index=False), a.in_run(TRAIN_LOSS))
     write_text_atomic(pd.DataFrame(result.history.dev, columns=["step", "accuracy"]).to_csv(index=False),
                       a.in_run(DEV_ACCURACY))
-    text = json.dumps({"llm": m.llm, **result.report}, indent=2)
+    text = json.dumps({"llm": m.llm, **result.report, "stack": stack.record(str(linker.model.device))}, indent=2)
     write_text_atomic(text + "\n", a.in_run(TRAIN_REPORT))
     print(text)
     return 0

@@ -124,15 +124,6 @@ def test_batched_calls_agree_with_allowed_next(entity_trie, sequences, smollm2):
     for row, p in enumerate(prefixes):
         expected[row, torch.from_numpy(trie.allowed_next(list(p)).astype(np.int64))] = True
     assert torch.equal(mask, expected)  # the last row, node -1, is all False
-    # step_many == step for every allowed token of every node, plus a disallowed one.
-    rng = np.random.default_rng(0)
-    pairs = [(n, t) for n in nodes for t in trie.children(int(n))[0]]
-    pairs += [(n, int(rng.integers(vocab))) for n in nodes]
-    pn, pt = np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
-    expected = [trie.step(int(a), int(b)) for a, b in pairs]
-    assert trie.step_many(pn, pt).tolist() == expected
-    stepped = trie.step_many(torch.from_numpy(pn), torch.from_numpy(pt))
-    assert isinstance(stepped, torch.Tensor) and stepped.tolist() == expected
     with pytest.raises(ValueError, match="vocabulary"):
         trie.allowed_mask(nodes, trie.max_token)
 

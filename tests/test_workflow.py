@@ -21,6 +21,7 @@ import yaml
 from gemel.config import ConfigError, apply_override, load_params
 from gemel.summary import SummaryError, dataset_table, summary_table
 from gemel.workflow import (ablation_runs, check_ablation, dataset_runs, effective, format_value, run_settings,
+                            seed_runs,
                             set_args)
 from stages import summarize
 
@@ -352,3 +353,33 @@ def test_set_reads_numbers_as_a_user_types_them(raw, value):
     p: dict = {"x": {}}
     apply_override(p, f"x.y={raw}")
     assert p["x"]["y"] == value and type(p["x"]["y"]) is type(value)
+
+
+def test_seeds_summary_gives_mean_and_std_and_reuses_the_default_run(tmp_path):
+    """seeds [0, 1, 2]: seed 0 is train.seed, so the default run's folder; the others their own."""
+    params = load_params(ROOT / "params.yaml", [f"train.out={tmp_path}/results"])
+    runs = seed_runs(params)
+    llm = params["model"]["llm"]
+    assert [(r.name, r.out, r.overrides) for r in runs] == [
+        ("0", f"{tmp_path}/results", ()), ("1", f"{tmp_path}/results/seeds/1", (("train.seed", 1),)),
+        ("2", f"{tmp_path}/results/seeds/2", (("train.seed", 2),))]
+    accuracy = [0.8, 0.9, 0.7]
+    for run, acc in zip(runs, accuracy):
+        fake_metrics(Path(run.metrics), acc, baselines=(0.2, 0.4))
+    argv = ["--params", str(ROOT / "params.yaml"), "--set", f"train.out={tmp_path}/results",
+            "--set", "summarize.kind=seeds"]
+    assert summarize.main(argv) == 0
+    table = pd.read_csv(tmp_path / "results" / "seeds" / "summary.csv").set_index("seed")
+    assert list(table.index) == ["0", "1", "2", "mean", "std"]
+    assert table.at["mean", "accuracy"] == pytest.approx(0.8)
+    assert table.at["std", "accuracy"] == pytest.approx(0.1)  # sample std of 0.7, 0.8, 0.9
+    assert table.at["std", "alias_prior"] == pytest.approx(0.0, abs=1e-12) and table.at["mean", "copy_mention"] == pytest.approx(0.2)
+    assert (tmp_path / "results" / "seeds" / "accuracy_by_seed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(table["llm"]) == {llm}
+
+
+def test_seeds_target_trains_each_seed_once(wd):
+    jobs = plan(wd, "seeds")
+    trains = sorted(j.cmd for j in jobs if j.rule == "train")
+    assert len(trains) == 3
+    assert sum("--set train.seed=" in c for c in trains) == 2  # seed 0 is the default run itself

@@ -7,8 +7,8 @@ import sys
 from gemel import paths
 from gemel.config import ConfigError, load_params
 from gemel.workflow import (ablation_runs, check_llms, dataset_inputs, dataset_runs, dataset_settings, default_run,
-                            demos_dir, effective, run_overrides, run_settings, scale_runs, set_args, summary_files,
-                            tracked)
+                            demos_dir, effective, run_overrides, run_settings, scale_runs, seed_runs, set_args,
+                            summary_files, tracked)
 
 
 # The stage CLIs read this file, as under DVC (load_params validates it against the one schema);
@@ -25,6 +25,7 @@ PARAMS["scales"] = config["scales"]
 DEFAULT = default_run(PARAMS)
 SCALES = scale_runs(PARAMS)
 ABLATIONS = ablation_runs(PARAMS)  # also checks what each ablation changes
+SEEDS = seed_runs(PARAMS)
 RESULTS = PARAMS["train"]["out"]
 LOGS = f"{RESULTS}/logs"
 PREPARED = PARAMS["prepare"]["out"]
@@ -48,7 +49,7 @@ ENV = "../envs/gemel.yaml"
 
 
 wildcard_constraints:
-    run=_alternatives([RESULTS, *(r.out for r in ABLATIONS)]),
+    run=_alternatives([RESULTS, *(r.out for r in ABLATIONS), *(r.out for r in SEEDS)]),
     llm=_alternatives(PARAMS["llms"]),
     method=_alternatives(m for m in METHODS if m != PARAMS["retrieve"]["method"]),
 

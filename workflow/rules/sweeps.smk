@@ -1,5 +1,5 @@
-# The sweeps: every LLM of `scales` (eval_all_scales) and every entry of `ablations`, each through
-# the rules of model.smk, and every preset of `datasets` whose files are here (datasets), each as
+# The sweeps: every LLM of `scales` (eval_all_scales), every entry of `ablations` and every seed
+# of `seeds` (the default run's mean and std), each through the rules of model.smk, and every preset of `datasets` whose files are here (datasets), each as
 # one job; then one summary table and plot per sweep (stages/summarize.py).
 
 # The presets whose files are here; the others are named once, with the missing file.
@@ -97,6 +97,24 @@ rule summarize_datasets:
         "{params.cmd} > {log} 2>&1"
 
 
+rule summarize_seeds:
+    input:
+        metrics=[r.metrics for r in SEEDS],
+        reports=[r.report for r in SEEDS],
+        code=["gemel/summary.py", "gemel/report.py", "gemel/workflow.py", "stages/summarize.py"],
+    output:
+        **summary_files(PARAMS, "seeds"),
+    params:
+        cmd=cli("summarize", {"summarize.kind": "seeds"}),
+        tracked=tracked(PARAMS, ["seeds", "summarize"]),
+    log:
+        f"{LOGS}/summarize_seeds.log",
+    conda:
+        ENV
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
 rule eval_all_scales:
     input:
         rules.summarize_scales.output,
@@ -110,3 +128,8 @@ rule ablations:
 rule datasets:
     input:
         rules.summarize_datasets.output,
+
+
+rule seeds:
+    input:
+        rules.summarize_seeds.output,
