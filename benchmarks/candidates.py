@@ -68,7 +68,8 @@ def main() -> None:
     hits = index.search(queries, args.k)
     search = time.perf_counter() - t0
     print(f"search: {len(queries):,} mentions, {args.k} names each, {search:.1f} s "
-          f"({len(queries) / search:,.0f} mentions/s); {np.mean([len(h) for h in hits]):.1f} names per mention", flush=True)
+          f"({len(queries) / search:,.0f} mentions/s); {np.mean([len(h) for h in hits]):.1f} names per mention",
+          flush=True)
 
     if not RICHPEDIA.is_dir():
         print(f"RichpediaMEL not found at {RICHPEDIA}: skipping the stage timing", file=sys.stderr)
@@ -76,7 +77,8 @@ def main() -> None:
     from gemel.config import PrepareParams
     from gemel.data.prepare import prepare
 
-    prepared = prepare(PrepareParams(format="melbench", dataset="richpedia", input=str(RICHPEDIA), invalid_records="skip"))
+    prepared = prepare(PrepareParams(format="melbench", dataset="richpedia", input=str(RICHPEDIA),
+                                     invalid_records="skip"))
     t0 = time.perf_counter()
     table, report = generate(prepared.mentions, prepared.kb, top=64, pool_size=100, fit_limit=5000)
     took = time.perf_counter() - t0

@@ -41,7 +41,8 @@ def main() -> None:
     trie, model = w.trie.trie, w.model
 
     def forward(batch) -> None:  # one plain forward over the prompt, the LM head on its last token
-        model.logits(model.forward_hidden(batch, use_cache=False).last_hidden_state[:, -1]).cpu()  # .cpu() waits for a GPU
+        hidden = model.forward_hidden(batch, use_cache=False).last_hidden_state[:, -1]
+        model.logits(hidden).cpu()  # .cpu() waits for a GPU
 
     with torch.inference_mode():
         forward(collate(examples[:1], w.features, w.pad_id))  # warm-up

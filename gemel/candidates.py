@@ -21,8 +21,8 @@ import math
 import re
 from array import array
 from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -319,7 +319,8 @@ def choose_weight(llm: Sequence[np.ndarray], priors: Sequence[np.ndarray], cand_
     leaves the LLM the larger say. Returns it and the accuracy of every weight."""
     acc: dict[str, float] = {}
     for w in grid:
-        hits = [len(n) > 0 and n[int(np.argmax(fuse(s, p, w)))] == g for s, p, n, g in zip(llm, priors, cand_names, gold)]
+        hits = [len(n) > 0 and n[int(np.argmax(fuse(s, p, w)))] == g
+                for s, p, n, g in zip(llm, priors, cand_names, gold)]
         acc[str(w)] = round(float(np.mean(hits)), 4) if hits else 0.0
     best = max(grid, key=lambda w: (acc[str(w)], -w))
     return float(best), acc

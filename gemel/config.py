@@ -200,7 +200,8 @@ class DecodeParams:
     length_penalty: float = 1.0
     batch_size: int = 8
     split: Literal["train", "dev", "test"] = "test"
-    candidates: Literal["none", "constrained"] = "none"  # none: the paper's beam search over every KB name | constrained: the candidates stage's
+    # none: the paper's beam search over every KB name | constrained: the candidates stage's
+    candidates: Literal["none", "constrained"] = "none"
     num_candidates: int = 16  # constrained: the first N of each mention's candidates (<= candidates.top_k)
     fusion_weight: float | str = "auto"  # score = LLM + w * log prior; auto: the best of fusion_grid on dev
     fusion_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)

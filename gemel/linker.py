@@ -13,9 +13,10 @@ run's training pool (gemel.retrieval), its candidates from the same generator an
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -110,7 +111,8 @@ class Linker:
         linker.model.load_mapper(paths["mapper"])
         enc = record["image_encoder"]
         settings = ("encoder", "open_clip_model", "open_clip_pretrained", "open_clip_output")
-        encoder = build_image_encoder(FeaturesParams(**{k: enc[k] for k in settings if k in enc})) if m.use_image else None
+        encoder = (build_image_encoder(FeaturesParams(**{k: enc[k] for k in settings if k in enc}))
+                   if m.use_image else None)
         text_encoder = None
         if pool is not None and pool.method == "simcse":
             text_encoder = load_text_encoder(record["retrieval"]["encoder"], params["text_encoders"])
@@ -285,7 +287,8 @@ class Linker:
         c = self.candidates.loc[ids]
         weight, acc = choose_weight(llm, [np.asarray(x) for x in c["cand_scores"]], list(c["cand_names"]),
                                     list(dev["entity_name"]), p.fusion_grid)
-        return weight, {"fusion_weight": weight, "chosen_on": f"dev ({len(dev)} mentions)", "dev_accuracy_by_weight": acc}
+        return weight, {"fusion_weight": weight, "chosen_on": f"dev ({len(dev)} mentions)",
+                        "dev_accuracy_by_weight": acc}
 
     def predictions(self, mentions: pd.DataFrame, ranked: Sequence[Ranked]) -> pd.DataFrame:
         """The decode stage's table: gold, prediction, and the ranked entities of every mention."""

@@ -169,7 +169,8 @@ def check_run(record: dict[str, Any], run_dir: str | Path) -> list[str]:
     else:
         if (now["weights"], now["weights_sha256"]) != (enc["weights"], enc["weights_sha256"]):
             diffs.append(f"image encoder {enc['encoder']}: weights {now['weights']} sha256 "
-                         f"{_short(now['weights_sha256'])} now, {enc['weights']} sha256 {_short(enc['weights_sha256'])} "
+                         f"{_short(now['weights_sha256'])} now, {enc['weights']} sha256 "
+                         f"{_short(enc['weights_sha256'])} "
                          "when the run was trained")
     paths = resolve(record, run_dir)
     table = features_encoder(paths["features"]) if paths["features"].is_file() else None

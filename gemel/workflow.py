@@ -174,7 +174,8 @@ def seed_runs(params: dict[str, Any]) -> list[Run]:
     default run's folder, so its work is not done twice."""
     llm = params["model"]["llm"]
     return [Run(name=str(seed), llm=llm, out=params["train"]["out"]) if seed == params["train"]["seed"] else
-            Run(name=str(seed), llm=llm, out=f"{params['train']['out']}/seeds/{seed}", overrides=(("train.seed", seed),))
+            Run(name=str(seed), llm=llm, out=f"{params['train']['out']}/seeds/{seed}",
+                overrides=(("train.seed", seed),))
             for seed in params.get("seeds") or [params["train"]["seed"]]]
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import sys
 
+from gemel import stack
 from gemel.candidates import CANDIDATES, generate_for
 from gemel.config import CandidatesParams, section
 from gemel.data.tables import write_parquet_atomic, write_text_atomic
 from gemel.paths import Artifacts
-from gemel import stack
 from stages import _cli
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import json
 import sys
 
+from gemel import stack
 from gemel.config import DecodeParams, ModelParams, section
 from gemel.data.tables import write_parquet_atomic, write_text_atomic
 from gemel.linker import PREDICTIONS_SCHEMA, pipeline_linker
 from gemel.paths import DECODE_REPORT, PREDICTIONS, Artifacts
-from gemel import stack
 from stages import _cli
 
 

@@ -10,8 +10,19 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gemel.candidates import (FEATURES, AliasTable, CandidateError, Generator, NameIndex, Pool, Ranker, choose_weight,
-                              fuse, generate, recall_at, words)
+from gemel.candidates import (
+    FEATURES,
+    AliasTable,
+    CandidateError,
+    NameIndex,
+    Pool,
+    Ranker,
+    choose_weight,
+    fuse,
+    generate,
+    recall_at,
+    words,
+)
 
 VOCAB = ["john", "smith", "paris", "hilton", "river", "jordan", "michael", "apple", "inc", "pie", "queen", "mary",
          "victoria", "lake", "st", "louis", "new", "york", "city", "times"]

@@ -3,7 +3,7 @@ missing-image policy, the one bad record, and the seeded dev split carved from t
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ def params(path: Path, **kw) -> PrepareParams:
     return PrepareParams(format="melbench", dataset="richpedia", input=str(path), **kw)
 
 
-@lru_cache(maxsize=None)
+@cache
 def prepared(path: Path, seed: int = 0, dev_fraction: float = 0.1) -> Prepared:
     return prepare(params(path, seed=seed, dev_fraction=dev_fraction), root=Path("/"))
 

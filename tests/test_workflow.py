@@ -20,9 +20,16 @@ import yaml
 
 from gemel.config import ConfigError, apply_override, load_params
 from gemel.summary import SummaryError, dataset_table, summary_table
-from gemel.workflow import (ablation_runs, check_ablation, dataset_runs, effective, format_value, run_settings,
-                            seed_runs,
-                            set_args)
+from gemel.workflow import (
+    ablation_runs,
+    check_ablation,
+    dataset_runs,
+    effective,
+    format_value,
+    run_settings,
+    seed_runs,
+    set_args,
+)
 from stages import summarize
 
 ROOT = Path(__file__).resolve().parent.parent
