@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from gemel import stack
 from gemel.config import FeaturesParams, section
 from gemel.data.tables import InputFileError, read_mentions, write_text_atomic
 from gemel.encoders import build_image_encoder
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     # fully written, and a run killed in between finds a checkpoint that the table already holds.
     write_features(table, table_path)
     checkpoint.clear()
-    text = json.dumps(report, indent=2)
+    text = json.dumps({**report, "stack": stack.record(encoder.device)}, indent=2)
     write_text_atomic(text + "\n", out / "report.json")
     print(text)
     return 0

@@ -46,12 +46,13 @@ class InputFileError(GemelError, ValueError):
 
 def write_parquet_atomic(df: pd.DataFrame | pa.Table, path: str | Path, schema: pa.Schema | None = None) -> None:
     """Write `df` (cast to `schema` when given) so that a killed run never leaves a half-written
-    table that looks complete."""
+    table that looks complete. Every page carries a CRC (read_arrow checks it): without one, bytes
+    damaged inside a page can read back as other values, silently."""
     table = df if isinstance(df, pa.Table) else pa.Table.from_pandas(df, schema=schema, preserve_index=False)
     if schema is not None:
         table = table.select(schema.names).cast(schema)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, write_page_checksum=True)
 
 
 def read_arrow(path: str | Path, made_by: str, schema: pa.Schema | None = None,
@@ -71,7 +72,8 @@ def read_arrow(path: str | Path, made_by: str, schema: pa.Schema | None = None,
         if absent:
             raise InputFileError(f"{path}: not the table expected, no column(s) {', '.join(absent)} "
                                  f"({rerun}: rerun it)")
-        return pq.read_table(path, schema=schema, columns=list(columns) if columns is not None else None)
+        return pq.read_table(path, schema=schema, columns=list(columns) if columns is not None else None,
+                             page_checksum_verification=True)  # pages written without a CRC are read as they are
     except (pa.ArrowException, OSError) as e:  # ArrowInvalid: truncated or not Parquet; OSError: corrupt pages
         why = " ".join(str(e).split())  # one line
         raise InputFileError(f"{path}: unreadable Parquet file, truncated or corrupt: {why} "
