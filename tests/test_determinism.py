@@ -1,0 +1,97 @@
+"""Determinism on one machine: the same params give byte-identical outputs, from `sample` to
+`evaluate`. A small pipeline runs twice, every stage as `python -m stages.<name>`, each copy in its
+own folder with relative paths (as two clones of the project would), and every file the two
+copies wrote is compared byte for byte. The only exception: reports may record wall times, and
+those keys alone are left out of their comparison."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("sample", "prepare", "features", "retrieve", "candidates", "trie", "train", "decode", "evaluate")
+# 12 train mentions (3 optimizer steps of 4), 4 dev, 6 test decoded with 3 beams; two demonstrations
+# per prompt, so the retrieved demonstrations reach the predictions.
+SETTINGS = ["sample.train_per_entity=1", "sample.dev_per_entity=1", "sample.test_per_entity=1", "sample.image_size=32",
+            "prepare.limit.train=12", "prepare.limit.dev=4", "prepare.limit.test=6",
+            "retrieve.top_k=4", "candidates.top_k=8", "model.num_demos=2",
+            "train.epochs=1", "train.batch_size=4", "train.dev_limit=2", "train.eval_every=1000",
+            "decode.num_beams=3", "decode.batch_size=3"]
+# Wall-clock measurements: the only values that may differ, and only in these reports.
+TIMINGS = {"seconds", "mentions_per_s", "examples_per_s", "train_s", "load_s", "build_seconds", "encoded_per_s"}
+REPORTS = {"train_report.json", "decode_report.json", "report.json"}
+# Known to differ until gemel/model.py's fix lands; remove both then (the test passes either way
+# once nothing differs, and fails on anything else that does).
+KNOWN = {"results/smollm2-135m/mapper.safetensors", "results/smollm2-135m/run.json"}
+KNOWN_WHY = ("safetensors writes the header's __metadata__ map in a per-process random order, so the mapper's bytes "
+             "and the sha256 that run.json records differ while its tensors are equal; Gemel.save_mapper should store "
+             "one key holding json.dumps(metadata, sort_keys=True)")
+
+
+def overrides() -> list[str]:
+    """Every folder relative to the copy's own root (the stage runs there), as in a clone."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    folders = ["sample.out=sample", "datasets.sample.input=sample", "datasets.sample.kb=sample/kb.json",
+               "datasets.sample.images=sample/images", "prepare.out=prepared", "features.out=features",
+               "retrieve.out=demos", "candidates.out=candidates", "train.out=results"]
+    if "trie" in params:
+        folders.append("trie.out=tries")
+    return ["dataset=sample", *folders, *SETTINGS]
+
+
+def run_both(stage: str, copies: list[Path]) -> None:
+    """One stage in both copies at once (a process each: both cores, half the wait)."""
+    argv = [sys.executable, "-m", f"stages.{stage}", "--params", str(ROOT / "params.yaml"),
+            *(a for s in overrides() for a in ("--set", s))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen(argv, cwd=c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for c in copies]
+    for copy, proc in zip(copies, procs):
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, f"{stage} failed in {copy}:\n{err[-3000:]}"
+
+
+def files(root: Path) -> dict[str, Path]:
+    return {str(p.relative_to(root)): p for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def without_timings(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items() if k not in TIMINGS}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
+def test_two_runs_give_identical_outputs(tmp_path: Path) -> None:
+    copies = [tmp_path / "a", tmp_path / "b"]
+    for c in copies:
+        c.mkdir()
+    for stage in STAGES:
+        run_both(stage, copies)
+
+    a, b = files(copies[0]), files(copies[1])
+    assert a.keys() == b.keys()
+    for name in ("prepared/mentions.parquet", "features/images.parquet", "demos/demos.parquet",
+                 "candidates/candidates.parquet", "results/smollm2-135m/mapper.safetensors",
+                 "results/smollm2-135m/predictions.parquet", "results/smollm2-135m/metrics.json"):
+        assert name in a, f"{name} not written (outputs: {sorted(a)})"
+    assert not [n for n in a if Path(n).name.startswith(".")], "temporary files left behind"
+    differ = []
+    for name in a:
+        x, y = a[name].read_bytes(), b[name].read_bytes()
+        if Path(name).name in REPORTS:
+            x, y = (without_timings(json.loads(v)) for v in (x, y))
+        if x != y:
+            differ.append(name)
+    unexplained = sorted(set(differ) - KNOWN)
+    assert not unexplained, f"outputs that differ between two identical runs: {unexplained}"
+    if differ:
+        pytest.xfail(f"known, not yet fixed: {differ} ({KNOWN_WHY})")
