@@ -261,11 +261,6 @@ class Features:
         no image (prompt.NO_IMAGE), as for one that was dropped or never given."""
         return {p: r for p, r in self.index.items() if self.ok[r]}
 
-    def __iter__(self) -> Iterator:
-        # Transitional: the old return value `((index, matrix), dim)` for gemel.linker until it
-        # reads the fields. Remove with that call site.
-        return iter(((self.index, self.matrix), self.dim))
-
 
 def load_features(path: str | Path) -> Features:
     """The features table at `path` as a matrix, its row index and its ok mask."""
