@@ -256,11 +256,6 @@ class Features:
     def dim(self) -> int:
         return int(self.matrix.shape[1])
 
-    def usable(self) -> dict[str, int]:
-        """image path -> row, for the images that were encoded: a missing or unreadable image is
-        no image (prompt.NO_IMAGE), as for one that was dropped or never given."""
-        return {p: r for p, r in self.index.items() if self.ok[r]}
-
 
 def load_features(path: str | Path) -> Features:
     """The features table at `path` as a matrix, its row index and its ok mask."""

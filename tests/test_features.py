@@ -116,7 +116,6 @@ def test_load_features_keeps_the_ok_mask(effnet: ImageEncoder, images: list[str]
     np.testing.assert_array_equal(f.matrix[f.index[images[1]]], vectors(table)[images[1]])
     # The missing image has a row (a zero vector) but is flagged: it is no image to the prompts.
     assert f.ok.tolist() == [True, True, True, False] and not f.matrix[f.index[gone]].any()
-    assert f.usable() == {p: i for i, p in enumerate(images)}
 
 
 def test_checkpoint_resumes_whole_batches(tmp_path: Path) -> None:
