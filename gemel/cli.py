@@ -67,17 +67,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def load(run: str):
     """The run's linker, or Stop with what is wrong (import errors of the pipeline's own kinds)."""
-    from gemel.candidates import CandidateError
-    from gemel.encoders import EncoderError
+    from gemel.errors import GemelError
     from gemel.linker import Linker
-    from gemel.llm import LLMError
-    from gemel.retrieval import RetrievalError
-    from gemel.run import RunError
 
     t0 = time.perf_counter()
     try:
         linker = Linker.from_run(run)
-    except (RunError, LLMError, EncoderError, RetrievalError, CandidateError, FileNotFoundError, ValueError) as e:
+    except GemelError as e:
         raise Stop(str(e)) from None
     for note in linker.notes:
         print(f"{PROG}: note: {note}", file=sys.stderr)

@@ -457,7 +457,9 @@ def load_candidates(path: str | Path, k: int, top_k: int) -> pd.DataFrame:
     if k > top_k:
         raise CandidateError(f"{k} candidates per mention asked for, but candidates.top_k = {top_k}: "
                              "the candidates stage keeps only top_k per mention")
-    table = pd.read_parquet(path)
+    from gemel.data.tables import read_table
+
+    table = read_table(path, "candidates")
     return pd.DataFrame(first(table.to_dict("records"), k), columns=table.columns)
 
 

@@ -210,11 +210,11 @@ def evaluate_run(a: Artifacts, hits_at: Sequence[int]) -> dict[str, Any]:
     candidates table, when present, feeds the breakdown). No timings: equal inputs, equal bytes."""
     import json
 
-    from gemel.data.tables import read_kb, read_mentions
+    from gemel.data.tables import read_kb, read_mentions, read_table
 
     pred = read_predictions(a.in_run(PREDICTIONS))
     kb, mentions = read_kb(a.kb), read_mentions(a.mentions)
-    cands = pd.read_parquet(a.candidates, columns=["id", "cand_ids"]) if a.candidates.is_file() else None
+    cands = read_table(a.candidates, "candidates", columns=["id", "cand_ids"]) if a.candidates.is_file() else None
     metrics = compute_metrics(pred, set(kb["name"].dropna()), hits_at)
     report = a.in_run(DECODE_REPORT)
     if report.is_file():  # what decoding chose: the mode and, candidate-aware, the fusion weight

@@ -1,15 +1,17 @@
 """GEMEL: a frozen causal LM plus one trained linear map from an image vector to k token embeddings."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
+from gemel.atomic import atomic_path
 from gemel.prompt import IMAGE, Batch
 
 
@@ -120,16 +122,14 @@ class Gemel(nn.Module):
 
     # ------------------------------------------------------------------ mapper checkpoints
     def save_mapper(self, path: str | Path, metadata: dict[str, str]) -> None:
-        """Write the mapper's weights (safetensors) beside a temporary name, then rename: a killed
-        run never leaves a half-written mapper that looks trained."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """Write the mapper's weights (safetensors) atomically, with the usual file mode. The
+        metadata goes in as one sorted JSON string: safetensors writes a metadata map's keys in a
+        random order per process, and equal weights must give equal bytes."""
         state = {k: v.detach().cpu().contiguous() for k, v in self.mapper.state_dict().items()}
-        tmp = path.with_name(f".{path.name}.tmp")
-        save_file(state, str(tmp), metadata={**metadata, "prefix_tokens": str(self.k),
-                                             "image_dim": str(self.mapper.linear.in_features),
-                                             "embed_dim": str(self.embed_dim)})
-        tmp.replace(path)
+        meta = {**metadata, "prefix_tokens": str(self.k), "image_dim": str(self.mapper.linear.in_features),
+                "embed_dim": str(self.embed_dim)}
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(save(state, metadata={"gemel": json.dumps(meta, sort_keys=True)}))
 
     def load_mapper(self, path: str | Path) -> None:
         state = load_file(str(path), device=str(self.device))

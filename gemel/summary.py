@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from gemel.atomic import atomic_path
 from gemel.errors import GemelError
 from gemel.workflow import Run, format_value
 
@@ -184,15 +184,8 @@ def plot(table: pd.DataFrame, kind: str, metric: str, path: str | Path) -> None:
 
 
 def _save_atomic(fig: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # keeps the .png suffix: matplotlib picks the format from it
         fig.savefig(tmp, dpi=120)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def summary_html(kind: str, table: pd.DataFrame, plot_png: str | Path, runs: list[Run], path: str | Path) -> str:

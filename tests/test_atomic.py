@@ -89,9 +89,6 @@ def test_parent_folders_are_made(tmp_path: Path) -> None:
     assert (tmp_path / "a" / "b" / "c.txt").read_text() == "x"
 
 
-@pytest.mark.xfail(strict=True, reason="gemel/model.py Gemel.save_mapper writes with safetensors' save_file, which "
-                                       "creates the file 0600: write safetensors.torch.save(...) bytes through "
-                                       "gemel.atomic.atomic_path instead")
 def test_the_mapper_gets_the_usual_mode(tmp_path: Path) -> None:
     from types import SimpleNamespace
 

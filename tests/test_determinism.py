@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,12 +26,6 @@ SETTINGS = ["sample.train_per_entity=1", "sample.dev_per_entity=1", "sample.test
 # Wall-clock measurements: the only values that may differ, and only in these reports.
 TIMINGS = {"seconds", "mentions_per_s", "examples_per_s", "train_s", "load_s", "build_seconds", "encoded_per_s"}
 REPORTS = {"train_report.json", "decode_report.json", "report.json"}
-# Known to differ until gemel/model.py's fix lands; remove both then (the test passes either way
-# once nothing differs, and fails on anything else that does).
-KNOWN = {"results/smollm2-135m/mapper.safetensors", "results/smollm2-135m/run.json"}
-KNOWN_WHY = ("safetensors writes the header's __metadata__ map in a per-process random order, so the mapper's bytes "
-             "and the sha256 that run.json records differ while its tensors are equal; Gemel.save_mapper should store "
-             "one key holding json.dumps(metadata, sort_keys=True)")
 
 
 def overrides() -> list[str]:
@@ -91,7 +84,4 @@ def test_two_runs_give_identical_outputs(tmp_path: Path) -> None:
             x, y = (without_timings(json.loads(v)) for v in (x, y))
         if x != y:
             differ.append(name)
-    unexplained = sorted(set(differ) - KNOWN)
-    assert not unexplained, f"outputs that differ between two identical runs: {unexplained}"
-    if differ:
-        pytest.xfail(f"known, not yet fixed: {differ} ({KNOWN_WHY})")
+    assert not differ, f"outputs that differ between two identical runs: {sorted(differ)}"

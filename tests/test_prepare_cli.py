@@ -129,9 +129,7 @@ def test_subset_run_is_byte_identical_and_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("damage, named, says", [
-    pytest.param("empty_kb", "kb.json", "the KB has no entities", marks=pytest.mark.xfail(
-        strict=True, reason="gemel/data/importers.py import_gemel_jsonl replaces an empty KB file by the names of "
-                            "the data (`if not kb:`); it should do so only without a KB file (`if src.kb is None:`)")),
+    ("empty_kb", "kb.json", "the KB has no entities"),
     ("blank_name", "kb.json", "field 'name'"),
     ("empty_test", "test.json", "split 'test' has no mentions"),
     ("empty_train", "train.json", "split 'train' has no mentions"),

@@ -223,7 +223,7 @@ def import_gemel_jsonl(src: Source, problems: Problems) -> Imported:
             nil = is_nil(obj.get("golden", target)) or is_nil(target)
             eid = None if nil else resolve_entity(obj.get("golden"), target, kb_ids, kb_by_name)
             rows.append(row(rid, rid, split, text, mention, image, eid, None if nil else target))
-    if not kb:  # no KB file: the entity names the data mentions
+    if src.kb is None:  # no KB file: the entity names the data mentions
         names = sorted({r["entity_name"] for r in rows if r["entity_name"]})
         kb = [{"entity_id": n, "name": n, "description": None} for n in names]
         for r in rows:

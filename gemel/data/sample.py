@@ -248,6 +248,9 @@ def generate_sample(out: str | Path, seed: int, train_per_entity: int, dev_per_e
         raise FileExistsError(f"{out}: exists and is not a generated sample (no kb.json); refusing to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700: the sample is as readable as any folder made here
     try:
         (tmp / "images").mkdir()
         counts = {split: write_split(tmp, split, i, n, seed, image_size)
