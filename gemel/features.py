@@ -335,3 +335,43 @@ class Checkpoint:
             file.unlink()
         if self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()
+
+
+CHECKPOINT_DIR = "images.partial"  # beside images.parquet; not a DVC output: only a killed run leaves it
+
+
+def previous_table(path: Path) -> pd.DataFrame | None:
+    """The last run's table, the cache; one that cannot be read is only a lost cache: recompute."""
+    import sys
+
+    if not path.is_file():
+        return None
+    try:
+        return read_features(path)
+    except InputFileError as e:
+        print(f"features: warning: ignoring the previous table, everything is recomputed: {e}", file=sys.stderr)
+        return None
+
+
+def update_features(mentions: pd.DataFrame, table_path: Path, encoder: ImageEncoder, batch_size: int,
+                    missing_image: str) -> dict:
+    """The features stage: encode what the previous table (same encoder) and an unfinished run's
+    checkpoint do not hold, write the table, then drop the checkpoint; returns the report. The
+    table is written before the checkpoint goes, so a run killed in between finds a checkpoint
+    that the table already holds, and a report (written after this) only describes a complete
+    table."""
+    import sys
+
+    cache = previous_table(table_path)
+    checkpoint = Checkpoint(table_path.parent / CHECKPOINT_DIR, encoder.name, encoder.dim)
+    resume = checkpoint.read()
+    if resume is not None:
+        print(f"features: resuming an unfinished run: {len(resume)} vectors in {checkpoint.folder}", file=sys.stderr)
+    try:
+        table, report = encode_mentions(mentions, encoder, batch_size, missing_image, cache, resume,
+                                        on_batch=checkpoint.append)
+    finally:
+        checkpoint.close()
+    write_features(table, table_path)
+    checkpoint.clear()
+    return report

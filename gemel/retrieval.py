@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
+from gemel.config import RetrieveParams
 from gemel.errors import GemelError
 
 # demos.parquet: one row per mention of every split, aligned with mentions.parquet by id.
@@ -398,3 +399,21 @@ def read_pool(path: str | Path) -> DemoPool:
         vectors = flat.reshape(len(column), -1)
     return DemoPool(table.column("id").to_pylist(), table.column("text").to_pylist(), vectors,
                     meta["method"], meta["query"], meta["encoder"], int(meta["seed"]))
+
+
+def retrieve_stage(mentions: pd.DataFrame, p: RetrieveParams,
+                   text_encoders: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, DemoPool, dict[str, Any]]:
+    """The retrieve stage: every mention's demonstrations, the pool new inputs retrieve from, and
+    a report. Only simcse loads the sentence encoder: random and bm25 runs never need it."""
+    encoder = load_text_encoder(p.encoder, text_encoders) if p.method == "simcse" else None
+    t0 = time.perf_counter()
+    demos, stats = retrieve(mentions, p.method, p.top_k, query=p.query, encoder=encoder,
+                            batch_size=p.batch_size, seed=p.seed)
+    name = p.encoder if encoder is not None else None
+    pool = DemoPool.of(mentions, p.method, p.query, name, p.seed, stats.pool_vectors)
+    report: dict[str, Any] = {"method": p.method, "encoder": name, "query": p.query, "queries": stats.queries,
+                              "pool": stats.pool, "top_k": p.top_k, "seconds": round(time.perf_counter() - t0, 2)}
+    if stats.encoded is not None:
+        report["texts_encoded"] = stats.encoded  # distinct query texts
+        report["encoded_per_s"] = round(stats.encoded / max(stats.encode_seconds or 0.0, 1e-9), 1)
+    return demos, pool, report

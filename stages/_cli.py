@@ -21,14 +21,13 @@ def parse(description: str | None, argv: list[str] | None = None) -> dict[str, A
     return load_params(args.params, args.overrides)
 
 
-def run(stage: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None,
-        errors: tuple[type[BaseException], ...] = ()) -> int:
-    """Run a stage's main; a GemelError prints `<stage>: error: <message>` on one line and exits 2.
-    `errors`: more exception types treated alike (being phased out: expected failures are
-    GemelErrors, and catching a builtin such as ValueError hides bugs)."""
+def run(stage: str, main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
+    """Run a stage's main; a GemelError (an expected failure: bad input, a missing file, a bad
+    setting) prints `<stage>: error: <message>` on one line and exits 2. Anything else keeps its
+    traceback: catching a builtin such as ValueError would hide real bugs."""
     try:
         return main(argv)
-    except (GemelError, *errors) as e:
+    except GemelError as e:
         message = " ".join(str(e).split()) or type(e).__name__  # one line, whatever the message holds
         print(f"{stage}: error: {message}", file=sys.stderr)
         return 2

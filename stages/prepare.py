@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 from gemel.config import prepare_params, preset_source
-from gemel.data.importers import DataError
 from gemel.data.prepare import prepare
 from gemel.data.tables import KB, MENTIONS, write_parquet_atomic, write_text_atomic
 from stages import _cli
@@ -27,4 +26,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(_cli.run("prepare", main, errors=(DataError,)))
+    sys.exit(_cli.run("prepare", main))

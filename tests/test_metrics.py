@@ -90,7 +90,7 @@ def _write_inputs(tmp_path: Path, pred: pd.DataFrame) -> list[str]:
 
 
 def run_cli(argv: list[str]) -> int:
-    return _cli.run("evaluate", evaluate_stage.main, argv, errors=(MetricsError,))
+    return _cli.run("evaluate", evaluate_stage.main, argv)
 
 
 def test_cli_end_to_end(tmp_path, capsys):
