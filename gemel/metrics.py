@@ -165,13 +165,11 @@ BUCKETS = {
 }
 
 
-def breakdown(pred: pd.DataFrame, mentions: pd.DataFrame, rule: Sequence[str],
-              candidates: pd.DataFrame | None = None) -> dict[str, dict[str, dict[str, Any]]]:
-    """Accuracy of the model and of the alias rule per bucket of each factor (evaluated mentions
-    only). `gold_in_candidates` needs the candidates table and is left out without it."""
-    ev = pred.loc[~pred["is_nil"].astype(bool)].reset_index(drop=True)
-    correct = (ev["pred_name"] == ev["gold_name"]).to_numpy()
-    rule_ok = np.asarray(rule, dtype=object) == ev["gold_name"].to_numpy()
+def bucket_flags(ev: pd.DataFrame, mentions: pd.DataFrame,
+                 candidates: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
+    """Per evaluated mention (rows of `ev`), True for the first label of each factor of BUCKETS
+    (seen, equal, inside, with): what `breakdown` counts and the run report filters by.
+    `gold_in_candidates` needs the candidates table (columns id, cand_ids) and is absent without it."""
     seen_ids = set(mentions.loc[(mentions["split"] == "train") & ~mentions["is_nil"], "entity_id"])
     flags = {
         "gold_seen_in_training": ev["gold_id"].isin(seen_ids).to_numpy(),
@@ -183,6 +181,17 @@ def breakdown(pred: pd.DataFrame, mentions: pd.DataFrame, rule: Sequence[str],
         cands = candidates.set_index("id")["cand_ids"]
         flags["gold_in_candidates"] = np.array([g in set(cands.get(i, [])) for i, g in zip(ev["id"], ev["gold_id"])],
                                                dtype=bool)
+    return {f: flags[f] for f in BUCKETS if f in flags}
+
+
+def breakdown(pred: pd.DataFrame, mentions: pd.DataFrame, rule: Sequence[str],
+              candidates: pd.DataFrame | None = None) -> dict[str, dict[str, dict[str, Any]]]:
+    """Accuracy of the model and of the alias rule per bucket of each factor (evaluated mentions
+    only). `gold_in_candidates` needs the candidates table and is left out without it."""
+    ev = pred.loc[~pred["is_nil"].astype(bool)].reset_index(drop=True)
+    correct = (ev["pred_name"] == ev["gold_name"]).to_numpy()
+    rule_ok = np.asarray(rule, dtype=object) == ev["gold_name"].to_numpy()
+    flags = bucket_flags(ev, mentions, candidates)
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for factor in BUCKETS:
         if factor not in flags:

@@ -14,9 +14,9 @@ screen skip layout (`content-visibility: auto`), and the script shows PAGE_ROWS 
 Without JavaScript every row is shown.
 
 Row order (`order_rows`): wrong before right; within each group, the order of predictions.parquet
-(the split's published order). A row's buckets are those of gemel.metrics.BUCKETS, and
-`bucket_flags` computes them as gemel.metrics.breakdown does: `collect` checks that the per-bucket
-counts equal metrics.json's, so the page and the metrics cannot disagree on what a bucket holds.
+(the split's published order). A row's buckets come from gemel.metrics.bucket_flags, the one
+definition `breakdown` counts with; `collect` checks that the per-bucket counts equal
+metrics.json's, so a stale metrics.json cannot disagree with the page.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gemel.errors import GemelError
-from gemel.metrics import BUCKETS, read_predictions
+from gemel.metrics import BUCKETS, bucket_flags, read_predictions
 from gemel.paths import Artifacts
 
 THUMB_PX = 96           # longest side of a thumbnail; ~3 KB as JPEG, ~4 KB in base64
@@ -55,25 +55,6 @@ class ReportError(GemelError, ValueError):
 
 
 # ---------------------------------------------------------------- rows: buckets, order, filter
-
-def bucket_flags(ev: pd.DataFrame, mentions: pd.DataFrame,
-                 candidates: pd.DataFrame | None = None) -> dict[str, np.ndarray]:
-    """Per evaluated mention, True for the first label of each factor of gemel.metrics.BUCKETS
-    (seen, equal, inside, with), defined exactly as gemel.metrics.breakdown defines them.
-    `gold_in_candidates` needs the candidates table (columns id, cand_ids) and is absent without it."""
-    seen_ids = set(mentions.loc[(mentions["split"] == "train") & ~mentions["is_nil"], "entity_id"])
-    flags = {
-        "gold_seen_in_training": ev["gold_id"].isin(seen_ids).to_numpy(),
-        "mention_equals_gold_name": np.array([" ".join(str(m).casefold().split()) == " ".join(str(g).casefold().split())
-                                              for m, g in zip(ev["mention"], ev["gold_name"])], dtype=bool),
-        "image": ev["has_image"].to_numpy(dtype=bool),
-    }
-    if candidates is not None:
-        cands = candidates.set_index("id")["cand_ids"]
-        flags["gold_in_candidates"] = np.array([g in set(cands.get(i, [])) for i, g in zip(ev["id"], ev["gold_id"])],
-                                               dtype=bool)
-    return {f: flags[f] for f in BUCKETS if f in flags}
-
 
 def bucket_keys(flags: dict[str, np.ndarray]) -> list[list[str]]:
     """Each row's buckets as filter keys, 'factor:label' (e.g. 'gold_seen_in_training:unseen')."""

@@ -20,10 +20,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gemel.metrics import breakdown
+from gemel.metrics import breakdown, bucket_flags
 from gemel.report import (
     ReportError,
-    bucket_flags,
     bucket_keys,
     collect,
     mark_mention,
