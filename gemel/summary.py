@@ -104,10 +104,13 @@ def seed_table(runs: list[Run], metric: str) -> pd.DataFrame:
         rows.append({"seed": run.name, "llm": run.llm, "evaluated": metrics.get("evaluated"),
                      metric: _metric(run, metrics, metric), **_baselines(metrics)})
     table = pd.DataFrame(rows)
-    values = table.drop(columns=["seed", "llm"]).astype(float)
-    stats = pd.DataFrame([{"seed": "mean", "llm": table["llm"].iloc[0], **values.mean().to_dict()},
-                          {"seed": "std", "llm": table["llm"].iloc[0], **values.std(ddof=1).to_dict()}])
-    return pd.concat([table, stats], ignore_index=True)
+    values = table.drop(columns=["seed", "llm", "evaluated"]).astype(float)
+    first = {"llm": table["llm"].iloc[0], "evaluated": table["evaluated"].iloc[0]}
+    stats = pd.DataFrame([{"seed": "mean", **first, **values.mean().to_dict()},
+                          {"seed": "std", **first, **values.std(ddof=1).to_dict()}])
+    table = pd.concat([table, stats], ignore_index=True)
+    table["evaluated"] = table["evaluated"].astype("Int64")  # a count (equal for every seed: the same mentions)
+    return table
 
 
 def to_markdown(table: pd.DataFrame, digits: int = 4) -> str:
