@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 
 from gemel.errors import GemelError
 from gemel.metrics import BUCKETS, bucket_flags, read_predictions
-from gemel.paths import Artifacts
+from gemel.paths import DECODE_REPORT, Artifacts
 
 THUMB_PX = 96           # longest side of a thumbnail; ~3 KB as JPEG, ~4 KB in base64
 THUMB_QUALITY = 70
@@ -196,6 +196,10 @@ def collect(run_dir: str | Path, mentions: pd.DataFrame, candidates: pd.DataFram
         pred = pd.concat([pred, pq.read_table(pred_path, columns=extra).to_pandas()], axis=1)
     metrics = _read_json(run_dir / "metrics.json", "evaluate")
     record = _read_json(run_dir / "run.json", "train")
+    # How the run decodes is the decode stage's record (run.json holds what training used).
+    decode_path = run_dir / DECODE_REPORT
+    decode = _read_json(decode_path, "decode").get("settings", {}) if decode_path.is_file() else {}
+    record = {**record, "decode": {**record.get("decode", {}), **decode}}
     ev = pred.loc[~pred["is_nil"].astype(bool)].reset_index(drop=True)
 
     flags = bucket_flags(ev, mentions, candidates)

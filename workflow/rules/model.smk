@@ -109,6 +109,7 @@ rule report:
         candidates=rules.candidates.output.table,
         features=rules.features.output.table,
         predictions=rules.decode.output.predictions,
+        decode_report=rules.decode.output.report,
         metrics=rules.evaluate.output.metrics,
         run=rules.train.output.run,
         loss=rules.train.output.loss,
