@@ -24,7 +24,9 @@ from pathlib import Path
 from gemel.config import load_params
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = {"paper": ["decode.candidates=none"], "candidates": ["decode.candidates=constrained"]}
+# train.dev_candidates: the dev evaluation of a candidate-aware run links as its decoding will.
+MODES = {"paper": ["decode.candidates=none"],
+         "candidates": ["decode.candidates=constrained", "train.dev_candidates=constrained"]}
 
 
 def stage(name: str, sets: list[str]) -> float:
