@@ -83,7 +83,7 @@ def load(run: str):
 
 
 def link_one(args: argparse.Namespace) -> int:
-    from gemel.linker import InputError, parse_input
+    from gemel.inputs import InputError, parse_input
 
     try:
         item = parse_input({"text": args.text, "mention": args.mention, "image": args.image}, "1")
@@ -132,7 +132,7 @@ def read_inputs(path: Path) -> Iterator[tuple[int, Any, str | None]]:
 def link_file(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from gemel.linker import InputError, NewMention, error_record, input_id, parse_input
+    from gemel.inputs import InputError, NewMention, error_record, input_id, parse_input
 
     src, dst = Path(args.input), Path(args.output)
     if not src.is_file():

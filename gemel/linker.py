@@ -25,13 +25,15 @@ import torch
 
 from gemel.candidates import CandidateError, choose_weight, first, fuse
 from gemel.config import DecodeParams, ModelParams
+from gemel.data.tables import read_mentions, read_table
 from gemel.decoding import Hypothesis, decode, score_candidates
-from gemel.errors import GemelError
 from gemel.features import encode_inputs, load_features
+from gemel.inputs import InputError, NewMention, chunks, error_record, parse_input
 from gemel.llm import answer_ids, get_spec, load_llm, load_tokenizer
 from gemel.model import Gemel
 from gemel.paths import DECODE_REPORT, MAPPER, Artifacts
 from gemel.prompt import Example, PromptBuilder
+from gemel.retrieval import load_text_encoder, read_demos, read_pool
 from gemel.stack import default_device
 from gemel.trie import EntityTrie
 
@@ -95,9 +97,8 @@ class Linker:
                   weight: float, notes: list[str]) -> Linker:
         from gemel.candidates import AliasTable, Generator, Ranker, ranker_weights
         from gemel.config import FeaturesParams
-        from gemel.data.tables import read_kb, read_mentions
+        from gemel.data.tables import read_kb
         from gemel.encoders import build_image_encoder
-        from gemel.retrieval import load_text_encoder, read_pool
         from gemel.run import RunError, run_params
 
         params = run_params(record)
@@ -336,19 +337,6 @@ class Linker:
         return pred, report
 
 
-class InputError(GemelError, ValueError):
-    """A new input that cannot be linked; the message names the record (or line) and the field."""
-
-
-@dataclass(frozen=True)
-class NewMention:
-    """One validated new input."""
-    id: str
-    text: str
-    mention: str
-    image: str | None = None
-
-
 @dataclass
 class NewInputs:
     """What linking new inputs needs beyond the pipeline's own mentions (made by from_run)."""
@@ -371,57 +359,6 @@ class NewInputs:
 
 _NO_MENTIONS = pd.DataFrame({c: pd.Series(dtype=object) for c in ("id", "text", "mention", "image", "entity_name")})
 _NO_DEMOS = pd.DataFrame({"id": pd.Series(dtype=object), "demo_ids": pd.Series(dtype=object)})
-FIELDS = ("text", "mention")
-
-
-def parse_input(obj: Any, default_id: str, where: str = "") -> NewMention:
-    """One input record -> NewMention, or InputError naming `where` (e.g. "line 3: ") and the field.
-    text and mention are required non-empty strings; image (a path) and id (string or integer,
-    default `default_id`) are optional."""
-    if not isinstance(obj, dict):
-        raise InputError(f"{where}expected a JSON object with text and mention, got {type(obj).__name__}")
-    for name in FIELDS:
-        if name not in obj or obj[name] is None:
-            raise InputError(f"{where}missing field '{name}'")
-        if not isinstance(obj[name], str):
-            raise InputError(f"{where}field '{name}': expected a string, got {type(obj[name]).__name__}")
-        if not obj[name].strip():
-            raise InputError(f"{where}field '{name}' is empty")
-    image = obj.get("image")
-    if image is not None and not isinstance(image, str):
-        raise InputError(f"{where}field 'image': expected a path (string), got {type(image).__name__}")
-    return NewMention(input_id(obj, default_id, where), obj["text"], obj["mention"], image or None)
-
-
-def input_id(obj: Any, default_id: str, where: str = "") -> str:
-    rid = obj.get("id") if isinstance(obj, dict) else None
-    if rid is None:
-        return default_id
-    if isinstance(rid, bool) or not isinstance(rid, (str, int)):
-        raise InputError(f"{where}field 'id': expected a string or an integer, got {type(rid).__name__}")
-    return str(rid)
-
-
-def error_record(obj: Any, rid: str, error: str, mode: str | None = None) -> dict[str, Any]:
-    """The output record of an input that could not be linked."""
-    mention = obj.get("mention") if isinstance(obj, dict) and isinstance(obj.get("mention"), str) else None
-    return {"id": rid, "mention": mention, "entities": [], "mode": mode, "image_used": False, "image_reason": None,
-            "mention_in_text": None, "error": error}
-
-
-def chunks(entries: Sequence[Any], size: int) -> list[list[Any]]:
-    """Consecutive batches holding `size` valid inputs each (error records ride along)."""
-    out: list[list[Any]] = [[]]
-    valid = 0
-    for e in entries:
-        if valid == size:
-            out.append([])
-            valid = 0
-        out[-1].append(e)
-        valid += isinstance(e, NewMention)
-    return [c for c in out if c]
-
-
 def propose_for(n: NewInputs, table: pd.DataFrame) -> list[dict]:
     from gemel.candidates import propose
 
@@ -457,8 +394,6 @@ def load_candidates(path: str | Path, k: int, top_k: int) -> pd.DataFrame:
     if k > top_k:
         raise CandidateError(f"{k} candidates per mention asked for, but candidates.top_k = {top_k}: "
                              "the candidates stage keeps only top_k per mention")
-    from gemel.data.tables import read_table
-
     table = read_table(path, "candidates")
     return pd.DataFrame(first(table.to_dict("records"), k), columns=table.columns)
 
@@ -469,9 +404,6 @@ def pipeline_linker(params: dict[str, Any], candidates: str = "none", num_candid
     train and decode stages and the benchmarks): with the candidates table cut to `num_candidates`
     when `candidates` is constrained, and the run's trained mapper when `mapper`. Returns it and
     the mentions table."""
-    from gemel.data.tables import read_mentions
-    from gemel.retrieval import read_demos
-
     a = Artifacts.of(params)
     mentions = read_mentions(a.mentions)
     demos = read_demos(a.demos)

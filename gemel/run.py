@@ -21,13 +21,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gemel.atomic import write_text_atomic
 from gemel.config import FeaturesParams, section
-from gemel.data.tables import write_text_atomic
 from gemel.errors import GemelError
 from gemel.paths import MAPPER, RUN_RECORD, Artifacts
 from gemel.stack import versions
 
-RUN_FILE = RUN_RECORD
 FORMAT = "gemel-run/1"
 # Linking refuses when one of these differs from the run's record; the others only drift.
 STRICT = ("kb", "trie", "mapper")
@@ -103,12 +102,12 @@ def write_run_record(params: dict[str, Any], out_dir: str | Path) -> dict[str, A
         "run_files": {name: {"path": file, **_entry(out_dir / file)} for name, file in RUN_FILES.items()},
         "versions": versions(),
     }
-    write_text_atomic(json.dumps(record, indent=2) + "\n", out_dir / RUN_FILE)
+    write_text_atomic(json.dumps(record, indent=2) + "\n", out_dir / RUN_RECORD)
     return record
 
 
 def read_run_record(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / RUN_FILE
+    path = Path(run_dir) / RUN_RECORD
     if not Path(run_dir).is_dir():
         raise RunError(f"{run_dir}: no such run folder")
     if not path.is_file():

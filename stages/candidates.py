@@ -6,9 +6,10 @@ import json
 import sys
 
 from gemel import stack
+from gemel.atomic import write_text_atomic
 from gemel.candidates import CANDIDATES, generate_for
 from gemel.config import CandidatesParams, section
-from gemel.data.tables import write_parquet_atomic, write_text_atomic
+from gemel.data.tables import write_parquet_atomic
 from gemel.paths import Artifacts
 from stages import _cli
 

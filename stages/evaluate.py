@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
+from gemel.atomic import write_text_atomic
 from gemel.config import EvaluateParams, section
-from gemel.data.tables import write_text_atomic
 from gemel.metrics import breakdown_table, evaluate_run
 from gemel.paths import BREAKDOWN, METRICS, Artifacts
 from stages import _cli

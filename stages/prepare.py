@@ -5,9 +5,10 @@ import json
 import sys
 from pathlib import Path
 
+from gemel.atomic import write_text_atomic
 from gemel.config import prepare_params, preset_source
 from gemel.data.prepare import prepare
-from gemel.data.tables import KB, MENTIONS, write_parquet_atomic, write_text_atomic
+from gemel.data.tables import KB, MENTIONS, write_parquet_atomic
 from stages import _cli
 
 

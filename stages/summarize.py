@@ -9,8 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from gemel.atomic import write_text_atomic
 from gemel.config import ConfigError, SummarizeParams, section
-from gemel.data.tables import write_text_atomic
 from gemel.summary import dataset_table, plot, seed_table, summary_html, summary_table, to_markdown
 from gemel.workflow import ablation_runs, dataset_runs, scale_runs, seed_runs, summary_files
 from stages import _cli

@@ -10,8 +10,8 @@ import sys
 import pandas as pd
 
 from gemel import stack
+from gemel.atomic import write_text_atomic
 from gemel.config import ModelParams, TrainParams, section
-from gemel.data.tables import write_text_atomic
 from gemel.linker import pipeline_linker
 from gemel.paths import DEV_ACCURACY, MAPPER, TRAIN_LOSS, TRAIN_REPORT, Artifacts
 from gemel.run import write_run_record

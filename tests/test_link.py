@@ -28,7 +28,7 @@ from gemel.candidates import AliasTable, Generator, Ranker, propose, ranker_weig
 from gemel.config import load_params
 from gemel.data.sample import generate_sample
 from gemel.data.tables import read_kb, read_mentions, write_parquet_atomic
-from gemel.linker import InputError
+from gemel.inputs import InputError
 from gemel.retrieval import DemoPool, load_text_encoder, read_demos, read_pool, retrieve
 from gemel.run import RunError, check_run, project_root, read_run_record, sha256, write_run_record
 from gemel.stack import versions

@@ -11,7 +11,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gemel.atomic import atomic_path
-from gemel.atomic import write_text_atomic as write_text_atomic  # the stages import it from here too
 from gemel.errors import GemelError
 
 # One row per mention. `image` is a path (as given by the dataset, resolved against the images
