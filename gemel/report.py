@@ -146,9 +146,11 @@ def _get(d: dict[str, Any], dotted: str, default: Any = None) -> Any:
     return d
 
 
-def settings(record: dict[str, Any], metrics: dict[str, Any], dataset: str | None) -> list[tuple[str, str]]:
-    """The settings a reader needs to place the run, as (label, value) pairs ('-' where unknown)."""
-    mode = _get(metrics, "decode.mode") or ("paper" if _get(record, "decode.candidates", "none") == "none"
+def settings(record: dict[str, Any], metrics: dict[str, Any], dataset: str | None,
+             decode: dict[str, Any]) -> list[tuple[str, str]]:
+    """The settings a reader needs to place the run, as (label, value) pairs ('-' where unknown):
+    `record` is run.json, `decode` the decode stage's settings (decode_report.json)."""
+    mode = _get(metrics, "decode.mode") or ("paper" if decode.get("candidates", "none") == "none"
                                              else "candidates")
     params_m = _get(record, "llm.spec.params_m")
     use_image = _get(record, "model.use_image")
@@ -162,11 +164,11 @@ def settings(record: dict[str, Any], metrics: dict[str, Any], dataset: str | Non
         ("demonstrations", None if demos is None else
          f"{demos}" + (f" (retrieval: {_get(record, 'retrieval.method')})" if demos else "")),
         ("decoding mode", mode),
-        ("beams", _get(record, "decode.num_beams")),
+        ("beams", decode.get("num_beams")),
     ]
     if mode == "candidates":
-        out += [("candidates (K)", _get(record, "decode.num_candidates")),
-                ("fusion weight", _get(metrics, "decode.fusion_weight", _get(record, "decode.fusion_weight")))]
+        out += [("candidates (K)", decode.get("num_candidates")),
+                ("fusion weight", _get(metrics, "decode.fusion_weight", decode.get("fusion_weight")))]
     out += [("split", _get(metrics, "decode.split")),
             ("training", f"{_get(record, 'train.epochs', '-')} epochs, lr {_get(record, 'train.lr', '-')}")]
     return [(label, "-" if value is None else str(value)) for label, value in out]
@@ -199,7 +201,6 @@ def collect(run_dir: str | Path, mentions: pd.DataFrame, candidates: pd.DataFram
     # How the run decodes is the decode stage's record (run.json holds what training used).
     decode_path = run_dir / DECODE_REPORT
     decode = _read_json(decode_path, "decode").get("settings", {}) if decode_path.is_file() else {}
-    record = {**record, "decode": {**record.get("decode", {}), **decode}}
     ev = pred.loc[~pred["is_nil"].astype(bool)].reset_index(drop=True)
 
     flags = bucket_flags(ev, mentions, candidates)
@@ -229,9 +230,9 @@ def collect(run_dir: str | Path, mentions: pd.DataFrame, candidates: pd.DataFram
     else:
         ev["encoder_failed"] = False
     mode = _get(metrics, "decode.mode")
-    uses_candidates = (mode == "candidates") if mode else _get(record, "decode.candidates", "none") != "none"
+    uses_candidates = (mode == "candidates") if mode else decode.get("candidates", "none") != "none"
     if uses_candidates and candidates is not None:
-        k = _get(record, "decode.num_candidates") or None
+        k = decode.get("num_candidates") or None
         c = candidates.set_index("id")
         ev["cands"] = [list(zip(c.at[i, "cand_names"][:k], c.at[i, "cand_sources"][:k], c.at[i, "cand_ids"][:k]))
                        if i in c.index else [] for i in ev["id"]]
@@ -246,8 +247,9 @@ def collect(run_dir: str | Path, mentions: pd.DataFrame, candidates: pd.DataFram
     curves = {name: curve for name, curve in (("training loss", _read_curve(run_dir / "train_loss.csv", "loss")),
                                               ("dev accuracy", _read_curve(run_dir / "dev_accuracy.csv", "accuracy")))
               if curve is not None}
-    return RunPage(title=f"{llm} on {dataset or 'its dataset'}: {run_dir}", settings=settings(record, metrics, dataset),
-                   metrics=metrics, curves=curves, rows=ev, uses_candidates=uses_candidates, notes=notes)
+    return RunPage(title=f"{llm} on {dataset or 'its dataset'}: {run_dir}",
+                   settings=settings(record, metrics, dataset, decode), metrics=metrics, curves=curves, rows=ev,
+                   uses_candidates=uses_candidates, notes=notes)
 
 
 # ---------------------------------------------------------------- HTML
@@ -477,7 +479,7 @@ def render(p: RunPage) -> str:
 
 
 def write_page(text: str, path: str | Path) -> None:
-    from gemel.data.tables import write_text_atomic
+    from gemel.atomic import write_text_atomic
 
     write_text_atomic(text, path)
 
