@@ -177,7 +177,10 @@ def settings(record: dict[str, Any], metrics: dict[str, Any], dataset: str | Non
 def _read_curve(path: Path, column: str) -> pd.DataFrame | None:
     if not path.is_file():
         return None
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:  # written by an older train stage for a run of 0 steps
+        return pd.DataFrame({"step": [], "value": []})
     if "step" not in df.columns or column not in df.columns:
         raise ReportError(f"{path}: expected columns step and {column} (has: {', '.join(df.columns)})")
     return pd.DataFrame({"step": df["step"], "value": df[column]})
@@ -247,6 +250,11 @@ def collect(run_dir: str | Path, mentions: pd.DataFrame, candidates: pd.DataFram
     curves = {name: curve for name, curve in (("training loss", _read_curve(run_dir / "train_loss.csv", "loss")),
                                               ("dev accuracy", _read_curve(run_dir / "dev_accuracy.csv", "accuracy")))
               if curve is not None}
+    if "training loss" in curves and not len(curves["training loss"]):
+        steps = "0 optimizer steps" + (": a text-only run has no image slots, so there is no mapper to train"
+                                       if _get(record, "model.use_image") is False else "")
+        notes.append(f"This run trained nothing ({steps}); its mapper is the initial one, and the dev accuracy "
+                     "below is the frozen LLM's.")
     return RunPage(title=f"{llm} on {dataset or 'its dataset'}: {run_dir}",
                    settings=settings(record, metrics, dataset, decode), metrics=metrics, curves=curves, rows=ev,
                    uses_candidates=uses_candidates, notes=notes)

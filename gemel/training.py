@@ -43,9 +43,12 @@ def optimizer_steps(n_examples: int, p: TrainParams) -> int:
     return math.ceil(math.ceil(n_examples / p.batch_size) / p.grad_accum) * p.epochs
 
 
+LOSS_COLUMNS = ("step", "epoch", "loss", "lr")  # train_loss.csv, one row per optimizer step
+
+
 @dataclass
 class History:
-    loss: list[dict[str, float]] = field(default_factory=list)  # per optimizer step
+    loss: list[dict[str, float]] = field(default_factory=list)  # per optimizer step: LOSS_COLUMNS
     dev: list[dict[str, float]] = field(default_factory=list)  # per evaluation
     best_accuracy: float = -1.0
     best_step: int = 0

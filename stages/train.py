@@ -15,6 +15,7 @@ from gemel.config import ModelParams, TrainParams, section
 from gemel.linker import pipeline_linker
 from gemel.paths import DEV_ACCURACY, MAPPER, TRAIN_LOSS, TRAIN_REPORT, Artifacts
 from gemel.run import write_run_record
+from gemel.training import LOSS_COLUMNS, fit
 from stages import _cli
 
 
@@ -22,14 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     params = _cli.parse(__doc__, argv)
     m, p = section(params, "model", ModelParams), section(params, "train", TrainParams)
     linker, mentions = pipeline_linker(params, p.dev_candidates, p.dev_num_candidates)
-    from gemel.training import fit  # after the data checks: importing torch's optim is not free
-
     result = fit(linker, mentions, p, m.use_image)
     a = Artifacts.of(params)
     linker.model.save_mapper(a.in_run(MAPPER), {"llm": m.llm, "use_image": str(m.use_image),
                                                 "num_demos": str(m.num_demos)})
     write_run_record(params, a.run)  # after the mapper: its hash is part of the record
-    write_text_atomic(pd.DataFrame(result.history.loss).to_csv(index=False), a.in_run(TRAIN_LOSS))
+    # The header always: a run that trains 0 steps (text only) still has a readable, empty curve.
+    write_text_atomic(pd.DataFrame(result.history.loss, columns=list(LOSS_COLUMNS)).to_csv(index=False),
+                      a.in_run(TRAIN_LOSS))
     write_text_atomic(pd.DataFrame(result.history.dev, columns=["step", "accuracy"]).to_csv(index=False),
                       a.in_run(DEV_ACCURACY))
     text = json.dumps({"llm": m.llm, **result.report, "stack": stack.record(str(linker.model.device))}, indent=2)

@@ -158,6 +158,24 @@ def test_stale_metrics_are_refused_naming_the_file(tmp_path):
         collect(tmp_path / "run", mentions, candidates, root=tmp_path)
 
 
+@pytest.mark.parametrize("loss_csv", ["step,epoch,loss,lr\n", "\n"])  # the train stage's header; an older empty file
+def test_a_run_that_trained_no_step_has_a_page_that_says_so(tmp_path, loss_csv):
+    """A text-only run trains 0 steps: its loss curve has no row, and the page says why."""
+    mentions, pred, candidates = tables(tmp_path)
+    run = tmp_path / "run"
+    write_run(run, pred, mentions, candidates)
+    record = json.loads((run / "run.json").read_text())
+    record["model"]["use_image"] = False
+    (run / "run.json").write_text(json.dumps(record))
+    (run / "train_loss.csv").write_text(loss_csv)
+    (run / "dev_accuracy.csv").write_text("step,accuracy\n0,0.5\n")
+    page = collect(run, mentions, candidates, root=tmp_path)
+    assert len(page.curves["training loss"]) == 0 and list(page.curves["dev accuracy"]["value"]) == [0.5]
+    assert any("trained nothing (0 optimizer steps: a text-only run" in n for n in page.notes)
+    html = render(page)
+    assert "This run trained nothing" in html and "training loss: no points" in html
+
+
 # ------------------------------------------------------------------ bad data
 
 def test_script_in_mention_and_text_is_escaped(tmp_path):
