@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("GEMEL_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -20,3 +24,76 @@ def richpedia() -> Path:
     if not (path / "train.json").exists():
         pytest.skip(f"RichpediaMEL not found at {path} (set GEMEL_SHARED_DATA)")
     return path
+
+
+# ------------------------------------------------------------------ one small trained run, shared
+
+# The project's own files a DVC run needs: DVC's and the pipeline's (not results, data or the lock).
+PROJECT_FILES = (".dvc/", ".dvcignore", ".gitignore", "dvc.yaml", "params.yaml", "gemel/", "stages/",
+                 "data/raw/README.md")
+# A small draw of the sample (108 train, 36 dev, 36 test mentions) and a short training: 2 epochs
+# (54 optimizer steps), one dev evaluation of 12 mentions per epoch.
+SMALL_RUN = {"sample.train_per_entity": 3, "sample.dev_per_entity": 1, "sample.test_per_entity": 1,
+             "train.epochs": 2, "train.dev_limit": 12, "train.eval_every": 1000,
+             # Another seed for every training the tests make: GEMEL_TEST_SEED (default 0).
+             "train.seed": int(os.environ.get("GEMEL_TEST_SEED", "0"))}
+
+
+def project_env() -> dict[str, str]:
+    """The environment of a DVC or stage subprocess: this venv's python first on PATH (dvc.yaml
+    runs `python -m stages.<name>`), no hub, and a git identity for `dvc exp run`'s commits."""
+    bindir = str(Path(sys.executable).parent)
+    return {**os.environ, "PATH": os.pathsep.join([bindir, os.environ.get("PATH", "")]),
+            "GIT_AUTHOR_NAME": "gemel tests", "GIT_AUTHOR_EMAIL": "tests@gemel.invalid",
+            "GIT_COMMITTER_NAME": "gemel tests", "GIT_COMMITTER_EMAIL": "tests@gemel.invalid"}
+
+
+def sh(cwd: Path, *argv: str, timeout: int = 1200) -> str:
+    """Run a command in `cwd`; its output, or a failure that shows the end of it."""
+    res = subprocess.run(list(argv), cwd=cwd, env=project_env(), capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, f"{' '.join(argv)} exited {res.returncode} in {cwd}:\n{(res.stdout + res.stderr)[-4000:]}"
+    return res.stdout + res.stderr
+
+
+def set_params(path: Path, values: dict[str, object]) -> None:
+    """Edit params.yaml as a user would (dotted keys), keeping the rest."""
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for key, value in values.items():
+        *parents, last = key.split(".")
+        node = params
+        for p in parents:
+            node = node[p]
+        node[last] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def new_project(dest: Path) -> Path:
+    """A fresh project as a clone would have it (the working tree's files under test), git and DVC
+    initialised, the small run's params committed."""
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    for name in listed:
+        if name.startswith(PROJECT_FILES) and (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    set_params(dest / "params.yaml", SMALL_RUN)
+    sh(dest, "git", "init", "-q")
+    sh(dest, "git", "add", "-A")
+    sh(dest, "git", "commit", "-qm", "small run")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def sample_project(tmp_path_factory) -> Path:
+    """The README's main command, `dvc repro`, on a small draw of the embedded sample: every stage
+    through DVC to the run's report.html. Shared, read-only, by every test that needs a trained
+    run (copy it to change it: `copy_project`)."""
+    project = new_project(tmp_path_factory.mktemp("project"))
+    sh(project, "dvc", "repro", "--quiet")
+    return project
+
+
+def copy_project(project: Path, dest: Path) -> Path:
+    """A copy of a project (git, DVC cache and outputs too) that a test may change."""
+    shutil.copytree(project, dest, symlinks=True)
+    return dest
