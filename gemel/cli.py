@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
@@ -145,6 +146,7 @@ def link_file(args: argparse.Namespace) -> int:
     with open(src, "rb") as f:
         total = sum(1 for line in f if line.strip())
     counts = {"linked": 0, "errors": 0, "already": 0}
+    images: Counter[str] = Counter()  # per linked input: used, or why not (missing, unreadable, none given, ...)
     seen: dict[str, int] = {}
     pending: list[NewMention | dict[str, Any]] = []
     dst.parent.mkdir(parents=True, exist_ok=True)
@@ -162,6 +164,8 @@ def link_file(args: argparse.Namespace) -> int:
         for r in keep:
             out.write(json.dumps(r, ensure_ascii=False) + "\n")
             counts["errors" if "error" in r else "linked"] += 1
+            if "error" not in r:
+                images["used" if r["image_used"] else r["image_reason"]] += 1
         out.flush()
         os.fsync(out.fileno())
         bar.update(len(keep))
@@ -207,8 +211,18 @@ def link_file(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     rate = f", {counts['linked'] / seconds:.2f} mentions/s" if counts["linked"] else ""
     print(f"{PROG}: {counts['linked']} linked, {counts['errors']} errors, {counts['already']} already in "
-          f"{dst} ({seconds:.1f} s{rate})", file=sys.stderr)
+          f"{dst} ({seconds:.1f} s{rate}); images: {image_counts(images)}", file=sys.stderr)
+    named = images["used"] + images["missing"] + images["unreadable"]
+    if named and images["missing"] * 2 > named:  # a batch that silently went text-only
+        print(f"{PROG}: warning: {images['missing']} of {named} images not found: relative image paths are "
+              f"resolved from the input file's folder, {src.parent.resolve()}", file=sys.stderr)
     return 0
+
+
+def image_counts(images: Counter[str]) -> str:
+    """'3 used, 1 missing, 0 unreadable, 2 none given' (and any other reason, e.g. a text-only run)."""
+    order = ["used", "missing", "unreadable", "none given"]
+    return ", ".join(f"{images[k]} {k}" for k in order + sorted(set(images) - set(order)))
 
 
 if __name__ == "__main__":
