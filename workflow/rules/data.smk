@@ -41,6 +41,8 @@ rule prepare:
 rule features:
     input:
         mentions=rules.prepare.output.mentions,
+        # The image files themselves, as in dvc.yaml (the cache is keyed by their bytes, not their paths).
+        data=[PARAMS["sample"]["out"], "data/raw"],
         code=["gemel/encoders.py", "gemel/features.py", "stages/features.py"],
     output:
         table=f"{FEATURES}/{paths.FEATURES}",
