@@ -130,7 +130,8 @@ def encode_images(paths: Iterable[str], encoder: ImageEncoder, batch_size: int =
     naming the path and `used_by[path]`, the id of a mention that uses it). `on_batch(paths,
     sha256s, vectors)`: each encoded batch (the checkpoint). Returns the table (columns image,
     sha256, vector, ok; attrs encoder and dim) and a report of counts: encoded now, reused from
-    `cache`, resumed from `resume`, and stale: paths `cache` held with other bytes (encoded again).
+    `cache`, resumed from `resume`, and stale: paths `cache` held with other bytes (encoded again,
+    or now missing).
     """
     if missing_image not in MISSING_POLICIES:
         known = ", ".join(MISSING_POLICIES)
