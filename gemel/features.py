@@ -1,9 +1,11 @@
 """Image features: one vector per image path, computed once and cached incrementally.
 
 The table (`images.parquet`) has one row per image: `image` (the path, as the mentions table
-gives it), `vector` (fixed_size_list<float32>[dim]) and `ok` (False: the image was missing or
-unreadable and the vector is zeros). The encoder's name is stored in the Parquet schema metadata;
-rows are reused from an earlier table only when that name matches.
+gives it), `sha256` (of the file's bytes; null when it is missing), `vector`
+(fixed_size_list<float32>[dim]) and `ok` (False: the image was missing or unreadable and the vector
+is zeros). The encoder's name is stored in the Parquet schema metadata. The cache is keyed by
+content, not path: a vector is reused from an earlier table only for the same bytes and the same
+encoder, so an image replaced under its old name (another sample seed, a fixed file) is encoded again.
 
 The table is written once, complete, at the end. Until then every encoded batch is appended to a
 checkpoint beside it (`images.partial/`, Arrow IPC streams): a killed run loses at most the batch
@@ -11,6 +13,7 @@ it was encoding, and the next run resumes from the checkpoint, then removes it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -55,13 +58,30 @@ def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start:start + size]
 
 
+def file_sha256(path: str) -> str | None:
+    """The hex sha256 of the file's bytes, or None when there is no file to read."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError:  # missing, a folder, no permission: encode_paths reports it
+        return None
+
+
 def cache_rows(cache: pd.DataFrame | None, encoder: ImageEncoder) -> dict[str, np.ndarray]:
-    """Reusable vectors of an earlier table: only from the same encoder, and only images that were
-    encoded (a row with ok=False is retried: the file may have appeared since)."""
+    """Reusable vectors of an earlier table by content hash: only from the same encoder, and only
+    images that were encoded (a row with ok=False is retried: the file may have appeared since)."""
+    if cache is None or cache.attrs.get("encoder") != encoder.name:
+        return {}
+    good = cache[cache["ok"] & cache["sha256"].notna()]
+    return dict(zip(good["sha256"], good["vector"]))
+
+
+def _cached_digests(cache: pd.DataFrame | None, encoder: ImageEncoder) -> dict[str, str | None]:
+    """path -> the hash an earlier table encoded it from (same encoder, ok rows): to count stale rows."""
     if cache is None or cache.attrs.get("encoder") != encoder.name:
         return {}
     good = cache[cache["ok"]]
-    return dict(zip(good["image"], good["vector"]))
+    return {p: (None if pd.isna(d) else d) for p, d in zip(good["image"], good["sha256"])}
 
 
 def encode_paths(paths: Sequence[str], encoder: ImageEncoder, batch_size: int,
@@ -100,24 +120,32 @@ def encode_paths(paths: Sequence[str], encoder: ImageEncoder, batch_size: int,
 def encode_images(paths: Iterable[str], encoder: ImageEncoder, batch_size: int = 32,
                   missing_image: str = "zero", cache: pd.DataFrame | None = None,
                   used_by: dict[str, str] | None = None, resume: pd.DataFrame | None = None,
-                  on_batch: Callable[[list[str], np.ndarray], None] | None = None) -> tuple[pd.DataFrame, dict]:
-    """Vectors for `paths` (deduplicated, order kept), reusing rows of the same encoder from
-    `cache` (the last complete table) and `resume` (the checkpoint of an unfinished run).
+                  on_batch: Callable[[list[str], list[str], np.ndarray], None] | None = None
+                  ) -> tuple[pd.DataFrame, dict]:
+    """Vectors for `paths` (deduplicated, order kept), reusing rows of the same encoder and the
+    same file content (sha256) from `cache` (the last complete table) and `resume` (the checkpoint
+    of an unfinished run).
 
     `missing_image`: zero (zero vector, ok=False) | drop (no row) | error (raise ImageError,
-    naming the path and `used_by[path]`, the id of a mention that uses it). `on_batch`: see
-    encode_paths. Returns the table (columns image, vector, ok; attrs encoder and dim) and a report
-    of counts: encoded now, reused from `cache`, resumed from `resume`.
+    naming the path and `used_by[path]`, the id of a mention that uses it). `on_batch(paths,
+    sha256s, vectors)`: each encoded batch (the checkpoint). Returns the table (columns image,
+    sha256, vector, ok; attrs encoder and dim) and a report of counts: encoded now, reused from
+    `cache`, resumed from `resume`, and stale: paths `cache` held with other bytes (encoded again,
+    or now missing).
     """
     if missing_image not in MISSING_POLICIES:
         known = ", ".join(MISSING_POLICIES)
         raise ValueError(f"features.missing_image: unknown policy {missing_image!r} (known: {known})")
     paths = list(dict.fromkeys(paths))
+    # Every run reads every image once to hash it: the price of noticing a file replaced in place.
+    digests = {p: file_sha256(p) for p in paths}
     reusable, resumable = cache_rows(cache, encoder), cache_rows(resume, encoder)
-    vectors: dict[str, np.ndarray] = {p: reusable[p] for p in paths if p in reusable}
+    vectors: dict[str, np.ndarray] = {p: reusable[digests[p]] for p in paths if digests[p] in reusable}
     reused = len(vectors)
-    vectors.update((p, resumable[p]) for p in paths if p in resumable and p not in vectors)
+    vectors.update((p, resumable[digests[p]]) for p in paths if digests[p] in resumable and p not in vectors)
     resumed = len(vectors) - reused
+    before = _cached_digests(cache, encoder)
+    stale = sum(1 for p in paths if p not in vectors and p in before and before[p] != digests[p])
     bad: dict[str, str] = {}  # path -> missing | unreadable
     todo = [p for p in paths if p not in vectors]
 
@@ -128,13 +156,18 @@ def encode_images(paths: Iterable[str], encoder: ImageEncoder, batch_size: int =
                              "set features.missing_image to zero or drop to go on without it")
         bad[path] = why
 
-    vectors.update(encode_paths(todo, encoder, batch_size, fail, on_batch=on_batch))
+    def batch_done(names: list[str], out: np.ndarray) -> None:
+        if on_batch is not None:
+            on_batch(names, [digests[n] for n in names], out)
+
+    vectors.update(encode_paths(todo, encoder, batch_size, fail, on_batch=batch_done))
     encoded = len(vectors) - reused - resumed
 
     zero = np.zeros(encoder.dim, dtype=np.float32)
-    rows = [(p, vectors[p], True) if p in vectors else (p, zero, False)
+    rows = [(p, digests[p], vectors[p], True) if p in vectors else (p, digests[p], zero, False)
             for p in paths if p in vectors or missing_image == "zero"]
-    table = pd.DataFrame(rows, columns=["image", "vector", "ok"]).astype({"image": "string", "ok": bool})
+    table = pd.DataFrame(rows, columns=["image", "sha256", "vector", "ok"]).astype(
+        {"image": "string", "sha256": "string", "ok": bool})
     table.attrs.update(encoder=encoder.name, dim=encoder.dim)
     statuses = list(bad.values())
     report = {
@@ -144,6 +177,7 @@ def encode_images(paths: Iterable[str], encoder: ImageEncoder, batch_size: int =
         "encoded": encoded,
         "reused": reused,
         "resumed": resumed,
+        "stale": stale,
         "missing": statuses.count("missing"),
         "unreadable": statuses.count("unreadable"),
         "zero_vectors": len(bad) if missing_image == "zero" else 0,
@@ -190,7 +224,8 @@ def mention_images(mentions: pd.DataFrame) -> tuple[list[str], dict[str, str], i
 def encode_mentions(mentions: pd.DataFrame, encoder: ImageEncoder, batch_size: int = 32,
                     missing_image: str = "zero", cache: pd.DataFrame | None = None,
                     resume: pd.DataFrame | None = None,
-                    on_batch: Callable[[list[str], np.ndarray], None] | None = None) -> tuple[pd.DataFrame, dict]:
+                    on_batch: Callable[[list[str], list[str], np.ndarray], None] | None = None
+                    ) -> tuple[pd.DataFrame, dict]:
     """encode_images over the images of a mentions table; the report adds mention counts."""
     paths, used_by, no_image = mention_images(mentions)
     table, report = encode_images(paths, encoder, batch_size, missing_image, cache, used_by, resume, on_batch)
@@ -200,7 +235,8 @@ def encode_mentions(mentions: pd.DataFrame, encoder: ImageEncoder, batch_size: i
 # --- Parquet I/O ----------------------------------------------------------------------------
 
 def _schema(encoder: str, dim: int, ok: bool = True) -> pa.Schema:
-    fields = [("image", pa.string()), ("vector", pa.list_(pa.float32(), dim))] + ([("ok", pa.bool_())] if ok else [])
+    fields = [("image", pa.string()), ("sha256", pa.string()), ("vector", pa.list_(pa.float32(), dim))]
+    fields += [("ok", pa.bool_())] if ok else []
     return pa.schema(fields, metadata={ENCODER_KEY: encoder.encode(), DIM_KEY: str(dim).encode()})
 
 
@@ -212,8 +248,11 @@ def to_arrow(table: pd.DataFrame) -> pa.Table:
     """The features table as Arrow: fixed-size float32 vectors, encoder name in the metadata."""
     dim = int(table.attrs["dim"])
     matrix = np.stack(list(table["vector"])) if len(table) else np.zeros((0, dim), np.float32)
-    return pa.Table.from_arrays([pa.array(table["image"].astype(object), pa.string()), _vectors(matrix, dim),
-                                 pa.array(table["ok"], pa.bool_())], schema=_schema(str(table.attrs["encoder"]), dim))
+    # sha256 is null for a missing image; pandas' <NA> must reach Arrow as None.
+    strings = [pa.array(table[c].astype(object).where(table[c].notna(), None), pa.string())
+               for c in ("image", "sha256")]
+    return pa.Table.from_arrays([*strings, _vectors(matrix, dim), pa.array(table["ok"], pa.bool_())],
+                                schema=_schema(str(table.attrs["encoder"]), dim))
 
 
 def write_features(table: pd.DataFrame, path: str | Path) -> None:
@@ -225,8 +264,8 @@ def _arrow_matrix(column: pa.ChunkedArray, dim: int) -> np.ndarray:
     return flat.to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
 
 
-def _read_arrow(path: str | Path) -> tuple[pa.Table, str, int]:
-    arrow = read_arrow(path, "features", columns=["image", "vector", "ok"])
+def _read_arrow(path: str | Path, columns: Sequence[str] = ("image", "vector", "ok")) -> tuple[pa.Table, str, int]:
+    arrow = read_arrow(path, "features", columns=columns)
     meta = arrow.schema.metadata or {}
     if ENCODER_KEY not in meta or DIM_KEY not in meta:
         raise InputFileError(f"{path}: not a gemel features table (no {ENCODER_KEY.decode()} in the schema "
@@ -235,10 +274,12 @@ def _read_arrow(path: str | Path) -> tuple[pa.Table, str, int]:
 
 
 def read_features(path: str | Path) -> pd.DataFrame:
-    """A features table as written by write_features (attrs encoder, dim): the cache input."""
-    arrow, encoder, dim = _read_arrow(path)
+    """A features table as written by write_features (attrs encoder, dim): the cache input. One
+    written before the sha256 column is refused (previous_table then recomputes everything)."""
+    arrow, encoder, dim = _read_arrow(path, ("image", "sha256", "vector", "ok"))
     matrix = _arrow_matrix(arrow.column("vector"), dim)
     table = pd.DataFrame({"image": pd.array(arrow.column("image").to_pylist(), dtype="string"),
+                          "sha256": pd.array(arrow.column("sha256").to_pylist(), dtype="string"),
                           "vector": list(matrix), "ok": arrow.column("ok").to_numpy(zero_copy_only=False)})
     table.attrs.update(encoder=encoder, dim=dim)
     return table
@@ -271,8 +312,10 @@ class Checkpoint:
     """The vectors of unfinished runs, kept in `folder` as they are encoded: one Arrow IPC stream
     per run, appended batch by batch straight to the OS (no user-space buffer), so a killed
     process loses at most the batch being written. A stream cut mid-batch is read up to its last
-    whole batch. Only vectors of images that were read are kept: a missing or unreadable image
-    is looked at again, as in the complete table's cache."""
+    whole batch. Only vectors of images that were read are kept, each with its file's sha256: a
+    missing or unreadable image is looked at again, as in the complete table's cache, and a resumed
+    run takes a vector only for the same bytes. A stream from before the sha256 column has another
+    schema and is ignored."""
 
     SUFFIX = ".arrows"
 
@@ -286,6 +329,7 @@ class Checkpoint:
         """The vectors of earlier unfinished runs with this encoder (a table like read_features's,
         all ok), or None when there are none."""
         images: list[str] = []
+        digests: list[str] = []
         parts: list[np.ndarray] = []
         dim = self.schema.field("vector").type.list_size
         for file in sorted(self.folder.glob(f"*{self.SUFFIX}")):
@@ -295,7 +339,7 @@ class Checkpoint:
                 except (pa.ArrowException, OSError):  # cut before the first batch: nothing to take
                     continue
                 if not reader.schema.equals(self.schema, check_metadata=True):
-                    continue  # another encoder's vectors
+                    continue  # another encoder's vectors (or an older layout)
                 while True:
                     try:
                         batch = reader.read_next_batch()
@@ -304,23 +348,25 @@ class Checkpoint:
                     except (pa.ArrowException, OSError):  # the batch being written when the run was killed
                         break
                     images += batch.column("image").to_pylist()
+                    digests += batch.column("sha256").to_pylist()
                     parts.append(_arrow_matrix(pa.chunked_array([batch.column("vector")]), dim))
         if not images:
             return None
         matrix = np.concatenate(parts)
-        table = pd.DataFrame({"image": pd.array(images, dtype="string"), "vector": list(matrix), "ok": True})
+        table = pd.DataFrame({"image": pd.array(images, dtype="string"), "sha256": pd.array(digests, dtype="string"),
+                              "vector": list(matrix), "ok": True})
         table.attrs.update(encoder=self.schema.metadata[ENCODER_KEY].decode(), dim=dim)
         return table
 
-    def append(self, images: list[str], vectors: np.ndarray) -> None:
+    def append(self, images: list[str], digests: list[str], vectors: np.ndarray) -> None:
         if self._writer is None:
             self.folder.mkdir(parents=True, exist_ok=True)
             taken = [int(f.stem) for f in self.folder.glob(f"*{self.SUFFIX}") if f.stem.isdigit()]
             self._sink = pa.OSFile(str(self.folder / f"{max(taken, default=0) + 1:04d}{self.SUFFIX}"), "wb")
             self._writer = pa.ipc.new_stream(self._sink, self.schema)
         dim = self.schema.field("vector").type.list_size
-        self._writer.write_batch(pa.record_batch([pa.array(images, pa.string()), _vectors(vectors, dim)],
-                                                 schema=self.schema))
+        columns = [pa.array(images, pa.string()), pa.array(digests, pa.string()), _vectors(vectors, dim)]
+        self._writer.write_batch(pa.record_batch(columns, schema=self.schema))
 
     def close(self) -> None:
         if self._writer is not None:
@@ -355,11 +401,11 @@ def previous_table(path: Path) -> pd.DataFrame | None:
 
 def update_features(mentions: pd.DataFrame, table_path: Path, encoder: ImageEncoder, batch_size: int,
                     missing_image: str) -> dict:
-    """The features stage: encode what the previous table (same encoder) and an unfinished run's
-    checkpoint do not hold, write the table, then drop the checkpoint; returns the report. The
-    table is written before the checkpoint goes, so a run killed in between finds a checkpoint
-    that the table already holds, and a report (written after this) only describes a complete
-    table."""
+    """The features stage: encode what the previous table and an unfinished run's checkpoint do not
+    hold (for the same encoder and the same file bytes), write the table, then drop the checkpoint;
+    returns the report. The table is written before the checkpoint goes, so a run killed in between
+    finds a checkpoint that the table already holds, and a report (written after this) only
+    describes a complete table."""
     import sys
 
     cache = previous_table(table_path)

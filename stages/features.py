@@ -1,6 +1,7 @@
 """features: every image of {prepare.out}/mentions.parquet -> one vector each, in
-{features.out}/images.parquet (incremental: rows of the previous table from the same encoder are
-reused; a killed run resumes from {features.out}/images.partial/) and report.json."""
+{features.out}/images.parquet (incremental: a vector of the previous table is reused for the same
+encoder and the same file bytes, by sha256; a killed run resumes from {features.out}/images.partial/)
+and report.json (`stale`: images whose file changed since the previous table)."""
 from __future__ import annotations
 
 import json

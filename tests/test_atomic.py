@@ -27,7 +27,7 @@ def umask(request) -> Iterator[int]:
 
 
 def features_table() -> pd.DataFrame:
-    t = pd.DataFrame({"image": ["a.png"], "vector": [np.ones(3, np.float32)], "ok": [True]})
+    t = pd.DataFrame({"image": ["a.png"], "sha256": ["0" * 64], "vector": [np.ones(3, np.float32)], "ok": [True]})
     t.attrs.update(encoder="enc", dim=3)
     return t
 
@@ -66,7 +66,7 @@ def test_outputs_get_the_usual_mode(tmp_path: Path, umask: int, kind: str) -> No
 
 def test_checkpoint_stream_gets_the_usual_mode(tmp_path: Path, umask: int) -> None:
     c = Checkpoint(tmp_path / "partial", "enc", 2)
-    c.append(["a"], np.ones((1, 2), np.float32))
+    c.append(["a"], ["0" * 64], np.ones((1, 2), np.float32))
     c.close()
     (stream,) = (tmp_path / "partial").iterdir()
     assert stat.S_IMODE(stream.stat().st_mode) == 0o666 & ~umask

@@ -23,7 +23,9 @@ from gemel.features import (
     ImageError,
     encode_images,
     encode_mentions,
+    file_sha256,
     load_features,
+    previous_table,
     read_features,
     write_features,
 )
@@ -92,6 +94,8 @@ def test_incremental_cache(effnet: ImageEncoder, images: list[str], tmp_path: Pa
     assert pa.types.is_fixed_size_list(vector_type) and vector_type.list_size == 1280
     assert vector_type.value_type == pa.float32()
     assert schema.metadata[b"gemel.encoder"].decode() == effnet.name
+    assert schema.field("sha256").type == pa.string()
+    assert pq.read_table(path)["sha256"].to_pylist() == [file_sha256(p) for p in images[:2]]
 
     cache = read_features(path)
     again, report = encode_images(images[:2], effnet, cache=cache)
@@ -105,6 +109,37 @@ def test_incremental_cache(effnet: ImageEncoder, images: list[str], tmp_path: Pa
     cache.attrs["encoder"] = "some-other-encoder"
     _, report = encode_images(images, effnet, cache=cache)
     assert (report["encoded"], report["reused"]) == (3, 0)
+
+
+def test_an_image_replaced_at_the_same_path_is_encoded_again(effnet: ImageEncoder, images: list[str],
+                                                              tmp_path: Path) -> None:
+    first, _ = encode_images(images, effnet)
+    write_features(first, tmp_path / "images.parquet")
+    cache = read_features(tmp_path / "images.parquet")
+    draw(Path(images[1]), seed=99)  # another sample draw under the same name
+    twin = str(tmp_path / "renamed.png")
+    shutil.copy(images[0], twin)  # the same bytes under a new name: the cache is keyed by content
+    table, report = encode_images(images + [twin], effnet, cache=cache)
+    assert (report["encoded"], report["reused"], report["stale"], report["images"]) == (1, 3, 1, 4)
+    old, new = vectors(first), vectors(table)
+    assert not np.allclose(new[images[1]], old[images[1]], atol=1e-3)
+    fresh, _ = encode_images([images[1]], effnet)
+    np.testing.assert_allclose(new[images[1]], vectors(fresh)[images[1]], rtol=1e-5, atol=1e-6)
+    # Unchanged images keep their cached vectors bit for bit: they were not encoded again.
+    for p in (images[0], images[2]):
+        np.testing.assert_array_equal(new[p], old[p])
+    np.testing.assert_array_equal(new[twin], old[images[0]])
+    assert table.set_index("image").loc[images[1], "sha256"] == file_sha256(images[1])
+
+
+def test_a_table_without_hashes_is_recomputed(effnet: ImageEncoder, images: list[str], tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    table, _ = encode_images(images[:1], effnet)
+    path = tmp_path / "images.parquet"
+    write_features(table, path)
+    pq.write_table(pq.read_table(path).drop_columns(["sha256"]), path)  # the layout before the hash column
+    assert previous_table(path) is None and "no column(s) sha256" in capsys.readouterr().err
+    assert load_features(path).index == {images[0]: 0}  # train and decode still read it until features reruns
 
 
 def test_load_features_keeps_the_ok_mask(effnet: ImageEncoder, images: list[str], tmp_path: Path) -> None:
@@ -122,11 +157,12 @@ def test_checkpoint_resumes_whole_batches(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(2, 3)).astype(np.float32), rng.normal(size=(1, 3)).astype(np.float32)
     first = Checkpoint(tmp_path / "partial", "enc", 3)
-    first.append(["a0", "a1"], a)
-    first.append(["b0"], b)
+    first.append(["a0", "a1"], ["ha0", "ha1"], a)
+    first.append(["b0"], ["hb0"], b)
     # Read while the writer is still open, as after a kill -9: every appended batch is on disk.
     got = Checkpoint(tmp_path / "partial", "enc", 3).read()
     assert got["image"].tolist() == ["a0", "a1", "b0"] and got["ok"].all() and got.attrs == {"encoder": "enc", "dim": 3}
+    assert got["sha256"].tolist() == ["ha0", "ha1", "hb0"]
     np.testing.assert_array_equal(np.stack(got["vector"]), np.concatenate([a, b]))
     assert Checkpoint(tmp_path / "partial", "another encoder", 3).read() is None
     # A stream cut in the middle of its last batch gives the batches before it.
@@ -135,7 +171,7 @@ def test_checkpoint_resumes_whole_batches(tmp_path: Path) -> None:
     assert Checkpoint(tmp_path / "partial", "enc", 3).read()["image"].tolist() == ["a0", "a1"]
     # A second unfinished run appends its own stream; clear() removes them all.
     second = Checkpoint(tmp_path / "partial", "enc", 3)
-    second.append(["c0"], b)
+    second.append(["c0"], ["hc0"], b)
     assert Checkpoint(tmp_path / "partial", "enc", 3).read()["image"].tolist() == ["a0", "a1", "c0"]
     second.clear()
     assert not (tmp_path / "partial").exists()
@@ -149,6 +185,17 @@ def test_resumed_rows_are_not_encoded_again(effnet: ImageEncoder, images: list[s
     assert (report["encoded"], report["resumed"], report["reused"]) == (1, 2, 0)
     assert table["image"].tolist() == images
     np.testing.assert_allclose(np.stack(table["vector"]), np.stack(full["vector"]), rtol=1e-5, atol=1e-6)
+
+
+def test_a_resume_encodes_an_image_replaced_since_the_kill(effnet: ImageEncoder, images: list[str],
+                                                           tmp_path: Path) -> None:
+    partial = Checkpoint(tmp_path / "partial", effnet.name, effnet.dim)
+    encode_images(images[:2], effnet, batch_size=2, on_batch=partial.append)
+    draw(Path(images[0]), seed=99)
+    table, report = encode_images(images, effnet, batch_size=2, resume=partial.read())
+    assert (report["encoded"], report["resumed"]) == (2, 1)  # images[0] again, images[2]; images[1] resumed
+    fresh, _ = encode_images(images[:1], effnet)
+    np.testing.assert_allclose(vectors(table)[images[0]], vectors(fresh)[images[0]], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("policy", ["zero", "drop"])
@@ -200,8 +247,12 @@ def test_stage_is_incremental(effnet: ImageEncoder, images: list[str], tmp_path:
     assert (report["encoded"], report["no_image"], report["encoder"]) == (2, 1, effnet.name)
     assert features_stage.main(argv) == 0
     report = json.loads((tmp_path / "features" / "report.json").read_text())
-    assert (report["encoded"], report["reused"]) == (0, 2)
+    assert (report["encoded"], report["reused"], report["stale"]) == (0, 2, 0)
     assert len(read_features(tmp_path / "features" / "images.parquet")) == 2
+    draw(Path(images[1]), seed=99)  # as `dvc exp run -S sample.seed=1` redraws under the same names
+    assert features_stage.main(argv) == 0
+    report = json.loads((tmp_path / "features" / "report.json").read_text())
+    assert (report["encoded"], report["reused"], report["stale"]) == (1, 1, 1)
 
 
 def test_unknown_encoder_lists_known() -> None:

@@ -1,10 +1,12 @@
 # Shared by the other .smk files: the validated config, the runs of the sweeps, and small helpers
-# turning a run into `--set` overrides of the stage CLIs. The conventions live in gemel.workflow.
+# turning a run into `--set` overrides of the stage CLIs. The conventions live in gemel.workflow;
+# each rule's `code` input is stage_code(<stage>), the list dvc.yaml has (gemel/codedeps.py).
 import functools
 import re
 import sys
 
 from gemel import paths
+from gemel.codedeps import stage_code
 from gemel.config import ConfigError, load_params
 from gemel.workflow import (ablation_runs, check_llms, dataset_inputs, dataset_runs, dataset_settings, default_run,
                             demos_dir, effective, run_overrides, run_settings, scale_runs, seed_runs, set_args,

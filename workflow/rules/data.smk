@@ -4,7 +4,7 @@
 
 rule sample:
     input:
-        code=["gemel/data/sample.py", "gemel/data/sample_images.py", "stages/sample.py"],
+        code=stage_code("sample"),
     output:
         directory(PARAMS["sample"]["out"]),
     params:
@@ -22,7 +22,7 @@ rule prepare:
     input:
         # Every preset's files, as in dvc.yaml: the sample's folder (rule sample), or data/raw/<name>/.
         data=[PARAMS["sample"]["out"], "data/raw"],
-        code=["gemel/data/importers.py", "gemel/data/prepare.py", "gemel/data/tables.py", "stages/prepare.py"],
+        code=stage_code("prepare"),
     output:
         mentions=f"{PREPARED}/{paths.MENTIONS}",
         kb=f"{PREPARED}/{paths.KB}",
@@ -41,7 +41,9 @@ rule prepare:
 rule features:
     input:
         mentions=rules.prepare.output.mentions,
-        code=["gemel/encoders.py", "gemel/features.py", "stages/features.py"],
+        # The image files themselves, as in dvc.yaml (the cache is keyed by their bytes, not their paths).
+        data=[PARAMS["sample"]["out"], "data/raw"],
+        code=stage_code("features"),
     output:
         table=f"{FEATURES}/{paths.FEATURES}",
         report=f"{FEATURES}/{paths.FEATURES_REPORT}",
@@ -60,7 +62,7 @@ rule features:
 rule retrieve:
     input:
         mentions=rules.prepare.output.mentions,
-        code=["gemel/retrieval.py", "stages/retrieve.py"],
+        code=stage_code("retrieve"),
     output:
         demos=f"{DEMOS}/{paths.DEMOS}",
         pool=f"{DEMOS}/{paths.POOL}",
@@ -80,7 +82,7 @@ rule retrieve:
 rule retrieve_method:
     input:
         mentions=rules.prepare.output.mentions,
-        code=["gemel/retrieval.py", "stages/retrieve.py"],
+        code=stage_code("retrieve"),
     output:
         demos=f"{DEMOS}/{{method}}/{paths.DEMOS}",
         pool=f"{DEMOS}/{{method}}/{paths.POOL}",
@@ -100,7 +102,7 @@ rule candidates:
     input:
         mentions=rules.prepare.output.mentions,
         kb=rules.prepare.output.kb,
-        code=["gemel/candidates.py", "stages/candidates.py"],
+        code=stage_code("candidates"),
     output:
         table=f"{CANDIDATES}/{paths.CANDIDATES}",
         report=f"{CANDIDATES}/{paths.CANDIDATES_REPORT}",

@@ -7,7 +7,7 @@
 rule trie:
     input:
         kb=rules.prepare.output.kb,
-        code=["gemel/llm.py", "gemel/trie.py", "stages/trie.py"],
+        code=stage_code("trie"),
     output:
         trie=f"{TRIES}/{{llm}}.npz",
     params:
@@ -30,8 +30,7 @@ rule train:
         trie=rules.trie.output.trie,
         candidates=rules.candidates.output.table,
         candidates_report=rules.candidates.output.report,
-        code=["gemel/llm.py", "gemel/prompt.py", "gemel/model.py", "gemel/training.py", "gemel/decoding.py",
-              "gemel/candidates.py", "gemel/linker.py", "gemel/run.py", "stages/train.py"],
+        code=stage_code("train"),
     output:
         mapper=run_file(paths.MAPPER),
         run=run_file(paths.RUN_RECORD),
@@ -62,8 +61,7 @@ rule decode:
         trie=rules.trie.output.trie,
         mapper=rules.train.output.mapper,
         candidates=rules.candidates.output.table,
-        code=["gemel/decoding.py", "gemel/model.py", "gemel/prompt.py", "gemel/candidates.py", "gemel/linker.py",
-              "stages/decode.py"],
+        code=stage_code("decode"),
     output:
         predictions=run_file(paths.PREDICTIONS),
         report=run_file(paths.DECODE_REPORT),
@@ -88,7 +86,7 @@ rule evaluate:
         candidates=rules.candidates.output.table,
         predictions=rules.decode.output.predictions,
         decode_report=rules.decode.output.report,
-        code=["gemel/metrics.py", "gemel/candidates.py", "stages/evaluate.py"],
+        code=stage_code("evaluate"),
     output:
         metrics=run_file(paths.METRICS),
         breakdown=run_file(paths.BREAKDOWN),
@@ -116,7 +114,7 @@ rule report:
         dev=rules.train.output.dev,
         # The thumbnails come from the image files themselves (every preset's, as for prepare).
         data=rules.prepare.input.data,
-        code=["gemel/report.py", "gemel/metrics.py", "stages/report.py"],
+        code=stage_code("report"),
     output:
         html=run_file(paths.REPORT_HTML),
     params:

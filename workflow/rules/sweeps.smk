@@ -7,18 +7,14 @@ DATASETS, DATASETS_SKIPPED = dataset_runs(PARAMS)
 for _name, _why in DATASETS_SKIPPED:
     print(f"datasets: skipping {_name}: {_why}", file=sys.stderr)
 DATASET_STAGES = ["prepare", "features", "retrieve", "candidates", "trie", "train", "decode", "evaluate", "report"]
-DATASET_CODE = sorted({"gemel/data/importers.py", "gemel/data/prepare.py", "gemel/data/tables.py", "gemel/encoders.py",
-                       "gemel/features.py", "gemel/retrieval.py", "gemel/candidates.py", "gemel/llm.py",
-                       "gemel/trie.py", "gemel/prompt.py", "gemel/model.py", "gemel/training.py",
-                       "gemel/decoding.py", "gemel/linker.py", "gemel/metrics.py", "gemel/run.py", "gemel/report.py",
-                       *(f"stages/{s}.py" for s in DATASET_STAGES)})
+DATASET_CODE = sorted({path for stage in DATASET_STAGES for path in stage_code(stage)})
 
 
 rule summarize_scales:
     input:
         metrics=[r.metrics for r in SCALES],
         reports=[r.report for r in SCALES],  # the summary page links each run's page
-        code=["gemel/summary.py", "gemel/report.py", "gemel/workflow.py", "stages/summarize.py"],
+        code=stage_code("summarize"),
     output:
         **summary_files(PARAMS, "scales"),
     params:
@@ -37,7 +33,7 @@ rule summarize_ablations:
     input:
         metrics=[r.metrics for r in ABLATIONS],
         reports=[r.report for r in ABLATIONS],
-        code=["gemel/summary.py", "gemel/report.py", "gemel/workflow.py", "stages/summarize.py"],
+        code=stage_code("summarize"),
     output:
         **summary_files(PARAMS, "ablations"),
     params:
@@ -83,7 +79,7 @@ rule summarize_datasets:
     input:
         metrics=[r.metrics for r in DATASETS],
         reports=[r.report for r in DATASETS],
-        code=["gemel/summary.py", "gemel/report.py", "gemel/workflow.py", "stages/summarize.py"],
+        code=stage_code("summarize"),
     output:
         **summary_files(PARAMS, "datasets"),
     params:
@@ -101,7 +97,7 @@ rule summarize_seeds:
     input:
         metrics=[r.metrics for r in SEEDS],
         reports=[r.report for r in SEEDS],
-        code=["gemel/summary.py", "gemel/report.py", "gemel/workflow.py", "stages/summarize.py"],
+        code=stage_code("summarize"),
     output:
         **summary_files(PARAMS, "seeds"),
     params:
