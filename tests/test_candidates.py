@@ -45,7 +45,7 @@ def brute_search(names: list[str], query: list[str], k: int) -> list[int]:
     idf = {w: math.log(1.0 + len(names) / c) for w, c in df.items()}
     q = set(query)
     scored = [(round(sum(np.float32(idf[w]) for w in q & s), 4), len(s), len(n), i)
-              for i, (n, s) in enumerate(zip(names, sets)) if q & s]
+              for i, (n, s) in enumerate(zip(names, sets, strict=True)) if q & s]
     scored.sort(key=lambda t: (-t[0], t[1], t[2], t[3]))
     return [t[3] for t in scored[:k]]
 
@@ -59,7 +59,7 @@ def test_name_index_matches_a_brute_force_scan() -> None:
     queries.append(["nowhere"])  # no shared word: no candidate
     for k in (1, 5, 16):
         got = index.search(queries, k, batch=7)  # several batches
-        for q, g in zip(queries, got):
+        for q, g in zip(queries, got, strict=True):
             assert g.tolist() == brute_search(names, q, k), q
     for q in queries:
         want = sorted((i for i, n in enumerate(names) if set(q) <= set(words(n))), key=lambda i: (len(names[i]), i))
@@ -81,11 +81,11 @@ def test_recall_matches_a_brute_force_count() -> None:
     test = table[table["split"] == "test"].reset_index(drop=True)
     gold_test = mentions.loc[mentions["split"] == "test", "entity_id"].tolist()
     for k in (1, 5):
-        by_hand = np.mean([g in list(c)[:k] for c, g in zip(test["cand_ids"], gold_test)])
+        by_hand = np.mean([g in list(c)[:k] for c, g in zip(test["cand_ids"], gold_test, strict=True)])
         assert report["recall"]["test"][f"recall@{k}"] == pytest.approx(round(float(by_hand), 4))
     # every candidate is a KB entity, named as the KB names it, scored as a log-distribution
-    names = dict(zip(kb["entity_id"], kb["name"]))
-    for ids, ns, scores in zip(table["cand_ids"], table["cand_names"], table["cand_scores"]):
+    names = dict(zip(kb["entity_id"], kb["name"], strict=True))
+    for ids, ns, scores in zip(table["cand_ids"], table["cand_names"], table["cand_scores"], strict=True):
         assert [names[i] for i in ids] == list(ns)
         assert np.exp(np.asarray(scores, dtype=np.float64)).sum() == pytest.approx(1.0, abs=1e-4)
         assert list(scores) == sorted(scores, reverse=True)
@@ -116,7 +116,7 @@ def test_ranker_learns_the_informative_feature_and_is_deterministic() -> None:
     r1, r2 = Ranker.fit(pools, gold), Ranker.fit(pools, gold)
     assert np.array_equal(r1.weights, r2.weights)
     assert int(np.argmax(r1.weights)) == j
-    assert all(int(np.argmax(r1.score(p.features))) == g - 100 for p, g in zip(pools, gold))
+    assert all(int(np.argmax(r1.score(p.features))) == g - 100 for p, g in zip(pools, gold, strict=True))
 
 
 def test_fused_score_is_the_formula_and_the_weight_is_chosen_by_dev_accuracy() -> None:

@@ -62,7 +62,7 @@ def images(tmp_path: Path) -> list[str]:
 
 
 def vectors(table: pd.DataFrame) -> dict[str, np.ndarray]:
-    return dict(zip(table["image"], table["vector"]))
+    return dict(zip(table["image"], table["vector"], strict=True))
 
 
 def test_efficientnet_real_weights(effnet: ImageEncoder, images: list[str], tmp_path: Path) -> None:

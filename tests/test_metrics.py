@@ -130,7 +130,7 @@ BASE_ROWS = [
 
 def base_inputs() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     kb = pd.DataFrame({"entity_id": [f"K{i}" for i in range(len(BASE_KB))], "name": BASE_KB, "description": None})
-    eid = dict(zip(BASE_KB, kb["entity_id"]))
+    eid = dict(zip(BASE_KB, kb["entity_id"], strict=True))
     train = [("Jaguar", "Jaguar Cars"), ("JAGUAR", "Jaguar Cars"), ("Jaguar", "Jaguar"), ("Queen", "Queen Victoria")]
     mentions = pd.DataFrame({"id": [f"t{i}" for i in range(4)], "split": "train", "mention": [m for m, _ in train],
                              "entity_id": [eid[g] for _, g in train], "entity_name": [g for _, g in train], "is_nil": False})

@@ -45,7 +45,7 @@ def make_mentions(rows=ROWS) -> pd.DataFrame:
     df["text"] = [f"A sentence about {m} number {i}." for i, m in enumerate(df["mention"])]
     df["start"], df["end"], df["image"] = 17, 17 + df["mention"].str.len(), None
     df["entity_id"] = [None if nil else f"Q{i}" for i, nil in enumerate(df["is_nil"])]
-    df["entity_name"] = [None if nil else m for m, nil in zip(df["mention"], df["is_nil"])]
+    df["entity_name"] = [None if nil else m for m, nil in zip(df["mention"], df["is_nil"], strict=True)]
     return df[MENTIONS.names]
 
 
@@ -83,10 +83,10 @@ def test_simcse_matches_brute_force(encoder, query):
     for q in range(len(mentions)):
         for p in pool:
             score_of[q, mentions["id"][p]] = float(np.dot(emb[q], emb[p]))
-    for q, (row, (ids, scores)) in enumerate(zip(demos.itertuples(), expected)):
+    for q, (row, (ids, scores)) in enumerate(zip(demos.itertuples(), expected, strict=True)):
         assert len(row.demo_ids) == top_k
         np.testing.assert_allclose(row.demo_scores, scores, atol=1e-5)
-        for got, want, s in zip(row.demo_ids, ids, scores):
+        for got, want, s in zip(row.demo_ids, ids, scores, strict=True):
             # Ids agree position by position; a swap is only allowed between (near-)equal scores:
             # exact ties are ordered at random (seeded), and batched vs single-text encoding
             # differs in the last bits.
