@@ -205,7 +205,7 @@ def test_stage_is_incremental(effnet: ImageEncoder, images: list[str], tmp_path:
 
 
 def test_unknown_encoder_lists_known() -> None:
-    with pytest.raises(ValueError, match="efficientnet_lite0, open_clip"):
+    with pytest.raises(EncoderError, match="efficientnet_lite0, open_clip"):
         build_image_encoder(FeaturesParams(encoder="resnet"))
 
 
