@@ -58,7 +58,7 @@ def build_image_encoder(p: FeaturesParams, device: str = "cpu") -> ImageEncoder:
         "open_clip": lambda p, d: _open_clip(p.open_clip_model, p.open_clip_pretrained, p.open_clip_output, d),
     }
     if p.encoder not in builders:
-        raise ValueError(f"features.encoder: unknown image encoder {p.encoder!r} (known: {', '.join(builders)})")
+        raise EncoderError(f"features.encoder: unknown image encoder {p.encoder!r} (known: {', '.join(builders)})")
     return builders[p.encoder](p, device)
 
 
@@ -75,7 +75,7 @@ def weights_fingerprint(p: FeaturesParams) -> dict[str, Any]:
         path = None if p.open_clip_pretrained is None else _resolve_open_clip_weights(
             p.open_clip_model, _open_clip_model_name(p.open_clip_model), p.open_clip_pretrained)[0]
     else:
-        raise ValueError(f"features.encoder: unknown image encoder {p.encoder!r} (known: efficientnet_lite0, "
+        raise EncoderError(f"features.encoder: unknown image encoder {p.encoder!r} (known: efficientnet_lite0, "
                          "open_clip)")
     # open_clip without weights is the seeded random initialisation (tests only): nothing to hash.
     return {**fields, "weights": Path(path).name if path else "random-init-seed0",
@@ -238,7 +238,7 @@ def _open_clip(model: str, pretrained: str | None, output: str, device: str) -> 
     from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
 
     if output not in ("pooled", "projected"):
-        raise ValueError(f"features.open_clip_output: unknown output {output!r} (known: pooled, projected)")
+        raise EncoderError(f"features.open_clip_output: unknown output {output!r} (known: pooled, projected)")
     arch = _open_clip_model_name(model)
     if pretrained is None:
         checkpoint, tag_cfg, weights_id = None, {}, "random-init-seed0"

@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from gemel.config import ConfigError
 from gemel.data.tables import InputFileError, read_arrow, write_parquet_atomic
 from gemel.encoders import ImageEncoder
 from gemel.errors import GemelError
@@ -135,7 +136,7 @@ def encode_images(paths: Iterable[str], encoder: ImageEncoder, batch_size: int =
     """
     if missing_image not in MISSING_POLICIES:
         known = ", ".join(MISSING_POLICIES)
-        raise ValueError(f"features.missing_image: unknown policy {missing_image!r} (known: {known})")
+        raise ConfigError(f"features.missing_image: unknown policy {missing_image!r} (known: {known})")
     paths = list(dict.fromkeys(paths))
     # Every run reads every image once to hash it: the price of noticing a file replaced in place.
     digests = {p: file_sha256(p) for p in paths}
@@ -197,7 +198,7 @@ def encode_inputs(paths: Sequence[str | None], encoder: ImageEncoder, batch_size
     input whose image is missing or unreadable (None elsewhere): one bad input, not the batch."""
     if missing_image not in MISSING_POLICIES:
         known = ", ".join(MISSING_POLICIES)
-        raise ValueError(f"features.missing_image: unknown policy {missing_image!r} (known: {known})")
+        raise ConfigError(f"features.missing_image: unknown policy {missing_image!r} (known: {known})")
     bad: dict[str, str] = {}
     given = list(dict.fromkeys(p for p in paths if p is not None))
     vectors = encode_paths(given, encoder, batch_size, bad.__setitem__, progress=False)

@@ -25,8 +25,9 @@ import torch
 
 from gemel.candidates import CandidateError, choose_weight, first, fuse
 from gemel.config import DecodeParams, ModelParams
-from gemel.data.tables import read_mentions, read_table
+from gemel.data.tables import read_json, read_mentions, read_table
 from gemel.decoding import Hypothesis, decode, score_candidates
+from gemel.errors import GemelError
 from gemel.features import encode_inputs, load_features
 from gemel.inputs import InputError, NewMention, chunks, error_record, parse_input
 from gemel.llm import answer_ids, get_spec, load_llm, load_tokenizer
@@ -48,6 +49,11 @@ PREDICTIONS_SCHEMA = pa.schema([
     ("beams", pa.list_(pa.string())), ("beam_ids", pa.list_(pa.string())), ("beam_scores", pa.list_(pa.float32())),
     ("llm_scores", pa.list_(pa.float32())), ("cand_priors", pa.list_(pa.float32())),  # candidate-aware mode only
 ])
+
+
+class LinkError(GemelError, ValueError):
+    """Decode or model settings that the run's artifacts cannot honour; the message names the
+    setting and what to set instead."""
 
 
 @dataclass
@@ -235,7 +241,8 @@ class Linker:
     def candidate_llm_scores(self, ids: Sequence[str], p: DecodeParams, progress: bool = False) -> list[np.ndarray]:
         """The LLM's score of each of a mention's candidates (candidate-aware mode)."""
         if self.candidates is None:
-            raise ValueError("decode.candidates needs the candidates stage's table (candidates.parquet)")
+            raise LinkError("decode.candidates: constrained needs the candidates stage's table (candidates.parquet): "
+                            "run the candidates stage, or set decode.candidates to none")
         self.model.eval()
         cache: dict[str, list[int]] = {}
         seqs = [[cache.setdefault(n, answer_ids(self.tokenizer, n)) for n in self.candidates.at[i, "cand_names"]]
@@ -282,7 +289,9 @@ class Linker:
         if p.fusion_weight != "auto":
             return float(p.fusion_weight), {"fusion_weight": float(p.fusion_weight), "chosen_on": None}
         if not len(dev):
-            raise ValueError("decode.fusion_weight: auto needs dev mentions to choose on; set a number")
+            raise LinkError("decode.fusion_weight: auto chooses the weight on the dev split's linked mentions, and "
+                            "this dataset has none: set decode.fusion_weight to a number (e.g. --set "
+                            "decode.fusion_weight=1.0)")
         ids = list(dev["id"])
         llm = self.candidate_llm_scores(ids, p)
         c = self.candidates.loc[ids]
@@ -369,10 +378,8 @@ def decode_settings(run_dir: Path) -> tuple[DecodeParams, float, list[str]]:
     """How the run's decode stage linked (its decode_report.json: settings and, candidate-aware, the
     fusion weight chosen on dev), so new inputs link the same way; with a note whenever that record
     is missing and defaults stand in."""
-    import json
-
     report = run_dir / DECODE_REPORT
-    data = json.loads(report.read_text(encoding="utf-8")) if report.is_file() else {}
+    data = read_json(report, "decode") if report.is_file() else {}
     if "settings" not in data:
         return DecodeParams(), 0.0, [f"{report}: no record of the decode stage's settings (run the decode stage): "
                                      "linking in the paper's mode with the default decode settings"]
@@ -422,8 +429,9 @@ def build_linker(params: dict[str, Any], mentions: pd.DataFrame, demos: pd.DataF
     matrix), `trie` a trie file or an EntityTrie. The LLM is bf16 on a GPU, fp32 on a CPU."""
     m = ModelParams(**params["model"])
     if m.num_demos > params["retrieve"]["top_k"]:
-        raise ValueError(f"model.num_demos = {m.num_demos} exceeds retrieve.top_k = {params['retrieve']['top_k']}: "
-                         "retrieve keeps only top_k demonstrations per mention")
+        raise LinkError(f"model.num_demos = {m.num_demos} exceeds retrieve.top_k = {params['retrieve']['top_k']}: "
+                        "retrieve keeps only top_k demonstrations per mention; lower model.num_demos or raise "
+                        "retrieve.top_k (and rerun retrieve)")
     spec = get_spec(params["llms"], m.llm)
     tokenizer = load_tokenizer(spec)
     dev = device_name or default_device()

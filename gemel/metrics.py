@@ -27,9 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from gemel.data.tables import read_json, read_kb, read_mentions, read_schema, read_table
 from gemel.errors import GemelError
 from gemel.paths import DECODE_REPORT, PREDICTIONS, Artifacts
 
@@ -48,17 +47,12 @@ class MetricsError(GemelError, ValueError):
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.is_file():
-        raise MetricsError(f"{path}: no such file (run the decode stage first)")
-    try:
-        names = pq.read_schema(path).names
-    except (pa.ArrowInvalid, OSError) as e:
-        raise MetricsError(f"{path}: not a readable Parquet file: {e}") from None
+    """The decode stage's table (a checksummed read), with the columns evaluate needs."""
+    names = read_schema(path, "decode").names
     missing = [c for c in PREDICTION_COLUMNS if c not in names]
     if missing:
         raise MetricsError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(names)})")
-    pred = pq.read_table(path, columns=list(PREDICTION_COLUMNS)).to_pandas()
+    pred = read_table(path, "decode", columns=PREDICTION_COLUMNS)
     check_predictions(pred, str(path))
     return pred
 
@@ -217,17 +211,13 @@ def breakdown_table(b: dict[str, dict[str, dict[str, Any]]]) -> str:
 def evaluate_run(a: Artifacts, hits_at: Sequence[int]) -> dict[str, Any]:
     """The evaluate stage: metrics.json of a run from its predictions and the shared tables (the
     candidates table, when present, feeds the breakdown). No timings: equal inputs, equal bytes."""
-    import json
-
-    from gemel.data.tables import read_kb, read_mentions, read_table
-
     pred = read_predictions(a.in_run(PREDICTIONS))
     kb, mentions = read_kb(a.kb), read_mentions(a.mentions)
     cands = read_table(a.candidates, "candidates", columns=["id", "cand_ids"]) if a.candidates.is_file() else None
     metrics = compute_metrics(pred, set(kb["name"].dropna()), hits_at)
     report = a.in_run(DECODE_REPORT)
     if report.is_file():  # what decoding chose: the mode and, candidate-aware, the fusion weight
-        d = json.loads(report.read_text(encoding="utf-8"))
+        d = read_json(report, "decode")
         metrics["decode"] = {k: d[k] for k in ("mode", "split", "fusion_weight", "chosen_on") if k in d}
     metrics["baselines"], rule = baselines(pred, mentions, kb)
     metrics["breakdown"] = breakdown(pred, mentions, rule, cands)

@@ -12,7 +12,12 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from gemel.atomic import atomic_path
+from gemel.errors import GemelError
 from gemel.prompt import IMAGE, Batch
+
+
+class MapperError(GemelError, ValueError):
+    """A mapper file that does not fit the model it is loaded into; names the file."""
 
 
 class Mapper(nn.Module):
@@ -136,8 +141,9 @@ class Gemel(nn.Module):
         got, want = state.get("linear.weight"), self.mapper.linear.weight
         if got is None or got.shape != want.shape:
             shape = tuple(got.shape) if got is not None else "unknown"
-            raise ValueError(f"{path}: mapper of shape {shape} does not fit this model "
-                             f"({tuple(want.shape)}): was it trained for another LLM, k or encoder?")
+            raise MapperError(f"{path}: mapper of shape {shape} does not fit this model ({tuple(want.shape)}): "
+                              "it was trained for another LLM, k or image encoder; retrain it (the train stage) "
+                              "or use the settings it was trained with")
         self.mapper.load_state_dict(state)
 
 

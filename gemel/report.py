@@ -35,9 +35,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 
+from gemel.data.tables import read_mentions, read_schema, read_table
 from gemel.errors import GemelError
 from gemel.metrics import BUCKETS, bucket_flags, read_predictions
 from gemel.paths import DECODE_REPORT, Artifacts
@@ -196,9 +195,9 @@ def collect(run_dir: str | Path, mentions: pd.DataFrame, candidates: pd.DataFram
     run_dir, root = Path(run_dir), Path(root)
     pred_path = run_dir / "predictions.parquet"
     pred = read_predictions(pred_path)
-    extra = [c for c in EXTRA_COLUMNS if c in pq.read_schema(pred_path).names]
+    extra = [c for c in EXTRA_COLUMNS if c in read_schema(pred_path, "decode").names]
     if extra:
-        pred = pd.concat([pred, pq.read_table(pred_path, columns=extra).to_pandas()], axis=1)
+        pred = pd.concat([pred, read_table(pred_path, "decode", columns=extra)], axis=1)
     metrics = _read_json(run_dir / "metrics.json", "evaluate")
     record = _read_json(run_dir / "run.json", "train")
     # How the run decodes is the decode stage's record (run.json holds what training used).
@@ -518,22 +517,16 @@ def summary_page(title: str, table: pd.DataFrame, plot_png: str | Path | None,
     return page(title, body)
 
 
-def _read_optional(path: Path, columns: list[str]) -> pd.DataFrame | None:
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_parquet(path, columns=columns)
-    except (pa.ArrowInvalid, KeyError, OSError) as e:
-        raise ReportError(f"{path}: not readable with columns {', '.join(columns)}: {e}") from None
+def _read_optional(path: Path, made_by: str, columns: list[str]) -> pd.DataFrame | None:
+    """A table the page can do without: None when absent; a damaged one is still an error."""
+    return read_table(path, made_by, columns=columns) if path.is_file() else None
 
 
 def run_report(a: Artifacts) -> tuple[str, RunPage]:
     """The report stage: the page of run `a.run`, from its files and the shared tables (the
     candidates and features tables are optional: without them the page lacks the candidates and
     the encoder's view of each image). Image paths are relative to the working directory."""
-    from gemel.data.tables import read_mentions
-
-    candidates = _read_optional(a.candidates, ["id", "cand_ids", "cand_names", "cand_sources"])
-    features = _read_optional(a.features, ["image", "ok"])
+    candidates = _read_optional(a.candidates, "candidates", ["id", "cand_ids", "cand_names", "cand_sources"])
+    features = _read_optional(a.features, "features", ["image", "ok"])
     p = collect(a.run, read_mentions(a.mentions), candidates, root=".", features_ok=features)
     return render(p), p

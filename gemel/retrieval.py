@@ -21,10 +21,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import torch
 
 from gemel.config import RetrieveParams
+from gemel.data.tables import read_arrow, read_table
 from gemel.errors import GemelError
 
 # demos.parquet: one row per mention of every split, aligned with mentions.parquet by id.
@@ -305,7 +305,7 @@ def retrieve(mentions: pd.DataFrame, method: str, top_k: int, query: str = "ment
 
 
 def read_demos(path: str | Path) -> pd.DataFrame:
-    return pq.read_table(path, schema=DEMOS).to_pandas()
+    return read_table(path, "retrieve", DEMOS)
 
 
 # ---------------------------------------------------------------- the pool, for new inputs
@@ -387,9 +387,9 @@ def write_pool(pool: DemoPool, path: str | Path) -> None:
 
 
 def read_pool(path: str | Path) -> DemoPool:
-    table = pq.read_table(path)
+    table = read_arrow(path, "retrieve", columns=POOL.names)
     meta = (table.schema.metadata or {}).get(POOL_KEY)
-    if meta is None or set(POOL.names) - set(table.column_names):
+    if meta is None:
         raise RetrievalError(f"{path}: not a demonstration pool written by the retrieve stage")
     meta = json.loads(meta)
     column = table.column("vector")

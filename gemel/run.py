@@ -23,6 +23,7 @@ from typing import Any
 
 from gemel.atomic import write_text_atomic
 from gemel.config import FeaturesParams, section
+from gemel.data.tables import read_json
 from gemel.errors import GemelError
 from gemel.paths import MAPPER, RUN_RECORD, Artifacts
 from gemel.stack import versions
@@ -82,7 +83,7 @@ def write_run_record(params: dict[str, Any], out_dir: str | Path) -> dict[str, A
     retrieve = params["retrieve"]
     paths = artifact_paths(params)
     report_path = Path(paths["candidates_report"])
-    weights = json.loads(report_path.read_text())["weights"] if report_path.is_file() else None
+    weights = read_json(report_path, "candidates").get("weights") if report_path.is_file() else None
     record = {
         "format": FORMAT,
         "llm": {"name": llm, "spec": params["llms"][llm]},

@@ -14,6 +14,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from gemel.errors import GemelError
+
 # Only in a checkout (the editable install of `make setup`); an installed wheel has no lock beside it.
 LOCK_PATH = Path(__file__).resolve().parents[1] / "requirements.lock"
 
@@ -29,7 +31,7 @@ KEY_PACKAGES = (
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)$")
 
 
-class LockError(ValueError):
+class LockError(GemelError, ValueError):
     """A lock file line that is not an exact `name==version` pin."""
 
 

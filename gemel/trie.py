@@ -162,7 +162,8 @@ class Trie:
         """[len(nodes), vocab_size] bool, True where the token may follow that node (all False
         for -1): one scatter over the concatenated children of the given nodes."""
         if self.max_token >= vocab_size:
-            raise ValueError(f"the trie holds token {self.max_token} but the vocabulary has {vocab_size} tokens")
+            raise TrieError(f"the trie holds token {self.max_token} but the LLM's vocabulary has {vocab_size} tokens: "
+                            "it was built with another tokenizer; rerun the trie stage for this LLM")
         nd = _np(nodes).reshape(-1)
         if device is None:
             device = nodes.device if isinstance(nodes, torch.Tensor) else "cpu"

@@ -54,7 +54,8 @@ def get(params: dict[str, Any], key: str) -> Any:
     node: Any = params
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise KeyError(f"params has no key '{key}'")
+            raise ConfigError(f"params has no key '{key}' (a setting of a dataset preset or sweep names it: "
+                              "fix the name, or add the key to params.yaml)")
         node = node[part]
     return node
 

@@ -102,3 +102,29 @@ def test_the_mapper_gets_the_usual_mode(tmp_path: Path) -> None:
         os.umask(old)
     assert [p.name for p in tmp_path.iterdir()] == ["mapper.safetensors"]
     assert stat.S_IMODE((tmp_path / "mapper.safetensors").stat().st_mode) == 0o644
+
+
+def test_content_is_flushed_to_disk_before_the_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporary file is fsynced, whole, before it replaces the target: a power loss after the
+    rename must not leave a renamed file whose blocks never reached the disk."""
+    events: list[tuple] = []
+    fsync, replace = os.fsync, os.replace
+
+    def record_fsync(fd: int) -> None:
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        events.append(("fsync", Path(name).name, Path(name).read_bytes()))
+        fsync(fd)
+
+    def record_replace(src, dst) -> None:
+        events.append(("replace", Path(src).name, Path(dst).name))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "replace", record_replace)
+    target = tmp_path / "metrics.json"
+    write_text_atomic('{"accuracy": 1}\n', target)
+    assert [e[0] for e in events] == ["fsync", "replace"]
+    (_, synced, content), (_, src, dst) = events
+    assert synced == src and src.startswith(".metrics.json.") and dst == "metrics.json"
+    assert content == b'{"accuracy": 1}\n'  # the whole new content, not an empty or partial file
+    assert target.read_bytes() == content

@@ -45,7 +45,7 @@ def brute_search(names: list[str], query: list[str], k: int) -> list[int]:
     idf = {w: math.log(1.0 + len(names) / c) for w, c in df.items()}
     q = set(query)
     scored = [(round(sum(np.float32(idf[w]) for w in q & s), 4), len(s), len(n), i)
-              for i, (n, s) in enumerate(zip(names, sets)) if q & s]
+              for i, (n, s) in enumerate(zip(names, sets, strict=True)) if q & s]
     scored.sort(key=lambda t: (-t[0], t[1], t[2], t[3]))
     return [t[3] for t in scored[:k]]
 
@@ -59,7 +59,7 @@ def test_name_index_matches_a_brute_force_scan() -> None:
     queries.append(["nowhere"])  # no shared word: no candidate
     for k in (1, 5, 16):
         got = index.search(queries, k, batch=7)  # several batches
-        for q, g in zip(queries, got):
+        for q, g in zip(queries, got, strict=True):
             assert g.tolist() == brute_search(names, q, k), q
     for q in queries:
         want = sorted((i for i, n in enumerate(names) if set(q) <= set(words(n))), key=lambda i: (len(names[i]), i))
@@ -81,11 +81,11 @@ def test_recall_matches_a_brute_force_count() -> None:
     test = table[table["split"] == "test"].reset_index(drop=True)
     gold_test = mentions.loc[mentions["split"] == "test", "entity_id"].tolist()
     for k in (1, 5):
-        by_hand = np.mean([g in list(c)[:k] for c, g in zip(test["cand_ids"], gold_test)])
+        by_hand = np.mean([g in list(c)[:k] for c, g in zip(test["cand_ids"], gold_test, strict=True)])
         assert report["recall"]["test"][f"recall@{k}"] == pytest.approx(round(float(by_hand), 4))
     # every candidate is a KB entity, named as the KB names it, scored as a log-distribution
-    names = dict(zip(kb["entity_id"], kb["name"]))
-    for ids, ns, scores in zip(table["cand_ids"], table["cand_names"], table["cand_scores"]):
+    names = dict(zip(kb["entity_id"], kb["name"], strict=True))
+    for ids, ns, scores in zip(table["cand_ids"], table["cand_names"], table["cand_scores"], strict=True):
         assert [names[i] for i in ids] == list(ns)
         assert np.exp(np.asarray(scores, dtype=np.float64)).sum() == pytest.approx(1.0, abs=1e-4)
         assert list(scores) == sorted(scores, reverse=True)
@@ -116,7 +116,7 @@ def test_ranker_learns_the_informative_feature_and_is_deterministic() -> None:
     r1, r2 = Ranker.fit(pools, gold), Ranker.fit(pools, gold)
     assert np.array_equal(r1.weights, r2.weights)
     assert int(np.argmax(r1.weights)) == j
-    assert all(int(np.argmax(r1.score(p.features))) == g - 100 for p, g in zip(pools, gold))
+    assert all(int(np.argmax(r1.score(p.features))) == g - 100 for p, g in zip(pools, gold, strict=True))
 
 
 def test_fused_score_is_the_formula_and_the_weight_is_chosen_by_dev_accuracy() -> None:
@@ -155,3 +155,88 @@ def test_candidates_stage_writes_table_and_recall(tmp_path, monkeypatch) -> None
     assert table["id"].tolist() == ["a", "b", "c"] and report["top_k"] == 4
     assert set(report["recall"]) == {"train", "dev", "test"}
     assert recall_at(table.set_index("id").loc[["c"]], pd.Series(["Q2"]), [4])["recall@4"] == report["recall"]["test"]["recall@4"]
+
+
+def loo_mentions() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A KB and training mentions where leaving a mention out of the alias counts changes its
+    features: "Jordan" is E1 twice and E2 once, "Paris Hilton" occurs once."""
+    kb = pd.DataFrame({"entity_id": ["E1", "E2", "E3", "E4"],
+                       "name": ["Michael Jordan", "Jordan River", "Paris Hilton", "Paris"], "description": None})
+    train = [("Jordan", "E1"), ("jordan", "E1"), ("Jordan", "E2"), ("Paris Hilton", "E3"), ("Paris", "E4")]
+    mentions = pd.DataFrame({"id": [f"t{i}" for i in range(len(train))] + ["x"],
+                             "split": ["train"] * len(train) + ["test"],
+                             "text": [f"About {m}." for m, _ in train] + ["About Jordan."],
+                             "mention": [m for m, _ in train] + ["Jordan"],
+                             "entity_id": [e for _, e in train] + ["E2"], "is_nil": False})
+    return kb, mentions
+
+
+def test_ranker_is_fitted_on_alias_counts_that_leave_each_mention_out(monkeypatch) -> None:
+    """Every feature the ranker is fitted on that reads the alias table (the prior, whether the
+    alias was seen, the entity's frequency) counts the other training mentions only, checked
+    against a brute-force count over the training rows minus the mention itself."""
+    from gemel import candidates
+
+    kb, mentions = loo_mentions()
+    seen: list[tuple[list[Pool], list[int]]] = []
+    fit = candidates.Ranker.fit
+    monkeypatch.setattr(candidates.Ranker, "fit", classmethod(
+        lambda cls, pools, gold, *a, **kw: seen.append((list(pools), list(gold))) or fit(pools, gold, *a, **kw)))
+    generate(mentions, kb, top=4, pool_size=10, fit_limit=None)
+    ((pools, gold),) = seen
+    train = mentions[mentions["split"] == "train"].reset_index(drop=True)
+    assert len(pools) == len(train)
+    ids = kb["entity_id"].tolist()
+    col = {f: FEATURES.index(f) for f in ("alias_prior", "alias_seen", "entity_freq")}
+    for i, pool in enumerate(pools):
+        assert ids[gold[i]] == train.at[i, "entity_id"]
+        others = train.drop(index=i)
+        same = others[others["mention"].str.casefold() == train.at[i, "mention"].casefold()]
+        for row, f in zip(pool.rows, pool.features, strict=True):
+            e = ids[row]
+            n = int((same["entity_id"] == e).sum())
+            assert f[col["alias_prior"]] == pytest.approx(n / len(same) if len(same) else 0.0), (i, e)
+            assert f[col["alias_seen"]] == (1.0 if n else 0.0), (i, e)
+            assert f[col["entity_freq"]] == pytest.approx(math.log1p(int((others["entity_id"] == e).sum()))), (i, e)
+    # Not vacuous: without leaving out, the singleton "Paris Hilton" would see its own alias.
+    hilton = pools[3]
+    assert hilton.features[list(hilton.rows).index(2), col["alias_seen"]] == 0.0
+
+
+def test_name_in_text_reads_the_words_of_the_text() -> None:
+    """name_in_text is the share of a name's distinct words that occur in the text (case-folded
+    words), not in the mention: every candidate here shares only "jordan" with the mention."""
+    from gemel.candidates import Generator
+
+    kb = pd.DataFrame({"entity_id": ["E1", "E2", "E3", "E4"],
+                       "name": ["Michael Jordan", "Jordan River", "Air Jordan", "Jordan Jordan Lake"], "description": None})
+    gen = Generator(kb, AliasTable(), pool_size=10)
+    text = "MICHAEL went down to the river; jordan was cold."
+    (pool,) = gen.pools(["Jordan"], [text])
+    got = dict(zip([gen.names[r] for r in pool.rows], pool.features[:, FEATURES.index("name_in_text")].tolist(),
+                   strict=True))
+    assert got == pytest.approx({"Michael Jordan": 1.0, "Jordan River": 1.0, "Air Jordan": 0.5,
+                                 "Jordan Jordan Lake": 0.5})
+
+
+def test_top_k_keeps_the_best_scored_candidates() -> None:
+    """The cut keeps the k highest ranker scores (ties: KB order, whatever the pool's order), and
+    their scores are the log-softmax over those k alone."""
+    from gemel.candidates import Generator, top_k
+
+    kb = pd.DataFrame({"entity_id": [f"Q{i}" for i in range(6)], "name": [f"name {i}" for i in range(6)],
+                       "description": None})
+    gen = Generator(kb, AliasTable(), pool_size=10)
+    rows = np.array([5, 4, 0, 3, 1, 2])  # pool order: neither KB nor score order
+    score_of = {5: 0.1, 4: 0.9, 0: 0.5, 3: 0.9, 1: 0.2, 2: 0.7}
+    features = np.zeros((6, len(FEATURES)), np.float32)
+    features[:, 0] = [score_of[r] for r in rows]
+    weights = np.zeros(len(FEATURES), np.float32)
+    weights[0] = 1.0
+    pool = Pool(rows, features, [f"src{r}" for r in rows])
+    (got,) = top_k(gen, Ranker(weights), [pool], 3)
+    assert got["cand_ids"] == ["Q3", "Q4", "Q2"]  # 0.9 and 0.9 (KB order), then 0.7
+    assert got["cand_names"] == ["name 3", "name 4", "name 2"] and got["cand_sources"] == ["src3", "src4", "src2"]
+    kept = np.array([0.9, 0.9, 0.7])
+    assert got["cand_scores"] == pytest.approx((kept - np.log(np.exp(kept).sum())).tolist(), abs=1e-6)
+    assert len(top_k(gen, Ranker(weights), [pool], 10)[0]["cand_ids"]) == 6  # k above the pool: all of it

@@ -91,7 +91,7 @@ def test_tree_beam_search_matches_naive_beam_search(arch: str, attn: str) -> Non
     prompts = examples(rng)
     for beams in (1, 3, len(names)):
         batched = decode(model, prompts, features, PAD, trie, beams, 12, batch_size=3)
-        for e, got in zip(prompts, batched):
+        for e, got in zip(prompts, batched, strict=True):
             want = naive_beam_search(model, e, features, trie, beams, 12)
             assert [h.value for h in got] == [h.value for h in want]
             assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-4)
@@ -136,7 +136,7 @@ def test_candidate_scores_match_teacher_forcing(arch: str, attn: str) -> None:
     # Each prompt its own candidates: shared prefixes, different counts, a one-token name.
     seqs = [[n + [EOS] for n in names[:4]], [n + [EOS] for n in names[3:]], [[16, EOS], [5, 6, EOS]]]
     got = score_candidates(model, prompts, features, PAD, seqs, batch_size=3)
-    for e, per, scores in zip(prompts, seqs, got):
+    for e, per, scores in zip(prompts, seqs, got, strict=True):
         assert scores.tolist() == pytest.approx([naive_sequence_score(model, e, features, s) for s in per], abs=1e-4)
     # Batched and alone agree, and the order of the candidates does not change a score.
     alone = score_candidates(model, prompts[:1], features, PAD, [seqs[0][::-1]], batch_size=1)[0]
@@ -157,7 +157,7 @@ def test_length_penalty_matches_naive_beam_search_and_reorders_names(arch: str) 
     for penalty in (0.0, 0.5, 2.0):
         for beams, budget in ((1, 12), (3, 12), (3, 4)):
             batched = decode(model, prompts, features, PAD, trie, beams, budget, length_penalty=penalty, batch_size=3)
-            for e, got in zip(prompts, batched):
+            for e, got in zip(prompts, batched, strict=True):
                 want = naive_beam_search(model, e, features, trie, beams, budget, penalty)
                 assert [h.value for h in got] == [h.value for h in want], (penalty, beams, budget)
                 assert [h.score for h in got] == pytest.approx([h.score for h in want], abs=1e-4)
@@ -166,10 +166,11 @@ def test_length_penalty_matches_naive_beam_search_and_reorders_names(arch: str) 
     for penalty in (0.0, 1.0, 2.0):
         got = decode(model, prompts, features, PAD, trie, len(names), 12, length_penalty=penalty, batch_size=3)
         rankings[penalty] = []
-        for e, hyps in zip(prompts, got):
+        for e, hyps in zip(prompts, got, strict=True):
             sums = [naive_sequence_score(model, e, features, s) * len(s) for s in seqs]
-            reference = [s / len(q) ** penalty for s, q in zip(sums, seqs)]
+            reference = [s / len(q) ** penalty for s, q in zip(sums, seqs, strict=True)]
             assert [h.score for h in hyps] == pytest.approx(sorted(reference, reverse=True), abs=1e-4)
             assert [h.value for h in hyps] == sorted(range(len(names)), key=lambda i: -reference[i])
             rankings[penalty].append([h.value for h in hyps])
-    assert rankings[0.0] != rankings[1.0] != rankings[2.0]  # the penalty does reorder these names
+    # The penalty does reorder these names: each pair of penalties ranks them differently.
+    assert rankings[0.0] != rankings[1.0] and rankings[1.0] != rankings[2.0] and rankings[0.0] != rankings[2.0]

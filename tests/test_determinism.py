@@ -46,7 +46,7 @@ def run_both(stage: str, copies: list[Path]) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     procs = [subprocess.Popen(argv, cwd=c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for c in copies]
-    for copy, proc in zip(copies, procs):
+    for copy, proc in zip(copies, procs, strict=True):
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, f"{stage} failed in {copy}:\n{err[-3000:]}"
 

@@ -64,7 +64,7 @@ def images(tmp_path: Path) -> list[str]:
 
 
 def vectors(table: pd.DataFrame) -> dict[str, np.ndarray]:
-    return dict(zip(table["image"], table["vector"]))
+    return dict(zip(table["image"], table["vector"], strict=True))
 
 
 def test_efficientnet_real_weights(effnet: ImageEncoder, images: list[str], tmp_path: Path) -> None:
@@ -256,7 +256,7 @@ def test_stage_is_incremental(effnet: ImageEncoder, images: list[str], tmp_path:
 
 
 def test_unknown_encoder_lists_known() -> None:
-    with pytest.raises(ValueError, match="efficientnet_lite0, open_clip"):
+    with pytest.raises(EncoderError, match="efficientnet_lite0, open_clip"):
         build_image_encoder(FeaturesParams(encoder="resnet"))
 
 
@@ -312,3 +312,42 @@ def test_open_clip_tag_found_in_hub_cache(tmp_path: Path, monkeypatch: pytest.Mo
     weights.write_bytes(b"")
     found = _cached_tag_file(open_clip.get_pretrained_cfg("ViT-L-14", "openai"))
     assert found is not None and Path(found) == weights
+
+
+class CountingModel(torch.nn.Module):
+    """A stand-in image model: mean colour per channel, counting the images it encodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        self.seen += len(batch)
+        return batch.mean(dim=(2, 3))
+
+
+def counting_encoder() -> ImageEncoder:
+    return ImageEncoder(name="counting", dim=3, model=CountingModel(),
+                        transform=lambda im: torch.from_numpy(np.asarray(im.resize((8, 8)), np.float32)).permute(2, 0, 1))
+
+
+def test_stage_resume_encodes_only_what_the_checkpoint_lacks(tmp_path: Path) -> None:
+    """update_features (the stage) after a killed run: the checkpoint's vectors are taken as they
+    are, only the other images are encoded, and the checkpoint goes once the table is written."""
+    from gemel.features import CHECKPOINT_DIR, update_features
+
+    paths = [draw(tmp_path / f"img{i}.png", seed=i, size=16) for i in range(4)]
+    encoder = counting_encoder()
+    table_path = tmp_path / "features" / "images.parquet"
+    done = np.full((2, 3), 7.0, np.float32)  # not what the model gives: proves they were not re-encoded
+    killed = Checkpoint(table_path.parent / CHECKPOINT_DIR, encoder.name, encoder.dim)
+    killed.append(paths[:2], done)
+    killed.close()
+    mentions = mentions_frame([(f"m{i}", p) for i, p in enumerate(paths)])
+    report = update_features(mentions, table_path, encoder, batch_size=1, missing_image="zero")
+    assert encoder.model.seen == 2
+    assert (report["resumed"], report["encoded"], report["reused"]) == (2, 2, 0)
+    table = read_features(table_path)
+    assert table["image"].tolist() == paths
+    np.testing.assert_array_equal(np.stack(table["vector"][:2]), done)
+    assert not (table_path.parent / CHECKPOINT_DIR).exists()

@@ -335,7 +335,7 @@ def test_wikidiverse_overlap_policy(tmp_path: Path) -> None:
     (d / "ids_split_mappings.json").write_text(json.dumps({"WikiDiverse": {
         "train": [0, 1, 2, 3, 5], "val": [1, 2], "test": [2, 3, 5, 5]}}))
     out = prepare(wikidiverse(d), root=Path("/"))
-    split_of = dict(zip(out.mentions["id"].str.split("-").str[0], out.mentions["split"]))
+    split_of = dict(zip(out.mentions["id"].str.split("-").str[0], out.mentions["split"], strict=True))
     assert split_of == {"0": "train", "1": "dev", "2": "test", "3": "test", "5": "test"}
     assert out.report["split_overlaps"] == {"train+dev": 1, "train+dev+test": 1, "train+test": 2}
     assert out.report["split_ids_repeated"] == 1

@@ -130,7 +130,7 @@ BASE_ROWS = [
 
 def base_inputs() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     kb = pd.DataFrame({"entity_id": [f"K{i}" for i in range(len(BASE_KB))], "name": BASE_KB, "description": None})
-    eid = dict(zip(BASE_KB, kb["entity_id"]))
+    eid = dict(zip(BASE_KB, kb["entity_id"], strict=True))
     train = [("Jaguar", "Jaguar Cars"), ("JAGUAR", "Jaguar Cars"), ("Jaguar", "Jaguar"), ("Queen", "Queen Victoria")]
     mentions = pd.DataFrame({"id": [f"t{i}" for i in range(4)], "split": "train", "mention": [m for m, _ in train],
                              "entity_id": [eid[g] for _, g in train], "entity_name": [g for _, g in train], "is_nil": False})
@@ -167,3 +167,24 @@ def test_breakdown_by_hand() -> None:
     assert "gold_in_candidates" not in breakdown(pred, mentions, rule, None)  # no candidates table, no bucket
     table = breakdown_table(b)
     assert "| gold_in_candidates | outside | 2 | 0.000 | 0.000 |" in table and table.count("\n") == 10
+
+
+def test_alias_prior_baseline_never_sees_test_gold() -> None:
+    """The alias rule counts the training split only: test (and dev) gold that would make it right
+    here must not, or the baseline the model is compared with is inflated."""
+    kb = pd.DataFrame({"entity_id": ["E1", "E2", "E3", "E4"],
+                       "name": ["Michael Jordan", "Jordan River", "Zed", "Zed Corp"], "description": None})
+    rows = [("t0", "train", "Jordan", "E1"), ("d0", "dev", "Zed", "E4"),
+            ("x0", "test", "Jordan", "E2"), ("x1", "test", "jordan", "E2"), ("x2", "test", "Zed", "E4")]
+    names = dict(zip(kb["entity_id"], kb["name"], strict=True))
+    mentions = pd.DataFrame({"id": [r[0] for r in rows], "split": [r[1] for r in rows], "mention": [r[2] for r in rows],
+                             "entity_id": [r[3] for r in rows], "entity_name": [names[r[3]] for r in rows],
+                             "is_nil": False})
+    test = mentions[mentions["split"] == "test"]
+    pred = pd.DataFrame({"id": test["id"], "split": "test", "mention": test["mention"], "gold_id": test["entity_id"],
+                         "gold_name": test["entity_name"], "pred_name": test["entity_name"], "has_image": True,
+                         "is_nil": False})
+    scores, rule = baselines(pred, mentions, kb)
+    # Jordan: the one training mention's entity; Zed: no training alias, the shortest name with "zed".
+    assert rule == ["Michael Jordan", "Michael Jordan", "Zed"]
+    assert scores["alias_prior"] == {"accuracy": 0.0}

@@ -147,7 +147,7 @@ def test_beam_search_is_exact_and_yields_kb_names(data, tokenizer, llm, trie) ->
     examples = [b.example(i, with_target=False) for i in ("m0", "m4", "m5")]
     pad = tokenizer.eos_token_id
     batched = decode(model, examples, data[2], pad, trie.trie, num_beams=4, max_new_tokens=16, batch_size=3)
-    for e, hyps in zip(examples, batched):
+    for e, hyps in zip(examples, batched, strict=True):
         assert len(hyps) == 4 and all(0 <= h.value < len(NAMES) for h in hyps)
         assert [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
         single = beam_search(model, collate([e], data[2], pad), trie.trie, 4, 16)[0]
@@ -198,7 +198,7 @@ def test_mapper_round_trip(tmp_path, data, tokenizer, llm) -> None:
     other = model_for(llm, seed=2)
     assert not torch.equal(other.mapper.linear.weight, model.mapper.linear.weight)
     other.load_mapper(path)
-    assert all(torch.equal(a, b) for a, b in zip(other.mapper.state_dict().values(), model.mapper.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(other.mapper.state_dict().values(), model.mapper.state_dict().values(), strict=True))
     assert other.mapper.scale.item() != 1.0  # the fitted standardisation travels with the weights
     e = builder(data, tokenizer).example("m3", with_target=True)
     batch = collate([e], data[2], tokenizer.eos_token_id)
@@ -213,8 +213,8 @@ def test_lr_schedule_warms_up_then_decays() -> None:
     f = [lr_factor(s, warmup, total) for s in range(total)]
     assert f[0] > 0  # the original's first step used lr 0
     assert f[warmup - 1] == 1.0 and max(f) == 1.0  # warm-up ends after `warmup` optimizer steps
-    assert all(a < b for a, b in zip(f[:warmup], f[1:warmup]))
-    assert all(a > b for a, b in zip(f[warmup:], f[warmup + 1:]))
+    assert all(a < b for a, b in zip(f[:warmup - 1], f[1:warmup], strict=True))
+    assert all(a > b for a, b in zip(f[warmup:-1], f[warmup + 1:], strict=True))
     assert f[-1] == pytest.approx(1 / (total - warmup)) and not any(math.isnan(x) for x in f)
 
 
@@ -235,15 +235,15 @@ def test_candidate_aware_linking_stays_among_candidates_and_fuses_exactly(data, 
     p = DecodeParams(candidates="constrained", batch_size=2)
     ids = ["m0", "m4", "m5"]
     llm_scores = linker.candidate_llm_scores(ids, p)
-    for i, scores in zip(ids, llm_scores):
+    for i, scores in zip(ids, llm_scores, strict=True):
         e = b.example(i, with_target=False)
-        for name, s in zip(cands.at[i, "cand_names"], scores):
+        for name, s in zip(cands.at[i, "cand_names"], scores, strict=True):
             target = answer_ids(tokenizer, name)
             with torch.no_grad():
                 nll = model.loss(collate([Example(e.id, e.ids, e.images, target)], data[2], tokenizer.eos_token_id)).item()
             assert s == pytest.approx(-nll, abs=1e-3)
     for w in (0.0, 1.0, 100.0):
-        for i, r, llm_s in zip(ids, linker.rank(ids, p, w, llm_scores), llm_scores):
+        for i, r, llm_s in zip(ids, linker.rank(ids, p, w, llm_scores), llm_scores, strict=True):
             c = cands.loc[i]
             assert sorted(r.ids) == sorted(c["cand_ids"])  # nothing outside the candidates, nothing lost
             fused = llm_s + w * np.asarray(c["cand_scores"])

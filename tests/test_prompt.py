@@ -128,7 +128,7 @@ def test_image_slots_precede_their_own_text_and_hold_their_own_image(tokenizer, 
         for r, e in enumerate(examples):
             offset = batch.ids.shape[1] - len(e.ids) - len(e.target)
             slots = torch.zeros(batch.ids.shape[1], dtype=torch.bool)
-            for start, row in zip(*want[e.id]):
+            for start, row in zip(*want[e.id], strict=True):
                 vector = np.zeros(DIM, np.float32) if row == NO_IMAGE else features[row]
                 mapped = model.mapper(torch.from_numpy(vector)[None]).view(k, -1)
                 torch.testing.assert_close(embeds[r, offset + start:offset + start + k], mapped)

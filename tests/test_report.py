@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gemel.metrics import breakdown, bucket_flags
+from gemel.metrics import BUCKETS, breakdown, bucket_flags
 from gemel.report import (
     ReportError,
     bucket_keys,
@@ -128,6 +128,7 @@ def test_bucket_filter_keeps_what_metrics_breakdown_counts(tmp_path):
     assert select_rows(keys, correct, "wrong") == [1, 3]
     assert select_rows(keys, correct, "all") == [0, 1, 2, 3]
     b = breakdown(pred, mentions, list(ev["mention"]), candidates)
+    assert set(b) == set(BUCKETS)  # every factor is checked below, not a loop over nothing
     for factor, buckets in b.items():
         for label, r in buckets.items():
             assert len(select_rows(keys, correct, f"{factor}:{label}")) == r["mentions"], (factor, label)
@@ -258,7 +259,7 @@ def sample_run(tmp_path_factory) -> Path:
     cands = pd.read_parquet(base / "candidates" / "candidates.parquet").set_index("id")
     beams, beam_ids = [], []
     for k, (ids, names, gold) in enumerate(zip(cands.loc[test["id"], "cand_ids"], cands.loc[test["id"], "cand_names"],
-                                               test["entity_id"])):
+                                               test["entity_id"], strict=True)):
         order = list(range(len(ids)))
         if k % 2 == 0 and gold in list(ids):  # every other mention "linked right": its gold first
             j = list(ids).index(gold)

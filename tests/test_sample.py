@@ -164,12 +164,12 @@ def test_image_styles_separable_by_the_frozen_encoder(sample: Path) -> None:
         return x / np.linalg.norm(x, axis=1, keepdims=True)
 
     train, test = first_per_entity(read_split(sample, "train")), first_per_entity(read_split(sample, "test"))
-    exemplar = dict(zip((r["golden"] for r in train), features(train)))
+    exemplar = dict(zip((r["golden"] for r in train), features(train), strict=True))
     group: dict[str, set[str]] = defaultdict(set)
     for r in train:
         group[r["mention"]].add(r["golden"])
     assert all(len(g) >= 2 for g in group.values())
     hits = [max(group[r["mention"]], key=lambda g: float(x @ exemplar[g])) == r["golden"]
-            for x, r in zip(features(test), test)]
+            for x, r in zip(features(test), test, strict=True)]
     assert len(hits) == len(exemplar)
     assert sum(hits) / len(hits) >= 0.9

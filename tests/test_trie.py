@@ -131,7 +131,8 @@ def test_batched_calls_agree_with_allowed_next(entity_trie, sequences, smollm2):
 def test_save_load_round_trip(entity_trie, sequences, tmp_path):
     path = tmp_path / "sub" / "trie.npz"
     entity_trie.save(path)
-    assert path.is_file() and not list(path.parent.glob("*.tmp"))
+    # The atomic writer's temporary file (`.trie.npz.<hex>.tmp.npz`) is gone: only the trie is left.
+    assert [p.name for p in path.parent.iterdir()] == ["trie.npz"]
     with np.load(path, allow_pickle=False) as z:
         for name, array in entity_trie.trie.arrays().items():
             assert np.array_equal(z[name], array) and z[name].dtype == array.dtype
@@ -210,6 +211,7 @@ def test_trie_of_a_tokenizer_that_adds_bos(bos: str, eos: str):
             assert tok.bos_token_id not in et.trie.child_tok.tolist()
         else:  # the one EOS of a sequence is its last token: after it, nothing
             eos_nodes = et.trie.child_node[et.trie.child_tok == tok.eos_token_id]
+            assert len(eos_nodes) == len({tuple(s) for s in expected})  # one per distinct name: never vacuous
             assert all(et.trie.value(int(n)) >= 0 and not len(et.trie.children(int(n))[0]) for n in eos_nodes)
 
 

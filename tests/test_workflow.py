@@ -328,7 +328,7 @@ def test_summarize_stage_writes_table_and_plot(tmp_path, kind):
     assert summarize.main(argv) == 0
     table = pd.read_csv(out / kind / "summary.csv")
     assert list(table["name"]) == names
-    assert dict(zip(table["name"], table["accuracy"])) == accuracy
+    assert dict(zip(table["name"], table["accuracy"], strict=True)) == accuracy
     assert list(table.columns[:5]) == ["name", "llm", "params_m", "overrides", "accuracy"]
     assert "hits@k.3" in table.columns
     assert "copy_mention" not in table.columns  # metrics without baselines: no baseline columns
@@ -371,7 +371,7 @@ def test_seeds_summary_gives_mean_and_std_and_reuses_the_default_run(tmp_path):
         ("0", f"{tmp_path}/results", ()), ("1", f"{tmp_path}/results/seeds/1", (("train.seed", 1),)),
         ("2", f"{tmp_path}/results/seeds/2", (("train.seed", 2),))]
     accuracy = [0.8, 0.9, 0.7]
-    for run, acc in zip(runs, accuracy):
+    for run, acc in zip(runs, accuracy, strict=True):
         fake_metrics(Path(run.metrics), acc, baselines=(0.2, 0.4))
     argv = ["--params", str(ROOT / "params.yaml"), "--set", f"train.out={tmp_path}/results",
             "--set", "summarize.kind=seeds"]

@@ -1,10 +1,13 @@
-"""The two normalised tables every importer produces, and Parquet I/O for all stages: atomic
-writes (gemel.atomic), and reads that turn a missing, truncated or foreign file into one
-InputFileError naming the file and the stage that writes it."""
+"""The two normalised tables every importer produces, and I/O of stage outputs for all stages:
+atomic Parquet writes (gemel.atomic), and reads of Parquet tables and JSON reports that turn a
+missing, truncated or foreign file into one InputFileError naming the file and the stage that
+writes it."""
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -54,6 +57,32 @@ def write_parquet_atomic(df: pd.DataFrame | pa.Table, path: str | Path, schema: 
         pq.write_table(table, tmp, write_page_checksum=True)
 
 
+def _check_file(path: Path, made_by: str) -> None:
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file (the {made_by} stage writes it: run it first)")
+
+
+def _unreadable(path: Path, made_by: str, e: Exception) -> InputFileError:
+    why = " ".join(str(e).split())  # one line
+    return InputFileError(f"{path}: unreadable Parquet file, truncated or corrupt: {why} "
+                          f"(the {made_by} stage writes it: rerun it)")
+
+
+# What pyarrow raises for a file it cannot read: ArrowInvalid (truncated, not Parquet), OSError (corrupt pages).
+_READ_ERRORS = (pa.ArrowException, OSError)
+
+
+def read_schema(path: str | Path, made_by: str) -> pa.Schema:
+    """The schema of the Parquet table at `path` (made by the stage `made_by`), for readers whose
+    columns are optional; the errors of read_arrow."""
+    path = Path(path)
+    _check_file(path, made_by)
+    try:
+        return pq.read_schema(path)
+    except _READ_ERRORS as e:
+        raise _unreadable(path, made_by, e) from None
+
+
 def read_arrow(path: str | Path, made_by: str, schema: pa.Schema | None = None,
                columns: Sequence[str] | None = None) -> pa.Table:
     """The Parquet table at `path`, made by the stage `made_by`: read as `schema` (every column
@@ -61,22 +90,16 @@ def read_arrow(path: str | Path, made_by: str, schema: pa.Schema | None = None,
     columns) is an InputFileError naming the file and what to rerun; pyarrow itself would fill
     a missing column of `schema` with nulls, silently."""
     path = Path(path)
-    rerun = f"the {made_by} stage writes it"
-    if not path.is_file():
-        raise InputFileError(f"{path}: no such file ({rerun}: run it first)")
     need = list(schema.names if schema is not None else columns or [])
+    absent = [c for c in need if c not in read_schema(path, made_by).names]
+    if absent:
+        raise InputFileError(f"{path}: not the table expected, no column(s) {', '.join(absent)} "
+                             f"(the {made_by} stage writes it: rerun it)")
     try:
-        have = pq.read_schema(path).names
-        absent = [c for c in need if c not in have]
-        if absent:
-            raise InputFileError(f"{path}: not the table expected, no column(s) {', '.join(absent)} "
-                                 f"({rerun}: rerun it)")
         return pq.read_table(path, schema=schema, columns=list(columns) if columns is not None else None,
                              page_checksum_verification=True)  # pages written without a CRC are read as they are
-    except (pa.ArrowException, OSError) as e:  # ArrowInvalid: truncated or not Parquet; OSError: corrupt pages
-        why = " ".join(str(e).split())  # one line
-        raise InputFileError(f"{path}: unreadable Parquet file, truncated or corrupt: {why} "
-                             f"({rerun}: rerun it)") from None
+    except _READ_ERRORS as e:
+        raise _unreadable(path, made_by, e) from None
 
 
 def read_table(path: str | Path, made_by: str, schema: pa.Schema | None = None,
@@ -91,3 +114,20 @@ def read_mentions(path: str | Path) -> pd.DataFrame:
 
 def read_kb(path: str | Path) -> pd.DataFrame:
     return read_table(path, "prepare", KB)
+
+
+def read_json(path: str | Path, made_by: str) -> dict[str, Any]:
+    """A stage's JSON report (a JSON object): no file, malformed JSON or another value is an
+    InputFileError naming the file and the stage that writes it."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputFileError(f"{path}: no such file (the {made_by} stage writes it: run it first)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputFileError(f"{path}: not valid JSON ({' '.join(str(e).split())}); the {made_by} stage "
+                             "writes it: rerun it") from None
+    if not isinstance(data, dict):
+        raise InputFileError(f"{path}: expected a JSON object, got {type(data).__name__} (the {made_by} stage "
+                             "writes it: rerun it)")
+    return data
