@@ -33,6 +33,7 @@ from gemel.data.tables import read_mentions
 from gemel.encoders import build_image_encoder
 from gemel.features import encode_images, encode_mentions, read_features
 from gemel.paths import DECODE_REPORT, MAPPER, PREDICTIONS, RUN_RECORD, TRAIN_REPORT, Artifacts
+from tests.conftest import TEST_SEED
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 300  # seconds for one stage; generous: other jobs may share the 2 cores
@@ -117,7 +118,7 @@ def visible(folder: Path) -> set[str]:
 # and random retrieval needs no text encoder to load.
 SETTINGS = ["prepare.limit.train=12", "prepare.limit.dev=4", "prepare.limit.test=8", "features.batch_size=1",
             "retrieve.method=random", "train.epochs=1", "train.batch_size=4", "train.dev_limit=2",
-            "train.eval_every=1000", "decode.batch_size=2", "decode.num_beams=2"]
+            "train.eval_every=1000", f"train.seed={TEST_SEED}", "decode.batch_size=2", "decode.num_beams=2"]
 
 
 @pytest.fixture(scope="module")

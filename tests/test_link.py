@@ -210,7 +210,7 @@ def test_the_image_moves_the_scores_and_without_it_text_and_mention_decide(pipel
             np.testing.assert_allclose(list(scores(without[i]).values()), list(first.values()), atol=1e-5)
         # The same text and mention with other images: other scores.
         assert len({tuple(round(s, 4) for s in scores(with_image[i]).values()) for i in ix}) == len(ix)
-    for w, wo in zip(with_image, without):  # the image is in the prompt: every input's scores move
+    for w, wo in zip(with_image, without, strict=True):  # the image is in the prompt: every input's scores move
         a, b = scores(w), scores(wo)
         common = set(a) & set(b)
         assert set(a) != set(b) or max(abs(a[c] - b[c]) for c in common) > 1e-3
@@ -276,7 +276,7 @@ def test_candidates_of_new_inputs_are_the_stages(pipeline):
     got = propose(gen, Ranker(ranker_weights(record["candidates"])), test["mention"].tolist(), test["text"].tolist(),
                   record["candidates"]["top_k"])
     table = pd.read_parquet(pipeline.base / "candidates" / "candidates.parquet").set_index("id")
-    for mid, g in zip(test["id"], got):
+    for mid, g in zip(test["id"], got, strict=True):
         assert g["cand_ids"] == list(table.at[mid, "cand_ids"])
         np.testing.assert_allclose(g["cand_scores"], table.at[mid, "cand_scores"], atol=1e-6)
 
@@ -290,8 +290,8 @@ def test_demonstrations_of_new_inputs_come_from_the_runs_pool(pipeline):
     test = mentions[mentions["split"] == "test"].head(8)
     got = pool.retrieve(test, 4, encoder)
     stage = read_demos(pipeline.base / "demos" / "demos.parquet").set_index("id")
-    text_of = dict(zip(train["id"], train["mention"]))  # retrieve.query: mention
-    for mid, (ids, scores) in zip(test["id"], got):
+    text_of = dict(zip(train["id"], train["mention"], strict=True))  # retrieve.query: mention
+    for mid, (ids, scores) in zip(test["id"], got, strict=True):
         want = list(stage.at[mid, "demo_ids"])[-4:]  # the 4 most similar, least similar first
         np.testing.assert_allclose(scores, stage.at[mid, "demo_scores"][-4:], atol=1e-5)
         # Exact ties (same surface form) may pick other pool items, never other texts or scores.
@@ -312,7 +312,7 @@ def test_new_inputs_retrieve_like_the_stage_for_every_method(method):
     assert all(len(ids) == 3 == len(set(ids)) and set(ids) <= set(pool.ids) for ids, _ in got)
     if method == "bm25":
         stage = retrieve(mentions, "bm25", 3)[0].set_index("id")
-        for mid, (_, scores) in zip(test["id"], got):
+        for mid, (_, scores) in zip(test["id"], got, strict=True):
             np.testing.assert_allclose(scores, stage.at[mid, "demo_scores"], atol=1e-6)
 
 
@@ -386,7 +386,7 @@ def test_a_killed_batch_resumes_where_it_stopped(pipeline, fresh, tmp_path, caps
     assert "7 linked, 0 errors, 5 already in" in capsys.readouterr().err
     done, want = read_jsonl(part), read_jsonl(full)
     assert [o["id"] for o in done] == [o["id"] for o in want]  # each id once, in input order
-    for a, b in zip(done, want):
+    for a, b in zip(done, want, strict=True):
         assert [e["id"] for e in a["entities"]] == [e["id"] for e in b["entities"]]
         np.testing.assert_allclose([e["score"] for e in a["entities"]], [e["score"] for e in b["entities"]], atol=1e-4)
     capsys.readouterr()

@@ -16,6 +16,7 @@ from gemel.model import Gemel
 from gemel.prompt import IMAGE, Example, PromptBuilder, collate
 from gemel.training import lr_factor, optimizer_steps, train
 from gemel.trie import build_entity_trie
+from tests.conftest import TEST_SEED
 
 NAMES = ["Mercury (planet)", "Mercury (element)", "Freddie Mercury", "Jordan", "Jordan River",
          "Michael Jordan", "Apple Inc.", "Apple", "Mercury Records"]
@@ -169,7 +170,7 @@ def test_beam_search_is_exact_and_yields_kb_names(data, tokenizer, llm, trie) ->
 
 
 def test_training_lowers_answer_loss_and_leaves_llm_untouched(data, tokenizer, llm) -> None:
-    model = model_for(llm)
+    model = model_for(llm, seed=TEST_SEED)
     b = builder(data, tokenizer)
     examples = [b.example(f"m{i}", with_target=True) for i in range(8)]
     pad = tokenizer.eos_token_id
@@ -181,7 +182,7 @@ def test_training_lowers_answer_loss_and_leaves_llm_untouched(data, tokenizer, l
             return float(np.mean([model.loss(collate([e], data[2], pad)).item() for e in examples]))
 
     start = mean_loss()
-    p = TrainParams(epochs=4, lr=1e-3, batch_size=4, grad_accum=1, warmup=0.1, seed=0)
+    p = TrainParams(epochs=4, lr=1e-3, batch_size=4, grad_accum=1, warmup=0.1, seed=TEST_SEED)
     hist = train(model, examples, data[2], pad, p, progress=False)
     assert len(hist.loss) == optimizer_steps(8, p) == 8
     assert mean_loss() < 0.8 * start
