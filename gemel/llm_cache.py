@@ -23,10 +23,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import secrets
 import shutil
+import sys
 import time
 from collections.abc import Iterator
 from importlib.metadata import version
@@ -36,8 +36,6 @@ from typing import Any
 import torch
 
 from gemel.atomic import write_text_atomic
-
-log = logging.getLogger(__name__)
 
 # Raise when the way an entry is made changes (what is saved, the dtype, a fix to the conversion),
 # so that entries made the old way are no longer used.
@@ -180,6 +178,10 @@ def convert(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
+def _note(message: str) -> None:
+    print(f"llm cache: {message}", file=sys.stderr)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -216,6 +218,7 @@ def _build(gguf: Path, identity: dict[str, Any], entry: Path) -> None:
     tmp.mkdir()
     try:
         t0 = time.perf_counter()
+        _note(f"converting {gguf.name} once for this machine, into {entry}")
         convert(gguf, tmp)
         files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps({"identity": identity, "files": files}, indent=1, sort_keys=True))
@@ -228,12 +231,12 @@ def _build(gguf: Path, identity: dict[str, Any], entry: Path) -> None:
             # Another process published first (rename onto a non-empty folder fails): use theirs
             # when it is whole, else replace it with ours.
             if check_entry(entry, identity) is None:
-                log.info("LLM cache: %s was published by another process; using it", entry.name)
+                _note(f"{entry.name} was published by another process meanwhile; using it")
                 return
             _discard(entry)
             os.rename(tmp, entry)
         _fsync(root)
-        log.info("LLM cache: built %s in %.1f s", entry, time.perf_counter() - t0)
+        _note(f"{entry.name} built in {time.perf_counter() - t0:.1f} s")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -247,7 +250,7 @@ def ensure_entry(gguf: str | Path) -> Path:
     if problem is None:
         return entry
     if entry.exists():
-        log.warning("LLM cache: rebuilding %s (%s)", entry, problem)
+        _note(f"rebuilding {entry} ({problem})")
         _discard(entry)
     _build(gguf, identity, entry)
     return entry
@@ -255,11 +258,19 @@ def ensure_entry(gguf: str | Path) -> Path:
 
 def load(cls: Any, gguf: str | Path, **kw: Any) -> Any:
     """`cls.from_pretrained` of this GGUF's cache entry (built on first use). An entry that fails to
-    load (a file corrupted in place) is rebuilt once; a second failure is a real error and raised."""
-    entry = ensure_entry(gguf)
+    load (a file corrupted in place) is rebuilt once; a second failure is a real error and raised.
+    A cache that cannot be written (read-only home, full disk) only costs the speed: the GGUF is
+    then loaded directly."""
+    gguf = Path(gguf)
+    try:
+        entry = ensure_entry(gguf)
+    except OSError as e:
+        _note(f"cannot use the cache in {llm_dir()} ({type(e).__name__}: {e}); loading {gguf.name} directly")
+        with one_gguf_parse():
+            return cls.from_pretrained(gguf.parent, gguf_file=gguf.name, **kw)
     try:
         return cls.from_pretrained(entry, local_files_only=True, **kw)
     except Exception as e:  # noqa: BLE001 - any failure to read a cache entry means: rebuild it
-        log.warning("LLM cache: %s failed to load (%s: %s); rebuilding it", entry, type(e).__name__, e)
+        _note(f"{entry} failed to load ({type(e).__name__}: {e}); rebuilding it")
         _discard(entry)
     return cls.from_pretrained(ensure_entry(gguf), local_files_only=True, **kw)

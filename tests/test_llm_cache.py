@@ -219,3 +219,20 @@ def test_cache_folder_and_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         assert llm_cache.enabled() is on
     monkeypatch.delenv("GEMEL_LLM_CACHE")
     assert llm_cache.enabled()
+
+
+def test_unwritable_cache_loads_the_gguf_directly(tmp_path: Path, gguf_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("GEMEL_CACHE", str(blocker))
+    calls: list[tuple[Any, dict[str, Any]]] = []
+
+    class Recorder:
+        @classmethod
+        def from_pretrained(cls, where: Any, **kw: Any) -> str:
+            calls.append((where, kw))
+            return "model"
+    assert llm_cache.load(Recorder, gguf_path, dtype=torch.float32) == "model"
+    assert calls == [(gguf_path.parent, {"gguf_file": gguf_path.name, "dtype": torch.float32})]
+    assert "cannot use the cache" in capsys.readouterr().err
