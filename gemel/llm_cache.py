@@ -201,12 +201,15 @@ def _discard(folder: Path) -> None:
 
 
 def _sweep_stale(root: Path) -> None:
-    """Temporary folders of builds that were killed, once they are old enough to be surely dead."""
+    """Temporary folders of builds that were killed, once they are old enough to be surely dead,
+    and discarded entries whose deletion was interrupted (nobody reads those)."""
     now = time.time()
     for tmp in root.glob(".tmp-*"):
         with contextlib.suppress(OSError):
             if now - tmp.stat().st_mtime > _STALE_S:
                 shutil.rmtree(tmp, ignore_errors=True)
+    for trash in root.glob(".trash-*"):
+        shutil.rmtree(trash, ignore_errors=True)
 
 
 def _build(gguf: Path, identity: dict[str, Any], entry: Path) -> None:
