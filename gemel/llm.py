@@ -2,7 +2,8 @@
 
 Three sources, all local (nothing is downloaded at run time):
 - `gguf_package` + `gguf_file`: a GGUF file shipped by a PyPI package (the offline defaults);
-  transformers de-quantizes it to a normal torch model (needs the `gguf` package).
+  transformers de-quantizes it to a normal torch model (needs the `gguf` package), once per
+  machine: gemel.llm_cache keeps the converted model in the user cache.
 - `path`: a local folder in Hugging Face format (for example a downloaded `facebook/opt-6.7b`).
 - `hub` alone: the Hugging Face id, looked up in the local HF cache only.
 """
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from gemel import llm_cache
 from gemel.errors import GemelError
 
 
@@ -80,7 +82,10 @@ def _missing(spec: LLMSpec, err: Exception) -> LLMError:
 def _from_pretrained(cls: Any, spec: LLMSpec, **kw: Any) -> Any:
     if spec.gguf_package:
         folder, file = _gguf_location(spec)
-        return cls.from_pretrained(folder, gguf_file=file, **kw)
+        if llm_cache.enabled():
+            return llm_cache.load(cls, folder / file, **kw)
+        with llm_cache.one_gguf_parse():  # the tokenizer and the model share one parse
+            return cls.from_pretrained(folder, gguf_file=file, **kw)
     try:
         # local_files_only: a hub id resolves from the local cache or fails at once, never hangs.
         return cls.from_pretrained(_hf_location(spec), local_files_only=True, **kw)
