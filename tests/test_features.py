@@ -334,14 +334,14 @@ def counting_encoder() -> ImageEncoder:
 def test_stage_resume_encodes_only_what_the_checkpoint_lacks(tmp_path: Path) -> None:
     """update_features (the stage) after a killed run: the checkpoint's vectors are taken as they
     are, only the other images are encoded, and the checkpoint goes once the table is written."""
-    from gemel.features import CHECKPOINT_DIR, update_features
+    from gemel.features import CHECKPOINT_DIR, file_sha256, update_features
 
     paths = [draw(tmp_path / f"img{i}.png", seed=i, size=16) for i in range(4)]
     encoder = counting_encoder()
     table_path = tmp_path / "features" / "images.parquet"
     done = np.full((2, 3), 7.0, np.float32)  # not what the model gives: proves they were not re-encoded
     killed = Checkpoint(table_path.parent / CHECKPOINT_DIR, encoder.name, encoder.dim)
-    killed.append(paths[:2], done)
+    killed.append(paths[:2], [file_sha256(p) for p in paths[:2]], done)
     killed.close()
     mentions = mentions_frame([(f"m{i}", p) for i, p in enumerate(paths)])
     report = update_features(mentions, table_path, encoder, batch_size=1, missing_image="zero")
