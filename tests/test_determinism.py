@@ -1,8 +1,11 @@
 """Determinism on one machine: the same params give byte-identical outputs, from `sample` to
-`evaluate`. A small pipeline runs twice, every stage as `python -m stages.<name>`, each copy in its
-own folder with relative paths (as two clones of the project would), and every file the two
-copies wrote is compared byte for byte. The only exception: reports may record wall times, and
-those keys alone are left out of their comparison."""
+`evaluate`. A small pipeline runs twice, each copy in its own folder with relative paths (as two
+clones of the project would) and in its own process with its own PYTHONHASHSEED (so that no output
+may hang on the order of a set or dict of strings), and every file the two copies wrote is compared
+byte for byte. The only exception: reports may record wall times, and those keys alone are left out
+of their comparison. Each copy runs every stage's CLI main in one process, one after the other, as
+DVC would run them but without importing torch nine times (tests/test_commands.py runs them
+through DVC)."""
 from __future__ import annotations
 
 import json
@@ -41,16 +44,30 @@ def overrides() -> list[str]:
     return ["dataset=sample", *folders, *SETTINGS]
 
 
-def run_both(stage: str, copies: list[Path]) -> None:
-    """One stage in both copies at once (a process each: both cores, half the wait)."""
-    argv = [sys.executable, "-m", f"stages.{stage}", "--params", str(ROOT / "params.yaml"),
+# One process per copy runs the stages in order through the CLI's own runner; any failure stops it.
+DRIVER = """import importlib, sys
+from stages import _cli
+for stage in sys.argv[1].split(","):
+    code = _cli.run(stage, importlib.import_module(f"stages.{stage}").main, sys.argv[2:])
+    if code:
+        sys.exit(f"{stage} exited {code}")
+"""
+
+
+def run_both(copies: list[Path]) -> None:
+    """Every stage in both copies at once (a process each: both cores, half the wait)."""
+    argv = [sys.executable, "-c", DRIVER, ",".join(STAGES), "--params", str(ROOT / "params.yaml"),
             *(a for s in overrides() for a in ("--set", s))]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen(argv, cwd=c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for c in copies]
+    procs = []
+    for hash_seed, copy in enumerate(copies, start=1):
+        # One thread each: two processes of two threads on two cores wait on each other (4x slower).
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               "PYTHONHASHSEED": str(hash_seed), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        procs.append(subprocess.Popen(argv, cwd=copy, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True))
     for copy, proc in zip(copies, procs, strict=True):
-        _, err = proc.communicate(timeout=600)
-        assert proc.returncode == 0, f"{stage} failed in {copy}:\n{err[-3000:]}"
+        _, err = proc.communicate(timeout=900)
+        assert proc.returncode == 0, f"the pipeline failed in {copy}:\n{err[-3000:]}"
 
 
 def files(root: Path) -> dict[str, Path]:
@@ -69,8 +86,7 @@ def test_two_runs_give_identical_outputs(tmp_path: Path) -> None:
     copies = [tmp_path / "a", tmp_path / "b"]
     for c in copies:
         c.mkdir()
-    for stage in STAGES:
-        run_both(stage, copies)
+    run_both(copies)
 
     a, b = files(copies[0]), files(copies[1])
     assert a.keys() == b.keys()

@@ -34,7 +34,7 @@ from gemel.run import RunError, check_run, project_root, read_run_record, sha256
 from gemel.stack import versions
 
 LLM = "smollm2-135m"
-# The fresh draw's size: the shared run's sample (tests/conftest.py SMALL_RUN), 36 test mentions.
+# The fresh draw: 36 test mentions, each (text, mention) of the sample's neutral texts with several images.
 SAMPLE = dict(train_per_entity=3, dev_per_entity=1, test_per_entity=1, image_size=96)
 
 

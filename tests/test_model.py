@@ -182,9 +182,9 @@ def test_training_lowers_answer_loss_and_leaves_llm_untouched(data, tokenizer, l
             return float(np.mean([model.loss(collate([e], data[2], pad)).item() for e in examples]))
 
     start = mean_loss()
-    p = TrainParams(epochs=4, lr=1e-3, batch_size=4, grad_accum=1, warmup=0.1, seed=TEST_SEED)
+    p = TrainParams(epochs=2, lr=1e-3, batch_size=4, grad_accum=1, warmup=0.1, seed=TEST_SEED)
     hist = train(model, examples, data[2], pad, p, progress=False)
-    assert len(hist.loss) == optimizer_steps(8, p) == 8
+    assert len(hist.loss) == optimizer_steps(8, p) == 4
     # Lower, with no margin read off one seed: 0.8x held for seeds 0, 2 and 3 but not 1 (0.803x).
     assert mean_loss() < start
     assert not torch.equal(model.mapper.linear.weight, before_mapper)
