@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from PIL import Image
 
 from gemel.config import FeaturesParams
 from gemel.errors import GemelError
+from gemel.hashing import file_sha256
 
 
 class EncoderError(GemelError, RuntimeError):
@@ -126,11 +126,8 @@ def efficientnet_lite0_weights() -> Path:
 
 @functools.cache
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    """Hashed once per process: the weights file does not change under a run."""
+    return file_sha256(path)
 
 
 @functools.cache

@@ -13,7 +13,6 @@ it was encoding, and the next run resumes from the checkpoint, then removes it.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -32,6 +31,7 @@ from gemel.config import ConfigError
 from gemel.data.tables import InputFileError, read_arrow, write_parquet_atomic
 from gemel.encoders import ImageEncoder
 from gemel.errors import GemelError
+from gemel.hashing import file_sha256
 
 MISSING_POLICIES = ("zero", "drop", "error")
 ENCODER_KEY = b"gemel.encoder"
@@ -59,11 +59,10 @@ def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start:start + size]
 
 
-def file_sha256(path: str) -> str | None:
-    """The hex sha256 of the file's bytes, or None when there is no file to read."""
+def image_sha256(path: str) -> str | None:
+    """The hex sha256 of the image file's bytes, or None when there is no file to read."""
     try:
-        with open(path, "rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
+        return file_sha256(path)
     except OSError:  # missing, a folder, no permission: encode_paths reports it
         return None
 
@@ -139,7 +138,7 @@ def encode_images(paths: Iterable[str], encoder: ImageEncoder, batch_size: int =
         raise ConfigError(f"features.missing_image: unknown policy {missing_image!r} (known: {known})")
     paths = list(dict.fromkeys(paths))
     # Every run reads every image once to hash it: the price of noticing a file replaced in place.
-    digests = {p: file_sha256(p) for p in paths}
+    digests = {p: image_sha256(p) for p in paths}
     reusable, resumable = cache_rows(cache, encoder), cache_rows(resume, encoder)
     vectors: dict[str, np.ndarray] = {p: reusable[digests[p]] for p in paths if digests[p] in reusable}
     reused = len(vectors)

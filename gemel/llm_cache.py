@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from gemel.atomic import write_text_atomic
+from gemel.hashing import file_sha256
 
 # Raise when the way an entry is made changes (what is saved, the dtype, a fix to the conversion),
 # so that entries made the old way are no longer used.
@@ -64,7 +65,7 @@ def _stat_key(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def file_sha256(path: str | Path) -> str:
+def gguf_sha256(path: str | Path) -> str:
     """The file's sha256, remembered in a small sidecar under the cache keyed by (path, size, mtime):
     hashing a 250 MB GGUF costs about 0.3 s, paid again only when the file changes."""
     path = Path(path).resolve()
@@ -74,11 +75,7 @@ def file_sha256(path: str | Path) -> str:
         known = json.loads(sidecar.read_text())
         if (known["path"], known["size"], known["mtime_ns"]) == (str(path), size, mtime_ns):
             return str(known["sha256"])
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = file_sha256(path)
     with contextlib.suppress(OSError):  # a read-only cache only costs the hash next time
         record = {"path": str(path), "size": size, "mtime_ns": mtime_ns, "sha256": digest}
         write_text_atomic(json.dumps(record), sidecar)
@@ -247,7 +244,7 @@ def _build(gguf: Path, identity: dict[str, Any], entry: Path) -> None:
 def ensure_entry(gguf: str | Path) -> Path:
     """The cache entry of this GGUF file, built first when it is absent or damaged."""
     gguf = Path(gguf).resolve()
-    identity = _identity(gguf, file_sha256(gguf))
+    identity = _identity(gguf, gguf_sha256(gguf))
     entry = llm_dir() / entry_name(identity)
     problem = check_entry(entry, identity)
     if problem is None:

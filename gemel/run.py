@@ -16,7 +16,6 @@ artifacts that changed since training are `drift`: worth a note, not a refusal.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from gemel.atomic import write_text_atomic
 from gemel.config import FeaturesParams, section
 from gemel.data.tables import read_json
 from gemel.errors import GemelError
+from gemel.hashing import file_sha256
 from gemel.paths import MAPPER, RUN_RECORD, Artifacts
 from gemel.stack import versions
 
@@ -35,14 +35,6 @@ STRICT = ("kb", "trie", "mapper")
 
 class RunError(GemelError, ValueError):
     """A run folder that cannot be linked with: no run.json, or artifacts that no longer match it."""
-
-
-def sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def artifact_paths(params: dict[str, Any]) -> dict[str, str]:
@@ -57,7 +49,7 @@ RUN_FILES = {"mapper": MAPPER}
 
 
 def _entry(path: Path) -> dict[str, Any]:
-    return {"sha256": sha256(path) if path.is_file() else None}
+    return {"sha256": file_sha256(path) if path.is_file() else None}
 
 
 def features_encoder(path: str | Path) -> str | None:
@@ -180,7 +172,7 @@ def check_run(record: dict[str, Any], run_dir: str | Path) -> list[str]:
     for name in STRICT:
         entry = record["run_files"].get(name) or record["artifacts"].get(name)
         path = paths[name]
-        now_hash = sha256(path) if path.is_file() else None
+        now_hash = file_sha256(path) if path.is_file() else None
         if now_hash != entry["sha256"]:
             state = f"sha256 {_short(now_hash)} now" if now_hash else "missing now"
             diffs.append(f"{name} {path}: {state}, sha256 {_short(entry['sha256'])} when the run was trained")
@@ -195,7 +187,7 @@ def drift(record: dict[str, Any], run_dir: str | Path, names: tuple[str, ...] | 
     for name, entry in record["artifacts"].items():
         if name in STRICT or (names is not None and name not in names) or entry["sha256"] is None:
             continue
-        now = sha256(paths[name]) if paths[name].is_file() else None
+        now = file_sha256(paths[name]) if paths[name].is_file() else None
         if now != entry["sha256"]:
             notes.append(f"{name} {paths[name]} changed since the run was trained (sha256 {_short(now)}, "
                          f"was {_short(entry['sha256'])}): linking uses it as it is now")

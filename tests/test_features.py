@@ -23,7 +23,7 @@ from gemel.features import (
     ImageError,
     encode_images,
     encode_mentions,
-    file_sha256,
+    image_sha256,
     load_features,
     previous_table,
     read_features,
@@ -95,7 +95,7 @@ def test_incremental_cache(effnet: ImageEncoder, images: list[str], tmp_path: Pa
     assert vector_type.value_type == pa.float32()
     assert schema.metadata[b"gemel.encoder"].decode() == effnet.name
     assert schema.field("sha256").type == pa.string()
-    assert pq.read_table(path)["sha256"].to_pylist() == [file_sha256(p) for p in images[:2]]
+    assert pq.read_table(path)["sha256"].to_pylist() == [image_sha256(p) for p in images[:2]]
 
     cache = read_features(path)
     again, report = encode_images(images[:2], effnet, cache=cache)
@@ -129,7 +129,7 @@ def test_an_image_replaced_at_the_same_path_is_encoded_again(effnet: ImageEncode
     for p in (images[0], images[2]):
         np.testing.assert_array_equal(new[p], old[p])
     np.testing.assert_array_equal(new[twin], old[images[0]])
-    assert table.set_index("image").loc[images[1], "sha256"] == file_sha256(images[1])
+    assert table.set_index("image").loc[images[1], "sha256"] == image_sha256(images[1])
 
 
 def test_a_table_without_hashes_is_recomputed(effnet: ImageEncoder, images: list[str], tmp_path: Path,
@@ -334,14 +334,14 @@ def counting_encoder() -> ImageEncoder:
 def test_stage_resume_encodes_only_what_the_checkpoint_lacks(tmp_path: Path) -> None:
     """update_features (the stage) after a killed run: the checkpoint's vectors are taken as they
     are, only the other images are encoded, and the checkpoint goes once the table is written."""
-    from gemel.features import CHECKPOINT_DIR, file_sha256, update_features
+    from gemel.features import CHECKPOINT_DIR, image_sha256, update_features
 
     paths = [draw(tmp_path / f"img{i}.png", seed=i, size=16) for i in range(4)]
     encoder = counting_encoder()
     table_path = tmp_path / "features" / "images.parquet"
     done = np.full((2, 3), 7.0, np.float32)  # not what the model gives: proves they were not re-encoded
     killed = Checkpoint(table_path.parent / CHECKPOINT_DIR, encoder.name, encoder.dim)
-    killed.append(paths[:2], [file_sha256(p) for p in paths[:2]], done)
+    killed.append(paths[:2], [image_sha256(p) for p in paths[:2]], done)
     killed.close()
     mentions = mentions_frame([(f"m{i}", p) for i, p in enumerate(paths)])
     report = update_features(mentions, table_path, encoder, batch_size=1, missing_image="zero")

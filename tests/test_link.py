@@ -11,6 +11,7 @@ a changed KB, trie or encoder makes linking refuse, naming what differs.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -30,12 +31,17 @@ from gemel.data.sample import generate_sample
 from gemel.data.tables import read_kb, read_mentions, write_parquet_atomic
 from gemel.inputs import InputError
 from gemel.retrieval import DemoPool, load_text_encoder, read_demos, read_pool, retrieve
-from gemel.run import RunError, check_run, project_root, read_run_record, sha256, write_run_record
+from gemel.run import RunError, check_run, project_root, read_run_record, write_run_record
 from gemel.stack import versions
 
 LLM = "smollm2-135m"
 # The fresh draw: 36 test mentions, each (text, mention) of the sample's neutral texts with several images.
 SAMPLE = dict(train_per_entity=3, dev_per_entity=1, test_per_entity=1, image_size=96)
+
+
+def sha256(path: Path) -> str:
+    """Computed here, not by gemel: the record must hold the file's own digest."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 @dataclass

@@ -119,7 +119,7 @@ def test_first_load_builds_the_entry_with_one_parse(built: dict[str, Any], gguf_
     entry = built["entry"]
     assert built["parses"] == 1
     assert entry.parent == llm_cache.llm_dir()
-    assert entry.name.startswith(f"SmolLM2-135M-Instruct.Q4_1-{llm_cache.file_sha256(gguf_path)[:16]}-transformers")
+    assert entry.name.startswith(f"SmolLM2-135M-Instruct.Q4_1-{llm_cache.gguf_sha256(gguf_path)[:16]}-transformers")
     assert entry.name.endswith(f"-c{llm_cache.CONVERSION}")
     assert {"model.safetensors", "config.json", "tokenizer.json", llm_cache.MANIFEST} <= {p.name for p in entry.iterdir()}
     assert "quantization_config" not in json.loads((entry / "config.json").read_text())
@@ -183,7 +183,7 @@ def test_entry_published_by_another_process_during_the_build(
         if theirs_whole:
             shutil.copy(out.parent / ".manifest-of-theirs", theirs / llm_cache.MANIFEST)
         os.rename(theirs, entry)
-    identity = llm_cache._identity(gguf_path, llm_cache.file_sha256(gguf_path))
+    identity = llm_cache._identity(gguf_path, llm_cache.gguf_sha256(gguf_path))
     files = {p.name: p.stat().st_size for p in built["pristine"].iterdir()}
     (entry.parent / ".manifest-of-theirs").write_text(json.dumps({"identity": identity, "files": files}))
     monkeypatch.setattr(llm_cache, "convert", convert_then_other_publishes)
@@ -197,13 +197,13 @@ def test_entry_published_by_another_process_during_the_build(
 def test_file_hash_is_remembered_until_the_file_changes(tmp_path: Path, env: pytest.MonkeyPatch) -> None:
     f = tmp_path / "model.gguf"
     f.write_bytes(b"weights")
-    assert llm_cache.file_sha256(f) == hashlib.sha256(b"weights").hexdigest()
+    assert llm_cache.gguf_sha256(f) == hashlib.sha256(b"weights").hexdigest()
     sidecar, = (llm_cache.llm_dir() / ".sha256").glob("model.gguf.*.json")
     record = json.loads(sidecar.read_text())
     sidecar.write_text(json.dumps(record | {"sha256": "remembered"}))
-    assert llm_cache.file_sha256(f) == "remembered"  # not read again
+    assert llm_cache.gguf_sha256(f) == "remembered"  # not read again
     f.write_bytes(b"other weights")
-    assert llm_cache.file_sha256(f) == hashlib.sha256(b"other weights").hexdigest()
+    assert llm_cache.gguf_sha256(f) == hashlib.sha256(b"other weights").hexdigest()
 
 
 def test_cache_folder_and_switch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
