@@ -90,7 +90,7 @@ def main() -> None:
     mentions = prepared.mentions[prepared.mentions["split"] != "test"].reset_index(drop=True)
     cp = section(params, "candidates", CandidatesParams)
     t0 = time.perf_counter()
-    table, report = generate(mentions, prepared.kb, cp.top_k, cp.pool, cp.fit_limit)
+    table, report = generate(mentions, prepared.kb, cp)
     t_cands = time.perf_counter() - t0
     summary = {"dataset": args.dataset, "kb_entities": int(len(prepared.kb)),
                "described": int(prepared.kb["description"].notna().sum()) if "description" in prepared.kb else 0,

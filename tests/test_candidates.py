@@ -23,6 +23,7 @@ from gemel.candidates import (
     recall_at,
     words,
 )
+from gemel.config import CandidatesParams
 
 VOCAB = ["john", "smith", "paris", "hilton", "river", "jordan", "michael", "apple", "inc", "pie", "queen", "mary",
          "victoria", "lake", "st", "louis", "new", "york", "city", "times"]
@@ -76,7 +77,7 @@ def test_recall_matches_a_brute_force_count() -> None:
         "mention": [kb["name"][g].split()[-1] for g in gold],
         "entity_id": [kb["entity_id"][g] for g in gold], "entity_name": [kb["name"][g] for g in gold],
         "is_nil": False})
-    table, report = generate(mentions, kb, top=5, pool_size=50, fit_limit=None)
+    table, report = generate(mentions, kb, CandidatesParams(top_k=5, pool=50, fit_limit=None))
     assert len(table) == 80 and all(len(c) <= 5 for c in table["cand_ids"])
     test = table[table["split"] == "test"].reset_index(drop=True)
     gold_test = mentions.loc[mentions["split"] == "test", "entity_id"].tolist()
@@ -182,7 +183,7 @@ def test_ranker_is_fitted_on_alias_counts_that_leave_each_mention_out(monkeypatc
     fit = candidates.Ranker.fit
     monkeypatch.setattr(candidates.Ranker, "fit", classmethod(
         lambda cls, pools, gold, *a, **kw: seen.append((list(pools), list(gold))) or fit(pools, gold, *a, **kw)))
-    generate(mentions, kb, top=4, pool_size=10, fit_limit=None)
+    generate(mentions, kb, CandidatesParams(top_k=4, pool=10, fit_limit=None))
     ((pools, gold),) = seen
     train = mentions[mentions["split"] == "train"].reset_index(drop=True)
     assert len(pools) == len(train)
