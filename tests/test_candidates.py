@@ -327,6 +327,38 @@ def test_char_index_matches_a_brute_force_scan() -> None:
     assert index.search(["saldana"], 1)[0].tolist() == [len(names) - 2]
 
 
+def test_char_index_leaves_common_grams_out_of_the_product_and_rescores_exactly() -> None:
+    """With max_df below the commonest grams' df, a text's candidates are the names sharing one of
+    its other grams, the best rescore * k of them by those grams, ranked by their exact cosine."""
+    from gemel.candidates import CharIndex, trigrams
+
+    names = fixture_kb(300)["name"].tolist()
+    index = CharIndex(names)
+    df = Counter(g for n in names for g in trigrams(n))
+    max_df = int(np.percentile(list(df.values()), 90))
+    rng = np.random.default_rng(6)
+    texts = [misspell(rng, names[int(i)]) for i in rng.integers(0, len(names), size=30)]
+    k, rescore = 3, 2
+    idf = {g: math.log(1.0 + len(names) / c) for g, c in df.items()}
+    pruned = 0
+    for text, got in zip(texts, index.search(texts, k, batch=5, max_df=max_df, rescore=rescore), strict=True):
+        cos = brute_trigram_cosines(names, text)
+        q = trigrams(text)
+        rare = {g for g in q if g in df and df[g] <= max_df}
+        if not rare or rare == {g for g in q if g in df}:  # nothing to leave out: the exact ranking
+            want = sorted((i for i in range(len(names)) if cos[i] > 0), key=lambda i: (-round(cos[i], 4), len(names[i]), i))
+        else:
+            pruned += 1
+            partial = {i: sum(idf[g] ** 2 / math.sqrt(sum(idf[h] ** 2 for h in trigrams(names[i])))
+                              for g in rare & trigrams(names[i])) for i in range(len(names))}
+            kept = [i for i in partial if partial[i] > 0]
+            cut = sorted(partial[i] for i in kept)[-rescore * k] if len(kept) > rescore * k else 0.0
+            near = [i for i in kept if partial[i] >= cut * (1 - 1e-5)]
+            want = sorted(near, key=lambda i: (-round(cos[i], 4), len(names[i]), i))
+        assert got.tolist() == want[:k], text
+    assert pruned >= 10  # the case under test occurred
+
+
 def test_fuzzy_source_finds_misspelled_names_and_tags_them() -> None:
     from gemel.candidates import Generator
 
