@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from gemel.candidates import NameIndex, generate, words
+from gemel.config import CandidatesParams
 
 ROOT = Path(__file__).resolve().parent.parent
 RICHPEDIA = ROOT.parent / "shared" / "data" / "richpedia-mel"
@@ -80,7 +81,7 @@ def main() -> None:
     prepared = prepare(PrepareParams(format="melbench", dataset="richpedia", input=str(RICHPEDIA),
                                      invalid_records="skip"))
     t0 = time.perf_counter()
-    table, report = generate(prepared.mentions, prepared.kb, top=64, pool_size=100, fit_limit=5000)
+    table, report = generate(prepared.mentions, prepared.kb, CandidatesParams(top_k=64, pool=100, fit_limit=5000))
     took = time.perf_counter() - t0
     print(f"candidates stage computation on RichpediaMEL: {len(table):,} mentions, {len(prepared.kb):,} entities, "
           f"{took:.1f} s (target: 20,000 mentions < 60 s); test recall {report['recall']['test']}")

@@ -66,11 +66,13 @@ def main() -> None:
         import pandas as pd
 
         from gemel.candidates import generate
+        from gemel.config import CandidatesParams
         from gemel.decoding import score_candidates
         from gemel.llm import answer_ids
 
         kb = pd.DataFrame({"entity_id": w.trie.entity_ids.tolist(), "name": w.trie.names.tolist(), "description": None})
-        cands = generate(w.mentions, kb, args.candidates, 100, 5000)[0].set_index("id")
+        p = CandidatesParams(top_k=args.candidates, pool=100, fit_limit=5000)
+        cands = generate(w.mentions, kb, p)[0].set_index("id")
         seqs = [[answer_ids(w.tokenizer, n) for n in cands.at[i, "cand_names"]] for i in ids]
         t = time.perf_counter()
         score_candidates(model, examples, w.features, w.pad_id, seqs, batch_size=args.batch_size)

@@ -1,10 +1,13 @@
 """Candidate entities per mention: what candidate-aware decoding lets the LLM choose among.
 
-Three parts, each small:
+Four parts, each small:
 
 - `NameIndex`: KB names as a sparse name x word matrix. A batch of mentions is one sparse
   product with idf-weighted query vectors, so a Wikipedia-sized KB (millions of names) indexes
   in seconds and answers thousands of mentions at once (`benchmarks/candidates.py`).
+- `CharIndex`: KB names as idf-weighted character trigram vectors: the names closest to a mention
+  by cosine, for what shares no whole word with its entity's name (misspellings, inflections:
+  "Germans" and "Germany"). The `fuzzy` source; the cosine is a ranker feature too.
 - `AliasTable`: the training split's mention -> entity counts (a prior p(entity | mention)).
 - `Ranker`: a linear score over a few features of (mention, text, candidate) -- the alias prior,
   how much of the mention and of the name overlap, how much of the name the text contains,
@@ -12,13 +15,17 @@ Three parts, each small:
   left one out, so each dataset learns what its own features are worth (in RichpediaMEL no test
   entity occurs in training; in WikiDiverse many do).
 
-Words are case-folded `\\w+` runs; the `alias_prior` baseline (gemel.metrics) uses the same ones.
+Keys are folded (`fold`: case, accents and compatibility forms) `\\w+` runs, so "Müller",
+"MULLER" and "Muller" are one word; `candidates.fold: false` keeps case folding only. The
+`alias_prior` baseline (gemel.metrics) keeps case folding only whatever the setting, so that its
+number stays comparable across versions.
 """
 from __future__ import annotations
 
 import functools
 import math
 import re
+import unicodedata
 from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
@@ -41,40 +48,56 @@ CANDIDATES = pa.schema([
     ("cand_ids", pa.list_(pa.string())),
     ("cand_names", pa.list_(pa.string())),
     ("cand_scores", pa.list_(pa.float32())),  # log p(candidate | mention), softmax over the K kept
-    ("cand_sources", pa.list_(pa.string())),  # alias, name, or alias+name
+    ("cand_sources", pa.list_(pa.string())),  # the SOURCES that found it, joined by "+": alias+name+fuzzy
 ])
 
+SOURCES = ("alias", "name", "fuzzy")
+
 FEATURES = ("alias_prior", "alias_seen", "mention_in_name", "name_in_mention", "name_in_text",
-            "exact", "entity_freq", "name_words")
+            "exact", "entity_freq", "name_words", "char_sim")
 
 
 class CandidateError(GemelError, ValueError):
     """Bad candidate input (an empty KB, a malformed candidates table); names the file or field."""
 
 
-def words(text: str) -> list[str]:
-    return WORD.findall(text.casefold())
+def fold(text: str) -> str:
+    """Case and accent folding: NFKD splits "ü" into "u" and a combining mark (and "ﬁ" into "fi"),
+    the marks go, casefold does the rest ("ß" -> "ss"). ASCII, most names, skips the first two."""
+    if text.isascii():
+        return text.casefold()
+    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).casefold()
 
 
-def norm(mention: str) -> str:
-    """The alias table's key: the case-folded mention with its spacing normalised."""
-    return " ".join(mention.casefold().split())
+def key(text: str, folded: bool = True) -> str:
+    """The text every name and alias key is made of: folded, or (folded=False) case-folded only."""
+    return fold(text) if folded else text.casefold()
+
+
+def words(text: str, folded: bool = True) -> list[str]:
+    return WORD.findall(key(text, folded))
+
+
+def norm(mention: str, folded: bool = True) -> str:
+    """The alias table's key: the folded mention with its spacing normalised."""
+    return " ".join(key(mention, folded).split())
 
 
 class NameIndex:
     """Every KB name's distinct words, as a sparse word x name matrix (CSR: the names holding each
     word are one slice), plus idf per word. Built in one pass with compact arrays, so millions of
-    names fit in a few hundred MB."""
+    names fit in a few hundred MB. Queries must be words of the same folding: `keys`."""
 
-    def __init__(self, names: Sequence[str]):
+    def __init__(self, names: Sequence[str], folded: bool = True):
         if len(names) == 0:
             raise CandidateError("the KB has no names: nothing to index")
+        self.folded = folded
         vocab: dict[str, int] = {}
         add = vocab.setdefault
         cols = array("i")
         lengths = np.zeros(len(names), dtype=np.int32)
         for i, name in enumerate(names):
-            ws = set(WORD.findall(name.casefold()))
+            ws = set(words(name, folded))
             lengths[i] = len(ws)
             cols.extend([add(w, len(vocab)) for w in ws])
         ptr = np.zeros(len(names) + 1, dtype=np.int64)
@@ -88,6 +111,10 @@ class NameIndex:
         self.idf = np.log(1.0 + len(names) / np.maximum(df, 1)).astype(np.float32)
         self.name_words = lengths
         self.char_len = np.fromiter((len(n) for n in names), dtype=np.int32, count=len(names))
+
+    def keys(self, text: str) -> list[str]:
+        """The words of `text` as this index keys them."""
+        return words(text, self.folded)
 
     def query_matrix(self, queries: Sequence[Iterable[str]]) -> sp.csr_matrix:
         rows, cols = [], []
@@ -136,31 +163,147 @@ class NameIndex:
         return rows[np.lexsort((rows, self.char_len[rows]))]
 
 
+def row_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
+    """Per CSR row, the sum of its `values` (0 for an empty row, which np.add.reduceat gets wrong)."""
+    n = len(indptr) - 1
+    return np.bincount(np.repeat(np.arange(n), np.diff(indptr)), weights=values, minlength=n)
+
+
+def trigrams(text: str, folded: bool = True) -> set[str]:
+    """The distinct character trigrams of the text's words, joined by single spaces and padded by
+    one, so that word starts and ends are grams of their own (" jo", "an ")."""
+    padded = " " + " ".join(words(text, folded)) + " "
+    return {padded[i:i + 3] for i in range(len(padded) - 2)}
+
+
+class CharIndex:
+    """Every KB name as an L2-normalised vector of idf-weighted character trigrams, stored both
+    ways: name x gram (a candidate's vector, for `cosine`) and gram x name (the names holding each
+    gram, for `search`). idf makes the grams every name shares ("an ", " th") weigh little."""
+
+    def __init__(self, names: Sequence[str], folded: bool = True):
+        if len(names) == 0:
+            raise CandidateError("the KB has no names: nothing to index")
+        self.folded = folded
+        vocab: dict[str, int] = {}
+        add = vocab.setdefault
+        cols = array("i")
+        lengths = np.zeros(len(names), dtype=np.int64)
+        for i, name in enumerate(names):
+            gs = trigrams(name, folded)
+            lengths[i] = len(gs)
+            cols.extend([add(g, len(vocab)) for g in gs])
+        col = np.frombuffer(cols, dtype=np.int32)
+        self.vocab = vocab
+        df = np.bincount(col, minlength=len(vocab))
+        self.idf = np.log(1.0 + len(names) / np.maximum(df, 1)).astype(np.float32)
+        # A gram no name holds still counts in a query's norm: a mention half made of unknown
+        # grams is less like a name than one made only of known ones.
+        self.unknown_idf = float(np.log(1.0 + len(names)))
+        ptr = np.zeros(len(names) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=ptr[1:])
+        data = self.idf[col]
+        sq = row_sums(data.astype(np.float64) ** 2, ptr)
+        row_norm = np.repeat(np.sqrt(np.maximum(sq, 1e-12)), lengths).astype(np.float32)
+        self.by_name = sp.csr_matrix((data / row_norm, col, ptr), shape=(len(names), len(vocab)))
+        self.by_gram = self.by_name.T.tocsr()
+        self.char_len = np.fromiter((len(n) for n in names), dtype=np.int32, count=len(names))
+
+    def query_matrix(self, texts: Sequence[str]) -> sp.csr_matrix:
+        """One L2-normalised row per text."""
+        rows, cols, data = [], [], []
+        for r, text in enumerate(texts):
+            gs = trigrams(text, self.folded)
+            known = [self.vocab[g] for g in gs if g in self.vocab]
+            w = self.idf[np.asarray(known, dtype=np.int64)]
+            norm_ = math.sqrt(float((w.astype(np.float64) ** 2).sum()) + (len(gs) - len(known)) * self.unknown_idf ** 2)
+            rows.extend([r] * len(known))
+            cols.extend(known)
+            data.extend((w / norm_).tolist() if norm_ > 0 else [])
+        return sp.csr_matrix((np.asarray(data, np.float32), (rows, cols)), shape=(len(texts), len(self.vocab)))
+
+    def search(self, texts: Sequence[str], k: int, batch: int = 1024, max_postings: int = 20_000_000,
+               max_df: int = 20_000, rescore: int = 30) -> list[np.ndarray]:
+        """Per text, up to k name rows by trigram cosine, highest first (ties: shorter names, then
+        KB order). Multiplied in batches of at most `batch` texts and `max_postings` matched (gram,
+        name) pairs, as NameIndex.search does.
+
+        Grams held by more than `max_df` names (" jo", "an " in a KB of millions) carry little
+        weight but most of a product's cost, so they are left out of the product, unless that
+        leaves a text no gram; such a text's `rescore` * k best names by the remaining grams are
+        then ranked by their exact cosine. Exact whenever no gram of a text is that common (every
+        KB of up to max_df names). On a million names (benchmarks/char_index.py) the default
+        searches twice as fast as the exact product and finds a misspelled name 0.2 points less often."""
+        df = np.diff(self.by_gram.indptr)
+        q = self.query_matrix(texts)
+        row = np.repeat(np.arange(len(texts)), np.diff(q.indptr))
+        common = df[q.indices] > max_df
+        drop = common & (np.bincount(row[~common], minlength=len(texts))[row] > 0)
+        pruned = np.bincount(row[drop], minlength=len(texts)) > 0
+        qs = q.copy()
+        qs.data[drop] = 0.0
+        qs.eliminate_zeros()
+        cost = row_sums(df[qs.indices], qs.indptr).astype(np.int64)
+        out: list[np.ndarray] = []
+        lo = 0
+        while lo < len(texts):
+            hi, total = lo + 1, int(cost[lo])
+            while hi < len(texts) and hi - lo < batch and total + cost[hi] <= max_postings:
+                total += int(cost[hi])
+                hi += 1
+            scores = (qs[lo:hi] @ self.by_gram).tocsr()
+            for r in range(scores.shape[0]):
+                cand = scores.indices[scores.indptr[r]:scores.indptr[r + 1]]
+                s = scores.data[scores.indptr[r]:scores.indptr[r + 1]]
+                want = k * rescore if pruned[lo + r] else k
+                if len(cand) > want:
+                    keep = s >= np.partition(s, len(s) - want)[len(s) - want]
+                    cand, s = cand[keep], s[keep]
+                if pruned[lo + r]:
+                    s = np.asarray((self.by_name[cand] @ q[lo + r].T).todense(), dtype=np.float32).ravel()
+                order = np.lexsort((cand, self.char_len[cand], -np.round(s, 4)))
+                out.append(cand[order[:k]].astype(np.int64))
+            lo = hi
+        return out
+
+    def cosine(self, texts: Sequence[str], rows: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The trigram cosine of each text with each of its rows' names."""
+        q = self.query_matrix(texts)
+        lengths = np.array([len(r) for r in rows], dtype=np.int64)
+        flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows]) if len(rows) else np.zeros(0, np.int64)
+        if len(flat) == 0:
+            return [np.zeros(0, np.float32) for _ in rows]
+        pairs = self.by_name[flat].multiply(q[np.repeat(np.arange(len(rows)), lengths)])
+        sims = np.asarray(pairs.sum(axis=1), dtype=np.float32).ravel()
+        return np.split(sims, np.cumsum(lengths)[:-1])
+
+
 @dataclass
 class AliasTable:
-    """Case-folded training mention -> entity id -> count; and each entity's count."""
+    """Training mention (its `norm` key) -> entity id -> count; and each entity's count."""
     counts: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
     entity: Counter = field(default_factory=Counter)
+    folded: bool = True  # the keys' folding (`norm`); the alias_prior baseline uses case folding only
 
     @classmethod
-    def from_mentions(cls, mentions: pd.DataFrame) -> AliasTable:
-        table = cls()
+    def from_mentions(cls, mentions: pd.DataFrame, folded: bool = True) -> AliasTable:
+        table = cls(folded=folded)
         linked = mentions[(mentions["split"] == "train") & ~mentions["is_nil"] & mentions["entity_id"].notna()]
         for m, e in zip(linked["mention"], linked["entity_id"]):
-            table.counts[norm(m)][e] += 1
+            table.counts[norm(m, folded)][e] += 1
             table.entity[e] += 1
         return table
 
     def lookup(self, mention: str, leave_out: str | None = None) -> dict[str, int]:
         """Entity -> count for this mention; `leave_out` removes one occurrence of that entity (a
         training mention must not see itself when the ranker is fitted)."""
-        c = dict(self.counts.get(norm(mention), {}))
+        c = dict(self.counts.get(norm(mention, self.folded), {}))
         if leave_out is not None and c.get(leave_out, 0) > 0:
             c[leave_out] -= 1
         return {e: n for e, n in c.items() if n > 0}
 
     def most_frequent(self, mention: str) -> str | None:
-        c = self.counts.get(norm(mention))
+        c = self.counts.get(norm(mention, self.folded))
         if not c:
             return None
         top = max(c.values())
@@ -176,42 +319,69 @@ class Pool:
 
 
 class Generator:
-    """KB + alias table -> each mention's pool of candidates with features."""
+    """KB + alias table -> each mention's pool of candidates with features. Three sources: the
+    alias table (every entity a training mention with the same key named), the name index (the
+    `pool_size` names sharing most words) and, with `fuzzy` > 0, the char index (its `fuzzy` names
+    nearest by trigram cosine). The alias table's folding is the generator's."""
 
-    def __init__(self, kb: pd.DataFrame, alias: AliasTable, pool_size: int):
+    def __init__(self, kb: pd.DataFrame, alias: AliasTable, pool_size: int, fuzzy: int = 0):
         self.ids = kb["entity_id"].astype(str).tolist()
         self.names = kb["name"].astype(str).tolist()
         self.row_of = {e: i for i, e in reversed(list(enumerate(self.ids)))}
-        self.index = NameIndex(self.names)
+        self.folded = alias.folded
+        self.index = NameIndex(self.names, self.folded)
+        self.chars = CharIndex(self.names, self.folded) if fuzzy > 0 else None
         self.alias = alias
         self.pool_size = pool_size
+        self.fuzzy = fuzzy
         self._name_words = [None] * len(self.names)
+
+    @classmethod
+    def build(cls, kb: pd.DataFrame, mentions: pd.DataFrame, p: CandidatesParams) -> Generator:
+        """The generator of the candidates stage's settings, its alias table from `mentions`' train split."""
+        return cls(kb, AliasTable.from_mentions(mentions, p.fold), p.pool, p.fuzzy)
 
     def name_words(self, row: int) -> set[str]:
         ws = self._name_words[row]
         if ws is None:
-            ws = self._name_words[row] = set(words(self.names[row]))
+            ws = self._name_words[row] = set(words(self.names[row], self.folded))
         return ws
 
     def pools(self, mentions: Sequence[str], texts: Sequence[str],
-              leave_out: Sequence[str | None] | None = None) -> list[Pool]:
-        hits = self.index.search([words(m) for m in mentions], self.pool_size)
+              leave_out: Sequence[str | None] | None = None, chunk: int = 4096) -> list[Pool]:
+        """Each mention's pool, `chunk` mentions at a time (what bounds the char index's products)."""
+        out: list[Pool] = []
+        for lo in range(0, len(mentions), chunk):
+            out.extend(self._pools(mentions[lo:lo + chunk], texts[lo:lo + chunk],
+                                   leave_out[lo:lo + chunk] if leave_out is not None else None))
+        return out
+
+    def _pools(self, mentions: Sequence[str], texts: Sequence[str],
+               leave_out: Sequence[str | None] | None) -> list[Pool]:
+        named = self.index.search([self.index.keys(m) for m in mentions], self.pool_size)
+        near = self.chars.search(mentions, self.fuzzy) if self.chars is not None else [np.zeros(0, np.int64)] * len(
+            mentions)
+        found, counts = [], []
+        for i, mention in enumerate(mentions):
+            c = self.alias.lookup(mention, leave_out[i] if leave_out is not None else None)
+            aliased = [self.row_of[e] for e in sorted(c) if e in self.row_of]
+            by = dict(zip(SOURCES, (set(aliased), set(named[i].tolist()), set(near[i].tolist()))))
+            rows = list(dict.fromkeys([*aliased, *named[i].tolist(), *near[i].tolist()]))
+            found.append((np.asarray(rows, dtype=np.int64), ["+".join(s for s in SOURCES if r in by[s]) for r in rows]))
+            counts.append(c)
+        sims = (self.chars.cosine(mentions, [r for r, _ in found]) if self.chars is not None
+                else [np.zeros(len(r), np.float32) for r, _ in found])
         out = []
-        for i, (mention, text, named) in enumerate(zip(mentions, texts, hits)):
-            counts = self.alias.lookup(mention, leave_out[i] if leave_out is not None else None)
-            aliased = [self.row_of[e] for e in sorted(counts) if e in self.row_of]
-            by_name, by_alias = set(named.tolist()), set(aliased)
-            rows = list(dict.fromkeys([*aliased, *named.tolist()]))
-            sources = ["alias+name" if r in by_name and r in by_alias else "alias" if r in by_alias else "name"
-                       for r in rows]
+        for i, ((rows, sources), c, sim) in enumerate(zip(found, counts, sims)):
             left_out = leave_out[i] if leave_out is not None else None
-            out.append(Pool(np.asarray(rows, dtype=np.int64), self.featurize(mention, text, rows, counts, left_out),
-                            sources))
+            out.append(Pool(rows, self.featurize(mentions[i], texts[i], rows, c, left_out, sim), sources))
         return out
 
     def featurize(self, mention: str, text: str, rows: Sequence[int], counts: dict[str, int],
-                  leave_out: str | None) -> np.ndarray:
-        mw, tw, key = set(words(mention)), set(words(text)), norm(mention)
+                  leave_out: str | None, char_sim: np.ndarray | None = None) -> np.ndarray:
+        """FEATURES of each row; `char_sim` is the mention's trigram cosine with each row's name
+        (0 without a char index)."""
+        mw, tw, key_ = set(words(mention, self.folded)), set(words(text, self.folded)), norm(mention, self.folded)
         total = sum(counts.values())
         f = np.zeros((len(rows), len(FEATURES)), dtype=np.float32)
         for j, r in enumerate(rows):
@@ -223,9 +393,10 @@ class Generator:
                     shared / max(len(mw), 1),
                     shared / max(len(nw), 1),
                     len(nw & tw) / max(len(nw), 1),
-                    1.0 if norm(self.names[r]) == key else 0.0,
+                    1.0 if norm(self.names[r], self.folded) == key_ else 0.0,
                     math.log1p(max(freq, 0)),
-                    math.log1p(len(nw)))
+                    math.log1p(len(nw)),
+                    float(char_sim[j]) if char_sim is not None else 0.0)
         return f
 
 
@@ -303,7 +474,8 @@ def ranker_weights(report: dict) -> np.ndarray:
     weights = report.get("weights") or {}
     missing = [f for f in FEATURES if f not in weights]
     if missing:
-        raise CandidateError(f"candidates report: no ranker weight for {', '.join(missing)}")
+        raise CandidateError(f"candidates report: no ranker weight for {', '.join(missing)} (written by an older "
+                             "version: rerun the candidates stage, then train)")
     return np.asarray([weights[f] for f in FEATURES], dtype=np.float32)
 
 
@@ -326,41 +498,64 @@ def choose_weight(llm: Sequence[np.ndarray], priors: Sequence[np.ndarray], cand_
     return float(best), acc
 
 
+def gold_ranks(cands: pd.DataFrame, gold: pd.Series) -> np.ndarray:
+    """Per mention, the 1-based position of its gold id among its candidates; 0 when absent."""
+    return np.asarray([list(c).index(g) + 1 if g in list(c) else 0 for c, g in zip(cands["cand_ids"], gold)],
+                      dtype=np.int64)
+
+
+def _share(hit: np.ndarray) -> float | None:
+    return round(float(hit.mean()), 4) if len(hit) else None
+
+
 def recall_at(cands: pd.DataFrame, gold: pd.Series, ks: Sequence[int]) -> dict[str, float | None]:
     """Share of mentions whose gold id is among their first k candidates."""
-    ranks = [list(c).index(g) + 1 if g in list(c) else 0 for c, g in zip(cands["cand_ids"], gold)]
-    r = np.asarray(ranks)
-    return {f"recall@{k}": (round(float(((r >= 1) & (r <= k)).mean()), 4) if len(r) else None) for k in ks}
+    r = gold_ranks(cands, gold)
+    return {f"recall@{k}": _share((r >= 1) & (r <= k)) for k in ks}
 
 
-def generate(mentions: pd.DataFrame, kb: pd.DataFrame, top: int, pool_size: int, fit_limit: int | None
-             ) -> tuple[pd.DataFrame, dict]:
-    """The candidates table for every mention and a report: the fitted weights and recall per split."""
-    alias = AliasTable.from_mentions(mentions)
-    gen = Generator(kb, alias, pool_size)
+def recall_by_source(cands: pd.DataFrame, gold: pd.Series, ks: Sequence[int]) -> dict[str, dict[str, float | None]]:
+    """Per source, the share of mentions whose gold id is among their first k candidates and was
+    found by that source (whatever else found it too), and `only`: the share found by that source
+    and no other, anywhere in the candidates (what the source alone adds)."""
+    r = gold_ranks(cands, gold)
+    tag = np.asarray([list(s)[i - 1] if i else "" for s, i in zip(cands["cand_sources"], r)], dtype=object)
+    out: dict[str, dict[str, float | None]] = {}
+    for src in SOURCES:
+        has = np.asarray([src in t.split("+") for t in tag], dtype=bool)
+        out[src] = {**{f"recall@{k}": _share(has & (r >= 1) & (r <= k)) for k in ks},
+                    "only": _share(tag == src)}
+    return out
+
+
+def generate(mentions: pd.DataFrame, kb: pd.DataFrame, p: CandidatesParams) -> tuple[pd.DataFrame, dict]:
+    """The candidates table for every mention and a report: the fitted weights, and recall per
+    split, overall and per source."""
+    gen = Generator.build(kb, mentions, p)
     # Fit on training mentions (each leaves itself out of the alias counts), the first fit_limit.
     train = mentions[(mentions["split"] == "train") & ~mentions["is_nil"] & mentions["entity_id"].isin(gen.row_of)]
-    train = train.head(fit_limit) if fit_limit else train
+    train = train.head(p.fit_limit) if p.fit_limit else train
     fit_pools = gen.pools(train["mention"].tolist(), train["text"].tolist(), train["entity_id"].tolist())
     ranker = Ranker.fit(fit_pools, [gen.row_of[e] for e in train["entity_id"]])
     rows = []
     for split in ("train", "dev", "test"):
         part = mentions[mentions["split"] == split]
         leave = part["entity_id"].where(part["entity_id"].notna(), None).tolist() if split == "train" else None
-        cands = propose(gen, ranker, part["mention"].tolist(), part["text"].tolist(), top, leave)
+        cands = propose(gen, ranker, part["mention"].tolist(), part["text"].tolist(), p.top_k, leave)
         for mid, c in zip(part["id"], cands):
             rows.append({"id": mid, "split": split, **c})
     table = pd.DataFrame(rows, columns=CANDIDATES.names)
-    report = {"top_k": top, "pool": pool_size, "fitted_on": int(len(train)),
+    report = {"top_k": p.top_k, "pool": p.pool, "fold": p.fold, "fuzzy": p.fuzzy, "fitted_on": int(len(train)),
               # exact (float32 round-trips through JSON): `gemel link` rebuilds the ranker from them
-              "weights": {n: float(w) for n, w in zip(FEATURES, ranker.weights)}, "recall": {}}
+              "weights": {n: float(w) for n, w in zip(FEATURES, ranker.weights)}, "recall": {}, "recall_by_source": {}}
     by_id = table.set_index("id")
+    ks = sorted({k for k in (1, 4, 5, 16, 64, p.top_k) if k <= p.top_k})
     for split in ("train", "dev", "test"):
         linked = mentions[(mentions["split"] == split) & ~mentions["is_nil"]]
         if len(linked):
-            report["recall"][split] = {"mentions": int(len(linked)),
-                                       **recall_at(by_id.loc[linked["id"]], linked["entity_id"],
-                                                   sorted({k for k in (1, 4, 5, 16, 64, top) if k <= top}))}
+            cands = by_id.loc[linked["id"]]
+            report["recall"][split] = {"mentions": int(len(linked)), **recall_at(cands, linked["entity_id"], ks)}
+            report["recall_by_source"][split] = recall_by_source(cands, linked["entity_id"], ks)
     return table, report
 
 
@@ -369,5 +564,5 @@ def generate_for(a: Artifacts, p: CandidatesParams) -> tuple[pd.DataFrame, dict]
     reads it (the ranker's weights), and equal inputs must give equal bytes."""
     from gemel.data.tables import read_kb, read_mentions
 
-    table, report = generate(read_mentions(a.mentions), read_kb(a.kb), p.top_k, p.pool, p.fit_limit)
+    table, report = generate(read_mentions(a.mentions), read_kb(a.kb), p)
     return table, {**report, "mentions": int(len(table))}

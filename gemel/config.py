@@ -157,6 +157,8 @@ class CandidatesParams:
     top_k: int = 64
     pool: int = 100
     fit_limit: int | None = 5000
+    fold: bool = True  # accent and compatibility folding of every name and alias key; false: case only
+    fuzzy: int = 10  # names the character trigram index adds per mention (0: no char index, char_sim 0)
     out: str = "data/candidates"
 
 

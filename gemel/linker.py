@@ -101,8 +101,8 @@ class Linker:
     @classmethod
     def _assemble(cls, record: dict[str, Any], run_dir: Path, paths: dict[str, Path], dp: DecodeParams,
                   weight: float, notes: list[str]) -> Linker:
-        from gemel.candidates import AliasTable, Generator, Ranker, ranker_weights
-        from gemel.config import FeaturesParams
+        from gemel.candidates import Generator, Ranker, ranker_weights
+        from gemel.config import CandidatesParams, FeaturesParams
         from gemel.data.tables import read_kb
         from gemel.encoders import build_image_encoder
         from gemel.run import RunError, run_params
@@ -129,7 +129,10 @@ class Linker:
             if not weights:
                 raise RunError(f"{run_dir}/run.json records no candidate ranker weights (no candidates report.json "
                                "when it was trained): rerun the candidates and train stages")
-            gen = Generator(read_kb(paths["kb"]), AliasTable.from_mentions(mentions), record["candidates"]["pool"])
+            c = record["candidates"]
+            # A run recorded before folding and the fuzzy source existed made its candidates without them.
+            cp = CandidatesParams(top_k=c["top_k"], pool=c["pool"], fold=c.get("fold", False), fuzzy=c.get("fuzzy", 0))
+            gen = Generator.build(read_kb(paths["kb"]), mentions, cp)
             ranker = Ranker(ranker_weights({"weights": weights}))
         linker.new = NewInputs(record=record, decode=dp, mode=MODES[dp.candidates], fusion_weight=weight,
                                image_encoder=encoder, missing_image=record["features"]["missing_image"],

@@ -115,16 +115,15 @@ def compute_metrics(pred: pd.DataFrame, kb_names: set[str], hits_at: Sequence[in
 def alias_prior_names(mentions: Sequence[str], alias: AliasTable, index: NameIndex, names: Sequence[str],
                       id_names: dict[str, str]) -> list[str]:
     """The alias rule: the training split's most frequent entity for the (case-folded) mention,
-    else the shortest KB name containing all the mention's words, else the mention itself."""
-    from gemel.candidates import words
-
+    else the shortest KB name containing all the mention's words, else the mention itself. Case
+    folding only, as when it was first measured: `alias` and `index` are built unfolded."""
     out = []
     for m in mentions:
         top = alias.most_frequent(m)
         if top is not None and top in id_names:
             out.append(id_names[top])
             continue
-        rows = index.containing_all(words(m))
+        rows = index.containing_all(index.keys(m))
         out.append(names[int(rows[0])] if len(rows) else m)
     return out
 
@@ -136,12 +135,12 @@ def baselines(pred: pd.DataFrame, mentions: pd.DataFrame, kb: pd.DataFrame
     from gemel.candidates import AliasTable, NameIndex
 
     ev = pred.loc[~pred["is_nil"].astype(bool)]
-    alias = AliasTable.from_mentions(mentions)
+    alias = AliasTable.from_mentions(mentions, folded=False)
     train = mentions[(mentions["split"] == "train") & mentions["entity_name"].notna()]
     id_names = {**dict(zip(train["entity_id"], train["entity_name"])), **dict(zip(kb["entity_id"], kb["name"]))}
     names = kb["name"].tolist()
-    rule = alias_prior_names(ev["mention"].tolist(), alias, NameIndex(names), names, id_names) if len(kb) else \
-        ev["mention"].tolist()
+    rule = (alias_prior_names(ev["mention"].tolist(), alias, NameIndex(names, folded=False), names, id_names)
+            if len(kb) else ev["mention"].tolist())
     gold = ev["gold_name"].to_numpy()
     return {
         "copy_mention": {"accuracy": _rate(ev["mention"].to_numpy() == gold)},

@@ -16,12 +16,13 @@ artifacts that changed since training are `drift`: worth a note, not a refusal.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from gemel.atomic import write_text_atomic
-from gemel.config import FeaturesParams, section
+from gemel.config import CandidatesParams, FeaturesParams, section
 from gemel.data.tables import read_json
 from gemel.errors import GemelError
 from gemel.hashing import file_sha256
@@ -87,8 +88,9 @@ def write_run_record(params: dict[str, Any], out_dir: str | Path) -> dict[str, A
                       "encoder_spec": params.get("text_encoders", {}).get(retrieve.get("encoder")),
                       "query": retrieve.get("query", "mention"), "top_k": retrieve.get("top_k", 16),
                       "batch_size": retrieve.get("batch_size", 64), "seed": retrieve.get("seed", 0)},
-        "candidates": {"top_k": params["candidates"]["top_k"], "pool": params["candidates"].get("pool", 100),
-                       "fit_limit": params["candidates"].get("fit_limit"), "weights": weights},
+        # What `gemel link` rebuilds the candidate generator and ranker of new inputs from.
+        "candidates": {**{k: v for k, v in dataclasses.asdict(section(params, "candidates", CandidatesParams)).items()
+                          if k != "out"}, "weights": weights},
         "train": dict(params["train"]),
         "train_out": params["train"]["out"],
         "artifacts": {name: {"path": path, **_entry(Path(path))} for name, path in paths.items()},

@@ -1,5 +1,6 @@
 """candidates: {prepare.out}/{mentions,kb}.parquet -> {candidates.out}/candidates.parquet (the top-K KB
-entities of every mention, with scores and sources) and report.json (fitted weights, recall@1/5/K per split)."""
+entities of every mention, with scores and sources) and report.json (fitted weights, recall@1/5/K per split,
+overall and per source)."""
 from __future__ import annotations
 
 import json

@@ -23,6 +23,7 @@ from gemel.candidates import (
     recall_at,
     words,
 )
+from gemel.config import CandidatesParams
 
 VOCAB = ["john", "smith", "paris", "hilton", "river", "jordan", "michael", "apple", "inc", "pie", "queen", "mary",
          "victoria", "lake", "st", "louis", "new", "york", "city", "times"]
@@ -76,7 +77,7 @@ def test_recall_matches_a_brute_force_count() -> None:
         "mention": [kb["name"][g].split()[-1] for g in gold],
         "entity_id": [kb["entity_id"][g] for g in gold], "entity_name": [kb["name"][g] for g in gold],
         "is_nil": False})
-    table, report = generate(mentions, kb, top=5, pool_size=50, fit_limit=None)
+    table, report = generate(mentions, kb, CandidatesParams(top_k=5, pool=50, fit_limit=None))
     assert len(table) == 80 and all(len(c) <= 5 for c in table["cand_ids"])
     test = table[table["split"] == "test"].reset_index(drop=True)
     gold_test = mentions.loc[mentions["split"] == "test", "entity_id"].tolist()
@@ -182,7 +183,7 @@ def test_ranker_is_fitted_on_alias_counts_that_leave_each_mention_out(monkeypatc
     fit = candidates.Ranker.fit
     monkeypatch.setattr(candidates.Ranker, "fit", classmethod(
         lambda cls, pools, gold, *a, **kw: seen.append((list(pools), list(gold))) or fit(pools, gold, *a, **kw)))
-    generate(mentions, kb, top=4, pool_size=10, fit_limit=None)
+    generate(mentions, kb, CandidatesParams(top_k=4, pool=10, fit_limit=None))
     ((pools, gold),) = seen
     train = mentions[mentions["split"] == "train"].reset_index(drop=True)
     assert len(pools) == len(train)
@@ -240,3 +241,172 @@ def test_top_k_keeps_the_best_scored_candidates() -> None:
     kept = np.array([0.9, 0.9, 0.7])
     assert got["cand_scores"] == pytest.approx((kept - np.log(np.exp(kept).sum())).tolist(), abs=1e-6)
     assert len(top_k(gen, Ranker(weights), [pool], 10)[0]["cand_ids"]) == 6  # k above the pool: all of it
+
+
+# ---------------------------------------------------------------- folding and the fuzzy source
+
+def test_fold_drops_case_accents_and_compatibility_forms() -> None:
+    from gemel.candidates import fold, norm
+
+    assert fold("Zoë Saldaña") == "zoe saldana" and fold("MÜLLER") == fold("Müller") == "muller"
+    assert fold("Straße") == "strasse" and fold("ﬁnal") == "final" and fold("İstanbul") == "istanbul"
+    assert fold("Ǆoković") == "dzokovic"  # one compatibility letter, decomposed, then case-folded
+    assert words("Jean-Luc  Godárd") == ["jean", "luc", "godard"] and norm("  Zoë   SALDAÑA ") == "zoe saldana"
+    assert words("Zoë", folded=False) == ["zoë"] and norm(" Zoë ", folded=False) == "zoë"  # case only
+
+
+def folding_kb() -> pd.DataFrame:
+    return pd.DataFrame({"entity_id": ["E1", "E2", "E3"], "name": ["Thomas Müller", "Zoë Saldaña", "Gerd Muller"],
+                         "description": None})
+
+
+def test_folded_keys_join_accented_and_plain_spellings() -> None:
+    from gemel.candidates import Generator
+
+    kb = folding_kb()
+    train = pd.DataFrame({"id": ["t"], "split": ["train"], "mention": ["SALDAÑA"], "entity_id": ["E2"], "is_nil": False})
+    for folded in (True, False):
+        gen = Generator(kb, AliasTable.from_mentions(train, folded), pool_size=10)
+        muller, saldana = gen.pools(["Muller", "Saldana"], ["", ""])
+        found = {gen.names[r]: s for r, s in zip(muller.rows, muller.sources, strict=True)}
+        if folded:  # the word index joins "Muller" and "Müller", the alias table "Saldana" and "SALDAÑA"
+            assert found == {"Gerd Muller": "name", "Thomas Müller": "name"}
+            assert dict(zip(saldana.rows.tolist(), saldana.sources, strict=True)) == {1: "alias+name"}
+            assert saldana.features[0, FEATURES.index("alias_prior")] == 1.0
+        else:
+            assert found == {"Gerd Muller": "name"} and len(saldana.rows) == 0
+
+
+def brute_trigram_cosines(names: list[str], text: str) -> np.ndarray:
+    """The char index's cosine by a plain scan: sets of padded trigrams of the folded words,
+    idf log(1 + N/df), a gram no name holds weighted log(1 + N) in the text's norm."""
+    def grams(t: str) -> set[str]:
+        p = " " + " ".join(words(t)) + " "
+        return {p[i:i + 3] for i in range(len(p) - 2)}
+
+    sets = [grams(n) for n in names]
+    df = Counter(g for s in sets for g in s)
+    idf = {g: math.log(1.0 + len(names) / c) for g, c in df.items()}
+    q = grams(text)
+    qn = math.sqrt(sum(idf.get(g, math.log(1.0 + len(names))) ** 2 for g in q))
+    out = []
+    for s in sets:
+        nn = math.sqrt(sum(idf[g] ** 2 for g in s))
+        out.append(sum(idf[g] ** 2 for g in q & s) / (qn * nn) if qn and nn else 0.0)
+    return np.asarray(out)
+
+
+def misspell(rng: np.random.Generator, name: str) -> str:
+    """Drop, double or swap one letter: what word matching misses."""
+    i = int(rng.integers(0, max(len(name) - 1, 1)))
+    op = int(rng.integers(0, 3))
+    if op == 0:
+        return name[:i] + name[i + 1:]
+    if op == 1:
+        return name[:i] + name[i] + name[i:]
+    return name[:i] + name[i + 1:i + 2] + name[i:i + 1] + name[i + 2:]
+
+
+def test_char_index_matches_a_brute_force_scan() -> None:
+    from gemel.candidates import CharIndex
+
+    names = fixture_kb(200)["name"].tolist() + ["Zoë Saldaña", "!!"]  # an accent; a name with no word
+    index = CharIndex(names)
+    rng = np.random.default_rng(4)
+    texts = [misspell(rng, names[int(i)]) for i in rng.integers(0, len(names) - 1, size=40)] + ["saldana", "xqz", ""]
+    for k in (1, 5):
+        # several batches, by count and by the postings budget
+        for got, text in zip(index.search(texts, k, batch=7, max_postings=3000), texts, strict=True):
+            cos = brute_trigram_cosines(names, text)
+            want = sorted((i for i in range(len(names)) if cos[i] > 0),
+                          key=lambda i: (-round(cos[i], 4), len(names[i]), i))[:k]
+            assert got.tolist() == want, text
+    rows = [rng.integers(0, len(names), size=int(rng.integers(0, 9))) for _ in texts]
+    for text, r, sims in zip(texts, rows, index.cosine(texts, rows), strict=True):
+        np.testing.assert_allclose(sims, brute_trigram_cosines(names, text)[r], atol=1e-5)
+    assert index.search(["saldana"], 1)[0].tolist() == [len(names) - 2]
+
+
+def test_char_index_leaves_common_grams_out_of_the_product_and_rescores_exactly() -> None:
+    """With max_df below the commonest grams' df, a text's candidates are the names sharing one of
+    its other grams, the best rescore * k of them by those grams, ranked by their exact cosine."""
+    from gemel.candidates import CharIndex, trigrams
+
+    names = fixture_kb(300)["name"].tolist()
+    index = CharIndex(names)
+    df = Counter(g for n in names for g in trigrams(n))
+    max_df = int(np.percentile(list(df.values()), 90))
+    rng = np.random.default_rng(6)
+    texts = [misspell(rng, names[int(i)]) for i in rng.integers(0, len(names), size=30)]
+    k, rescore = 3, 2
+    idf = {g: math.log(1.0 + len(names) / c) for g, c in df.items()}
+    pruned = 0
+    for text, got in zip(texts, index.search(texts, k, batch=5, max_df=max_df, rescore=rescore), strict=True):
+        cos = brute_trigram_cosines(names, text)
+        q = trigrams(text)
+        rare = {g for g in q if g in df and df[g] <= max_df}
+        if not rare or rare == {g for g in q if g in df}:  # nothing to leave out: the exact ranking
+            want = sorted((i for i in range(len(names)) if cos[i] > 0), key=lambda i: (-round(cos[i], 4), len(names[i]), i))
+        else:
+            pruned += 1
+            partial = {i: sum(idf[g] ** 2 / math.sqrt(sum(idf[h] ** 2 for h in trigrams(names[i])))
+                              for g in rare & trigrams(names[i])) for i in range(len(names))}
+            kept = [i for i in partial if partial[i] > 0]
+            cut = sorted(partial[i] for i in kept)[-rescore * k] if len(kept) > rescore * k else 0.0
+            near = [i for i in kept if partial[i] >= cut * (1 - 1e-5)]
+            want = sorted(near, key=lambda i: (-round(cos[i], 4), len(names[i]), i))
+        assert got.tolist() == want[:k], text
+    assert pruned >= 10  # the case under test occurred
+
+
+def test_fuzzy_source_finds_misspelled_names_and_tags_them() -> None:
+    from gemel.candidates import Generator
+
+    kb = pd.DataFrame({"entity_id": ["E1", "E2", "E3", "E4"],
+                       "name": ["Michael Jordan", "Jordan River", "Michelle Obama", "Germany"], "description": None})
+    gen = Generator(kb, AliasTable(), pool_size=10, fuzzy=2)
+    misspelled, germans, jordan = gen.pools(["Micheal Jordon", "Germans", "Jordan"], ["", "", ""])
+    assert gen.names[misspelled.rows[0]] == "Michael Jordan" and misspelled.sources[0] == "fuzzy"
+    assert gen.names[germans.rows[0]] == "Germany" and germans.sources[0] == "fuzzy"
+    tags = dict(zip([gen.names[r] for r in jordan.rows], jordan.sources, strict=True))
+    assert tags == {"Michael Jordan": "name+fuzzy", "Jordan River": "name+fuzzy"}
+    sim = FEATURES.index("char_sim")
+    assert misspelled.features[0, sim] == pytest.approx(brute_trigram_cosines(gen.names, "Micheal Jordon")[0], abs=1e-5)
+    assert 0.0 < misspelled.features[0, sim] < 1.0 and jordan.features[:, sim].max() < 1.0
+    # fuzzy 0: no char index, no fuzzy candidate, char_sim 0
+    off = Generator(kb, AliasTable(), pool_size=10, fuzzy=0)
+    (pool,) = off.pools(["Micheal Jordon"], [""])
+    assert len(pool.rows) == 0
+    (pool,) = off.pools(["Jordan"], [""])
+    assert set(pool.sources) == {"name"} and not pool.features[:, sim].any()
+
+
+def test_recall_by_source_by_hand() -> None:
+    from gemel.candidates import recall_by_source
+
+    cands = pd.DataFrame({"cand_ids": [["A", "B"], ["C", "D"], ["E"], ["F", "G"]],
+                          "cand_sources": [["name", "alias+name"], ["name", "fuzzy"], ["name+fuzzy"], ["alias", "name"]]})
+    gold = pd.Series(["B", "D", "E", "X"])  # ranks 2, 2, 1, absent
+    got = recall_by_source(cands, gold, [1, 2])
+    assert got == {"alias": {"recall@1": 0.0, "recall@2": 0.25, "only": 0.0},
+                   "name": {"recall@1": 0.25, "recall@2": 0.5, "only": 0.0},
+                   "fuzzy": {"recall@1": 0.25, "recall@2": 0.5, "only": 0.25}}
+
+
+def test_candidates_report_holds_recall_per_source_and_the_settings() -> None:
+    kb = fixture_kb()
+    rng = np.random.default_rng(5)
+    gold = rng.integers(0, len(kb), size=60)
+    mentions = pd.DataFrame({
+        "id": [f"m{i}" for i in range(60)], "split": ["train"] * 40 + ["dev"] * 20,
+        "text": [f"About {kb['name'][g]}." for g in gold], "mention": [misspell(rng, kb["name"][g]) for g in gold],
+        "entity_id": [kb["entity_id"][g] for g in gold], "entity_name": [kb["name"][g] for g in gold], "is_nil": False})
+    table, report = generate(mentions, kb, CandidatesParams(top_k=8, pool=20, fit_limit=None, fuzzy=3))
+    assert report["fold"] is True and report["fuzzy"] == 3 and set(report["recall_by_source"]) == {"train", "dev"}
+    dev = mentions[mentions["split"] == "dev"]
+    cands = table.set_index("id").loc[dev["id"]]
+    for src, r in report["recall_by_source"]["dev"].items():
+        hit = [g in list(c)[:8] and src in list(s)[list(c).index(g)].split("+")
+               for c, s, g in zip(cands["cand_ids"], cands["cand_sources"], dev["entity_id"], strict=True)]
+        assert r["recall@8"] == pytest.approx(round(float(np.mean(hit)), 4)), src
+    assert report["recall_by_source"]["dev"]["fuzzy"]["recall@8"] > 0  # misspelled mentions: the source is used

@@ -120,6 +120,7 @@ def test_kgmel_wikidiverse(tmp_path: Path) -> None:
     assert m.loc["w1-0", "image"] == str(tmp_path / "img" / "w1.jpg")
     assert bool(m.loc["w3-0", "is_nil"])
     assert set(out.kb["entity_id"]) == {"Q90", "Q598884", "Q47899"}
+    assert out.kb["description"].isna().all() and out.report["kb_described"] == 0  # WikiDiverse has none
 
 
 # ---------------------------------------------------------------- bad input
@@ -227,6 +228,50 @@ def test_wikimel_single_file_with_split_file(tmp_path: Path) -> None:
     assert r["gold_names_from_kb"] == 1 and r["kb_names_merged"] == 0
     assert r["dev_carved_from_train"] is False
     assert r["kb_entities"] == 3 and r["gold_not_in_kb"] == 0 and r["missing_image"] == 4
+    # qid2abs.json beside qid2ne.json: the described entity carries its text, the others null
+    desc = out.kb.set_index("entity_id")["description"]
+    assert desc["Q90"] == "Capital of France." and desc[["Q76", "Q567"]].isna().all()
+    assert r["kb_described"] == 1
+
+
+@pytest.mark.parametrize("bad, found", [(42, "a JSON int"), (["a", "b"], "a JSON list of 2 item"),
+                                        ({"x": 1}, "a JSON object with keys x")])
+def test_a_description_that_is_not_text_names_file_entity_and_field(tmp_path: Path, bad, found: str) -> None:
+    d = wikimel_fixture(tmp_path)
+    (d / "qid2abs.json").write_text(json.dumps({"Q90": "Capital of France.", "Q76": bad}))
+    with pytest.raises(DataError, match=rf"qid2abs\.json: entity Q76: field 'description': expected a string or null; "
+                                        rf"found {found}"):
+        prepare(wikimel(d), root=Path("/"))
+
+
+def test_null_or_blank_descriptions_are_no_description(tmp_path: Path) -> None:
+    d = wikimel_fixture(tmp_path)
+    (d / "qid2abs.json").write_text(json.dumps({"Q90": "Capital of France.", "Q76": None, "Q567": "  "}))
+    out = prepare(wikimel(d), root=Path("/"))
+    assert out.kb.set_index("entity_id")["description"].notna().to_dict() == {"Q76": False, "Q567": False, "Q90": True}
+
+
+def test_a_kb_table_without_descriptions_reads_as_null_descriptions(tmp_path: Path) -> None:
+    """kb.parquet written before `description` existed: every reader of the KB gets the column, null."""
+    import pyarrow as pa
+
+    from gemel.data.tables import KB, read_kb, write_parquet_atomic
+
+    old = pa.schema([KB.field("entity_id"), KB.field("name")])
+    write_parquet_atomic(pd.DataFrame({"entity_id": ["Q1", "Q2"], "name": ["A", "B"]}), tmp_path / "old.parquet", old)
+    kb = read_kb(tmp_path / "old.parquet")
+    assert list(kb.columns) == KB.names and kb["description"].isna().all() and kb["name"].tolist() == ["A", "B"]
+    write_parquet_atomic(pd.DataFrame({"entity_id": ["Q1"], "name": ["A"], "description": ["d"]}),
+                         tmp_path / "new.parquet", KB)
+    assert read_kb(tmp_path / "new.parquet")["description"].tolist() == ["d"]
+
+
+def test_a_descriptions_file_that_is_not_an_object_is_an_error(tmp_path: Path) -> None:
+    d = wikimel_fixture(tmp_path)
+    (d / "qid2abs.json").write_text(json.dumps(["Capital of France."]))
+    with pytest.raises(DataError, match=r"qid2abs\.json: expected a JSON object mapping entity id -> description; "
+                                        r"found a JSON list"):
+        prepare(wikimel(d), root=Path("/"))
 
 
 def test_wikimel_folder_input_finds_the_annotation_file(tmp_path: Path) -> None:

@@ -25,8 +25,8 @@ import pandas as pd
 import pytest
 
 from gemel import Linker
-from gemel.candidates import AliasTable, Generator, Ranker, propose, ranker_weights
-from gemel.config import load_params
+from gemel.candidates import Generator, Ranker, propose, ranker_weights
+from gemel.config import CandidatesParams, load_params
 from gemel.data.sample import generate_sample
 from gemel.data.tables import read_kb, read_mentions, write_parquet_atomic
 from gemel.inputs import InputError
@@ -276,8 +276,10 @@ def test_candidates_of_new_inputs_are_the_stages(pipeline):
     split's (mention, text) pairs are the candidates stage's rows."""
     record = read_run_record(pipeline.run)
     mentions = pipeline.mentions
-    gen = Generator(read_kb(pipeline.base / "prepared" / "kb.parquet"), AliasTable.from_mentions(mentions),
-                    record["candidates"]["pool"])
+    c = record["candidates"]
+    assert c["fold"] is True and c["fuzzy"] == pipeline.params["candidates"]["fuzzy"]  # what link rebuilds from
+    gen = Generator.build(read_kb(pipeline.base / "prepared" / "kb.parquet"), mentions,
+                          CandidatesParams(top_k=c["top_k"], pool=c["pool"], fold=c["fold"], fuzzy=c["fuzzy"]))
     test = mentions[mentions["split"] == "test"]
     got = propose(gen, Ranker(ranker_weights(record["candidates"])), test["mention"].tolist(), test["text"].tolist(),
                   record["candidates"]["top_k"])

@@ -188,3 +188,28 @@ def test_alias_prior_baseline_never_sees_test_gold() -> None:
     # Jordan: the one training mention's entity; Zed: no training alias, the shortest name with "zed".
     assert rule == ["Michael Jordan", "Michael Jordan", "Zed"]
     assert scores["alias_prior"] == {"accuracy": 0.0}
+
+
+def test_alias_prior_baseline_keeps_case_folding_only() -> None:
+    """The baseline computes what it computed before the candidates' keys were accent-folded, so
+    its number stays comparable across versions: "Muller" neither finds "Thomas Müller" nor uses
+    the training alias "Müller", while the candidate generator (folded) does both."""
+    from gemel.candidates import AliasTable, Generator
+
+    kb = pd.DataFrame({"entity_id": ["E1", "E2"], "name": ["Thomas Müller", "Gerd Müller"], "description": None})
+    rows = [("t0", "train", "Gerd Müller", "E2"), ("t1", "train", "Müller", "E2"),
+            ("x0", "test", "Muller", "E2"), ("x1", "test", "Thomas Muller", "E1")]
+    names = dict(zip(kb["entity_id"], kb["name"], strict=True))
+    mentions = pd.DataFrame({"id": [r[0] for r in rows], "split": [r[1] for r in rows], "mention": [r[2] for r in rows],
+                             "entity_id": [r[3] for r in rows], "entity_name": [names[r[3]] for r in rows],
+                             "is_nil": False})
+    test = mentions[mentions["split"] == "test"]
+    pred = pd.DataFrame({"id": test["id"], "split": "test", "mention": test["mention"], "gold_id": test["entity_id"],
+                         "gold_name": test["entity_name"], "pred_name": test["entity_name"], "has_image": True,
+                         "is_nil": False})
+    scores, rule = baselines(pred, mentions, kb)
+    assert rule == ["Muller", "Thomas Muller"] and scores["alias_prior"] == {"accuracy": 0.0}
+    gen = Generator(kb, AliasTable.from_mentions(mentions), pool_size=5)
+    muller, thomas = gen.pools(["Muller", "Thomas Muller"], ["", ""])
+    assert dict(zip(muller.rows.tolist(), muller.sources, strict=True)) == {1: "alias+name", 0: "name"}
+    assert thomas.rows[0] == 0

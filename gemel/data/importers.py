@@ -97,14 +97,30 @@ def read_kb_file(path: Path, descriptions: Path | None = None) -> list[dict[str,
     data = read_json(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object mapping entity id -> name")
-    desc = read_json(descriptions) if descriptions is not None and descriptions.exists() else {}
+    desc = read_descriptions(descriptions) if descriptions is not None and descriptions.exists() else {}
     rows = []
     for eid, name in data.items():
         if not isinstance(name, str) or not name.strip():
             raise DataError(f"{path}: entity {eid}: field 'name': expected a non-empty string")
-        d = desc.get(eid)
-        rows.append({"entity_id": str(eid), "name": name, "description": d if isinstance(d, str) else None})
+        rows.append({"entity_id": str(eid), "name": name, "description": desc.get(str(eid))})
     return rows
+
+
+def read_descriptions(path: Path) -> dict[str, str]:
+    """A descriptions file (qid2abs.json): JSON object id -> text. Null or blank is no description;
+    anything else that is not a string stops the import, since a KB silently missing its
+    descriptions would only show as weaker candidates."""
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object mapping entity id -> description; found {found(data)}")
+    out: dict[str, str] = {}
+    for eid, text in data.items():
+        if text is not None and not isinstance(text, str):
+            raise DataError(f"{path}: entity {eid}: field 'description': expected a string or null; "
+                            f"found {found(text)}")
+        if text is not None and text.strip():
+            out[str(eid)] = text
+    return out
 
 
 def text_field(obj: dict[str, Any], key: str, file: Path, rid: str, problems: Problems) -> str | None:

@@ -32,6 +32,8 @@ MENTIONS = pa.schema([
     ("is_nil", pa.bool_()),
 ])
 
+# One row per entity. `description` is the dataset's short text about it (RichpediaMEL's and
+# WikiMEL's qid2abs.json), null where none is published (WikiDiverse, the sample).
 KB = pa.schema([
     ("entity_id", pa.string()),
     ("name", pa.string()),
@@ -113,7 +115,13 @@ def read_mentions(path: str | Path) -> pd.DataFrame:
 
 
 def read_kb(path: str | Path) -> pd.DataFrame:
-    return read_table(path, "prepare", KB)
+    """The KB table. `description` may be absent (a table written before it existed): it then
+    reads as all null, as for a dataset that publishes no descriptions."""
+    if "description" in read_schema(path, "prepare").names:
+        return read_table(path, "prepare", KB)
+    kb = read_table(path, "prepare", KB.remove(KB.get_field_index("description")))
+    kb["description"] = pd.Series([None] * len(kb), dtype=object)
+    return kb
 
 
 def read_json(path: str | Path, made_by: str) -> dict[str, Any]:

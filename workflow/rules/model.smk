@@ -41,7 +41,8 @@ rule train:
         cmd=run_cli("train"),
         # Not decode: the dev evaluation has its own train.dev_* settings (as in dvc.yaml).
         tracked=run_tracked(["model", "llms.{llm}", "train", "features", "retrieve", "text_encoders",
-                             "candidates.top_k", "candidates.pool", "candidates.fit_limit"]),
+                             "candidates.top_k", "candidates.pool", "candidates.fit_limit", "candidates.fold",
+                             "candidates.fuzzy"]),
     log:
         run_file("logs/train.log"),
     threads: 8
