@@ -97,7 +97,7 @@ class NameIndex:
         cols = array("i")
         lengths = np.zeros(len(names), dtype=np.int32)
         for i, name in enumerate(names):
-            ws = set(words(name, folded))
+            ws = dict.fromkeys(words(name, folded))  # distinct, in a fixed order (a set's hangs on PYTHONHASHSEED)
             lengths[i] = len(ws)
             cols.extend([add(w, len(vocab)) for w in ws])
         ptr = np.zeros(len(names) + 1, dtype=np.int64)
@@ -190,7 +190,7 @@ class CharIndex:
         cols = array("i")
         lengths = np.zeros(len(names), dtype=np.int64)
         for i, name in enumerate(names):
-            gs = trigrams(name, folded)
+            gs = sorted(trigrams(name, folded))  # a set's order hangs on PYTHONHASHSEED, and so would the floats
             lengths[i] = len(gs)
             cols.extend([add(g, len(vocab)) for g in gs])
         col = np.frombuffer(cols, dtype=np.int32)
@@ -213,7 +213,7 @@ class CharIndex:
         """One L2-normalised row per text."""
         rows, cols, data = [], [], []
         for r, text in enumerate(texts):
-            gs = trigrams(text, self.folded)
+            gs = sorted(trigrams(text, self.folded))
             known = [self.vocab[g] for g in gs if g in self.vocab]
             w = self.idf[np.asarray(known, dtype=np.int64)]
             norm_ = math.sqrt(float((w.astype(np.float64) ** 2).sum()) + (len(gs) - len(known)) * self.unknown_idf ** 2)
