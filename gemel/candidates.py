@@ -328,6 +328,8 @@ class Descriptions:
 
     def __init__(self, descriptions: Sequence[str | None], folded: bool = True):
         self.folded = folded
+        # A missing description reads as None or NaN (pandas), whichever the column holds.
+        descriptions = [d if isinstance(d, str) and d.strip() else None for d in descriptions]
         self.words: list[frozenset[str]] = []
         df: Counter = Counter()
         for d in descriptions:
