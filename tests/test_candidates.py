@@ -439,13 +439,13 @@ def test_description_overlap_is_the_idf_cosine_of_the_text_beyond_the_mention() 
     from gemel.candidates import Generator
 
     gen = Generator(DESCRIBED, AliasTable(), pool_size=10, context=("overlap",))
-    text = "Smith, the football player, and a Jefferson lawyer; Occupation unknown"
-    got = context_features(gen, "Smith", text)
+    text = "Jefferson Smith, the football player, and a lawyer; Occupation unknown"
+    got = context_features(gen, "Jefferson Smith", text)
     described = [d for d in DESCRIPTIONS if d]
     sets = [set(words(d)) for d in described]
     idf = {w: math.log((1 + len(sets)) / (1 + sum(w in s for s in sets))) for s in sets for w in s}
     assert idf["occupation"] == 0.0
-    t = {w for w in words(text) if idf.get(w, 0) > 0} - {"smith"}
+    t = {w for w in words(text) if idf.get(w, 0) > 0} - {"jefferson", "smith"}  # not the mention's words
     for eid, d in zip(DESCRIBED["entity_id"], DESCRIPTIONS, strict=True):
         s = set(words(d)) if d else set()
         want = (sum(idf[w] ** 2 for w in t & s) / math.sqrt(sum(idf[w] ** 2 for w in t) * sum(idf[w] ** 2 for w in s))
