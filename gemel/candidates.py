@@ -53,8 +53,20 @@ CANDIDATES = pa.schema([
 
 SOURCES = ("alias", "name", "fuzzy")
 
+# The switchable groups of context features (candidates.<name>: true), each a CandidatesParams flag.
+CONTEXT = ("overlap", "years", "pronouns")
+
 FEATURES = ("alias_prior", "alias_seen", "mention_in_name", "name_in_mention", "name_in_text",
-            "exact", "entity_freq", "name_words", "char_sim")
+            "exact", "entity_freq", "name_words", "char_sim",
+            # the text against the candidate's KB description (0 without one): `Descriptions`
+            "desc_overlap", "year_before", "year_within", "year_after", "pronoun_sex")
+
+# A year as texts and descriptions write it: four digits, 1000-2099, not part of a longer number.
+YEAR = re.compile(r"(?<!\d)(1\d{3}|20\d{2})(?!\d)")
+# The span a description with a single year (a birth, a founding) is taken to cover: a long life.
+LIFESPAN = 100
+# Third-person pronouns by the sex they imply: +1 male, -1 female.
+PRONOUNS = {"he": 1, "him": 1, "his": 1, "himself": 1, "she": -1, "her": -1, "hers": -1, "herself": -1}
 
 
 class CandidateError(GemelError, ValueError):
@@ -278,6 +290,87 @@ class CharIndex:
         return np.split(sims, np.cumsum(lengths)[:-1])
 
 
+def years(text: str) -> list[int]:
+    return [int(y) for y in YEAR.findall(text)]
+
+
+def stated_sex(description_words: set[str]) -> int:
+    """+1 or -1 where the description states the sex as the word "male" or "female" (how the KBs
+    with descriptions state it: "Sex: male."); 0 where it states neither, or both."""
+    male, female = "male" in description_words, "female" in description_words
+    return 0 if male == female else (1 if male else -1)
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a mention's text says beyond the mention itself: its words (idf-weighted, as a unit
+    vector over the descriptions' words), the years it names, and its pronouns' balance."""
+    weights: dict[str, float]
+    years: tuple[int, ...]
+    pronoun: float  # (male - female pronouns) / all of them; 0 without any
+
+    @classmethod
+    def of(cls, mention: str, text: str, idf: dict[str, float], folded: bool) -> Context:
+        # The mention's own words and years say nothing about which entity it is beyond the mention.
+        rest = text.replace(mention, " ") if mention else text
+        ws = set(words(rest, folded)) - set(words(mention, folded))
+        w = {t: idf[t] for t in ws if idf.get(t, 0.0) > 0}
+        n = math.sqrt(sum(v * v for v in w.values()))
+        signs = [PRONOUNS[t] for t in words(rest, folded) if t in PRONOUNS]
+        return cls({t: v / n for t, v in w.items()} if n > 0 else {}, tuple(years(rest)),
+                   sum(signs) / len(signs) if signs else 0.0)
+
+
+class Descriptions:
+    """The KB's descriptions as the features compare them with a text: each one's words (idf over
+    the descriptions, so the field labels every description repeats weigh nothing), the span of
+    the years it names and the sex it states. Rows without a description give 0 features."""
+
+    def __init__(self, descriptions: Sequence[str | None], folded: bool = True):
+        self.folded = folded
+        # A missing description reads as None or NaN (pandas), whichever the column holds.
+        descriptions = [d if isinstance(d, str) and d.strip() else None for d in descriptions]
+        self.words: list[frozenset[str]] = []
+        df: Counter = Counter()
+        for d in descriptions:
+            ws = frozenset(words(d, folded)) if d else frozenset()
+            self.words.append(ws)
+            df.update(ws)
+        n = sum(1 for ws in self.words if ws)
+        self.idf = {w: math.log((1.0 + n) / (1.0 + c)) for w, c in df.items()}
+        self.norm = np.asarray([math.sqrt(sum(self.idf[w] ** 2 for w in ws)) for ws in self.words], np.float32)
+        spans = []
+        for d in descriptions:
+            ys = years(d) if d else []
+            # Two or more years: first to last (birth to death); one: that year and a lifespan after.
+            spans.append((min(ys), max(ys) if len(set(ys)) > 1 else min(ys) + LIFESPAN) if ys else (0, 0))
+        self.spans = np.asarray(spans, dtype=np.int32).reshape(-1, 2)
+        self.sex = np.asarray([stated_sex(ws) for ws in self.words], dtype=np.int8)
+
+    def context(self, mention: str, text: str) -> Context:
+        return Context.of(mention, text, self.idf, self.folded)
+
+    def overlap(self, ctx: Context, row: int) -> float:
+        """Cosine of the text's and the description's idf-weighted word sets."""
+        if not ctx.weights or self.norm[row] == 0:
+            return 0.0
+        return sum(v * self.idf[w] for w, v in ctx.weights.items() if w in self.words[row]) / float(self.norm[row])
+
+    def year_shares(self, ctx: Context, row: int) -> tuple[float, float, float]:
+        """The shares of the text's years before, within and after the description's span."""
+        lo, hi = self.spans[row]
+        if not ctx.years or lo == 0:
+            return 0.0, 0.0, 0.0
+        n = len(ctx.years)
+        before = sum(y < lo for y in ctx.years) / n
+        after = sum(y > hi for y in ctx.years) / n
+        return before, 1.0 - before - after, after
+
+    def pronoun_sex(self, ctx: Context, row: int) -> float:
+        """+1 where the text's pronouns all fit the stated sex, -1 where all contradict it."""
+        return ctx.pronoun * float(self.sex[row])
+
+
 @dataclass
 class AliasTable:
     """Training mention (its `norm` key) -> entity id -> count; and each entity's count."""
@@ -322,9 +415,11 @@ class Generator:
     """KB + alias table -> each mention's pool of candidates with features. Three sources: the
     alias table (every entity a training mention with the same key named), the name index (the
     `pool_size` names sharing most words) and, with `fuzzy` > 0, the char index (its `fuzzy` names
-    nearest by trigram cosine). The alias table's folding is the generator's."""
+    nearest by trigram cosine). The alias table's folding is the generator's. `context` names the
+    switched-on CONTEXT features (the text against each candidate's description); the others stay 0."""
 
-    def __init__(self, kb: pd.DataFrame, alias: AliasTable, pool_size: int, fuzzy: int = 0):
+    def __init__(self, kb: pd.DataFrame, alias: AliasTable, pool_size: int, fuzzy: int = 0,
+                 context: Iterable[str] = ()):
         self.ids = kb["entity_id"].astype(str).tolist()
         self.names = kb["name"].astype(str).tolist()
         self.row_of = {e: i for i, e in reversed(list(enumerate(self.ids)))}
@@ -334,12 +429,18 @@ class Generator:
         self.alias = alias
         self.pool_size = pool_size
         self.fuzzy = fuzzy
+        self.context = frozenset(context)
+        unknown = self.context - set(CONTEXT)
+        if unknown:
+            raise CandidateError(f"unknown context features {sorted(unknown)}; known: {', '.join(CONTEXT)}")
+        described = kb["description"].tolist() if "description" in kb else [None] * len(self.names)
+        self.descriptions = Descriptions(described, self.folded) if self.context else None
         self._name_words = [None] * len(self.names)
 
     @classmethod
     def build(cls, kb: pd.DataFrame, mentions: pd.DataFrame, p: CandidatesParams) -> Generator:
         """The generator of the candidates stage's settings, its alias table from `mentions`' train split."""
-        return cls(kb, AliasTable.from_mentions(mentions, p.fold), p.pool, p.fuzzy)
+        return cls(kb, AliasTable.from_mentions(mentions, p.fold), p.pool, p.fuzzy, context_of(p))
 
     def name_words(self, row: int) -> set[str]:
         ws = self._name_words[row]
@@ -384,6 +485,8 @@ class Generator:
         mw, tw, key_ = set(words(mention, self.folded)), set(words(text, self.folded)), norm(mention, self.folded)
         total = sum(counts.values())
         f = np.zeros((len(rows), len(FEATURES)), dtype=np.float32)
+        d = self.descriptions
+        ctx = d.context(mention, text) if d is not None else None
         for j, r in enumerate(rows):
             e, nw = self.ids[r], self.name_words(r)
             shared = len(mw & nw)
@@ -396,7 +499,10 @@ class Generator:
                     1.0 if norm(self.names[r], self.folded) == key_ else 0.0,
                     math.log1p(max(freq, 0)),
                     math.log1p(len(nw)),
-                    float(char_sim[j]) if char_sim is not None else 0.0)
+                    float(char_sim[j]) if char_sim is not None else 0.0,
+                    d.overlap(ctx, r) if "overlap" in self.context else 0.0,
+                    *(d.year_shares(ctx, r) if "years" in self.context else (0.0, 0.0, 0.0)),
+                    d.pronoun_sex(ctx, r) if "pronouns" in self.context else 0.0)
         return f
 
 
@@ -528,6 +634,11 @@ def recall_by_source(cands: pd.DataFrame, gold: pd.Series, ks: Sequence[int]) ->
     return out
 
 
+def context_of(p: CandidatesParams) -> tuple[str, ...]:
+    """The CONTEXT features the settings switch on."""
+    return tuple(c for c in CONTEXT if getattr(p, c))
+
+
 def generate(mentions: pd.DataFrame, kb: pd.DataFrame, p: CandidatesParams) -> tuple[pd.DataFrame, dict]:
     """The candidates table for every mention and a report: the fitted weights, and recall per
     split, overall and per source."""
@@ -545,7 +656,8 @@ def generate(mentions: pd.DataFrame, kb: pd.DataFrame, p: CandidatesParams) -> t
         for mid, c in zip(part["id"], cands):
             rows.append({"id": mid, "split": split, **c})
     table = pd.DataFrame(rows, columns=CANDIDATES.names)
-    report = {"top_k": p.top_k, "pool": p.pool, "fold": p.fold, "fuzzy": p.fuzzy, "fitted_on": int(len(train)),
+    report = {"top_k": p.top_k, "pool": p.pool, "fold": p.fold, "fuzzy": p.fuzzy,
+              **{c: getattr(p, c) for c in CONTEXT}, "fitted_on": int(len(train)),
               # exact (float32 round-trips through JSON): `gemel link` rebuilds the ranker from them
               "weights": {n: float(w) for n, w in zip(FEATURES, ranker.weights)}, "recall": {}, "recall_by_source": {}}
     by_id = table.set_index("id")

@@ -159,6 +159,10 @@ class CandidatesParams:
     fit_limit: int | None = 5000
     fold: bool = True  # accent and compatibility folding of every name and alias key; false: case only
     fuzzy: int = 10  # names the character trigram index adds per mention (0: no char index, char_sim 0)
+    # Features of the text against each candidate's KB description (0 where there is none):
+    overlap: bool = True  # idf-weighted word overlap (desc_overlap)
+    years: bool = True  # the text's years before / within / after the years the description names
+    pronouns: bool = True  # he/she in the text against the sex the description states
     out: str = "data/candidates"
 
 

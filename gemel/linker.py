@@ -101,7 +101,7 @@ class Linker:
     @classmethod
     def _assemble(cls, record: dict[str, Any], run_dir: Path, paths: dict[str, Path], dp: DecodeParams,
                   weight: float, notes: list[str]) -> Linker:
-        from gemel.candidates import Generator, Ranker, ranker_weights
+        from gemel.candidates import CONTEXT, Generator, Ranker, ranker_weights
         from gemel.config import CandidatesParams, FeaturesParams
         from gemel.data.tables import read_kb
         from gemel.encoders import build_image_encoder
@@ -131,7 +131,8 @@ class Linker:
                                "when it was trained): rerun the candidates and train stages")
             c = record["candidates"]
             # A run recorded before folding and the fuzzy source existed made its candidates without them.
-            cp = CandidatesParams(top_k=c["top_k"], pool=c["pool"], fold=c.get("fold", False), fuzzy=c.get("fuzzy", 0))
+            cp = CandidatesParams(top_k=c["top_k"], pool=c["pool"], fold=c.get("fold", False), fuzzy=c.get("fuzzy", 0),
+                                  **{k: c.get(k, False) for k in CONTEXT})
             gen = Generator.build(read_kb(paths["kb"]), mentions, cp)
             ranker = Ranker(ranker_weights({"weights": weights}))
         linker.new = NewInputs(record=record, decode=dp, mode=MODES[dp.candidates], fusion_weight=weight,

@@ -410,3 +410,131 @@ def test_candidates_report_holds_recall_per_source_and_the_settings() -> None:
                for c, s, g in zip(cands["cand_ids"], cands["cand_sources"], dev["entity_id"], strict=True)]
         assert r["recall@8"] == pytest.approx(round(float(np.mean(hit)), 4)), src
     assert report["recall_by_source"]["dev"]["fuzzy"]["recall@8"] > 0  # misspelled mentions: the source is used
+
+
+# ---------------------------------------------------------------- the text against the description
+
+# Descriptions in the form WikiMEL's qid2abs.json states them (RichpediaMEL's have no sex or years).
+DESCRIPTIONS = ["Sex: male. Birth: 1833. Death: 1898, Jefferson. Occupation: lawyer, politician.",
+                "Sex: male. Birth: 1979, Belo Horizonte. Occupation: association football player.",
+                "Sex: female. Birth: 1916, Michendorf. Death: 2006, Los Angeles. Occupation: actor, film actor.",
+                "Occupation: .", None]
+DESCRIBED = pd.DataFrame({"entity_id": ["P1", "P2", "P3", "P4", "P5"],
+                          "name": ["John Smith", "John Smith", "Jane Smith", "John Smith", "Smith"],
+                          "description": pd.Series(DESCRIPTIONS, dtype=object)})
+
+
+def context_features(gen, mention: str, text: str) -> dict[str, dict[str, float]]:
+    (pool,) = gen.pools([mention], [text])
+    cols = [FEATURES.index(f) for f in ("desc_overlap", "year_before", "year_within", "year_after", "pronoun_sex")]
+    names = ("desc_overlap", "year_before", "year_within", "year_after", "pronoun_sex")
+    return {gen.ids[r]: dict(zip(names, f[cols].tolist(), strict=True)) for r, f in zip(pool.rows, pool.features,
+                                                                                         strict=True)}
+
+
+def test_description_overlap_is_the_idf_cosine_of_the_text_beyond_the_mention() -> None:
+    """desc_overlap: the cosine of the text's and the description's word sets, each word weighted
+    by its idf over the KB's descriptions, by hand; the field labels every description repeats
+    weigh nothing, and the mention's own words do not count."""
+    from gemel.candidates import Generator
+
+    gen = Generator(DESCRIBED, AliasTable(), pool_size=10, context=("overlap",))
+    text = "Jefferson Smith, the football player, and a lawyer; Occupation unknown"
+    got = context_features(gen, "Jefferson Smith", text)
+    described = [d for d in DESCRIPTIONS if d]
+    sets = [set(words(d)) for d in described]
+    idf = {w: math.log((1 + len(sets)) / (1 + sum(w in s for s in sets))) for s in sets for w in s}
+    assert idf["occupation"] == 0.0
+    t = {w for w in words(text) if idf.get(w, 0) > 0} - {"jefferson", "smith"}  # not the mention's words
+    for eid, d in zip(DESCRIBED["entity_id"], DESCRIPTIONS, strict=True):
+        s = set(words(d)) if d else set()
+        want = (sum(idf[w] ** 2 for w in t & s) / math.sqrt(sum(idf[w] ** 2 for w in t) * sum(idf[w] ** 2 for w in s))
+                if s and any(idf[w] for w in s) else 0.0)
+        assert got[eid]["desc_overlap"] == pytest.approx(want, abs=1e-6), eid
+    assert min(got["P1"]["desc_overlap"], got["P2"]["desc_overlap"]) > got["P3"]["desc_overlap"] == 0.0
+    assert got["P4"]["desc_overlap"] == got["P5"]["desc_overlap"] == 0.0  # nothing but a label; none at all
+
+
+def test_years_of_the_text_against_the_descriptions_span() -> None:
+    """year_before/within/after: the shares of the text's years (1000-2099, not the mention's)
+    before, inside and after the years the description names (birth to death; one year: a
+    lifespan after it); 0 where the text or the description names no year."""
+    from gemel.candidates import Generator
+
+    gen = Generator(DESCRIBED, AliasTable(), pool_size=10, context=("years",))
+    got = context_features(gen, "Smith 1950", "Smith 1950 at a party in 1890, 1960 and 2011; 12345 people, 999 cars")
+    shares = {e: (g["year_before"], g["year_within"], g["year_after"]) for e, g in got.items()}
+    assert shares["P1"] == pytest.approx((0.0, 1 / 3, 2 / 3))   # 1833-1898
+    assert shares["P2"] == pytest.approx((2 / 3, 1 / 3, 0.0))   # born 1979, no death: up to 2079
+    assert shares["P3"] == pytest.approx((1 / 3, 1 / 3, 1 / 3))  # 1916-2006
+    assert shares["P4"] == shares["P5"] == (0.0, 0.0, 0.0)
+    assert all(v == 0.0 for g in context_features(gen, "Smith", "Smith at a party").values() for v in g.values())
+
+
+def test_pronouns_against_the_stated_sex() -> None:
+    """pronoun_sex: the text's he/him/his (+1) and she/her (-1) balance times the sex the
+    description states (+1 male, -1 female, 0 unstated)."""
+    from gemel.candidates import Generator
+
+    gen = Generator(DESCRIBED, AliasTable(), pool_size=10, context=("pronouns",))
+    got = {e: g["pronoun_sex"] for e, g in context_features(gen, "Smith", "Smith and his wife; he sang, she played").items()}
+    assert got == pytest.approx({"P1": 1 / 3, "P2": 1 / 3, "P3": -1 / 3, "P4": 0.0, "P5": 0.0})
+    got = {e: g["pronoun_sex"] for e, g in context_features(gen, "Smith", "Smith with her daughter").items()}
+    assert got == pytest.approx({"P1": -1.0, "P2": -1.0, "P3": 1.0, "P4": 0.0, "P5": 0.0})
+
+
+def test_context_features_are_zero_when_switched_off_or_undescribed() -> None:
+    """A switched-off group leaves its columns 0 (the ranker then fits their weights to 0), as does
+    a KB without descriptions (WikiDiverse) with every group on; an unknown group is an error."""
+    from gemel.candidates import CONTEXT, Generator
+
+    text = "Smith and his football club in 1990"
+    on = context_features(Generator(DESCRIBED, AliasTable(), pool_size=10, context=CONTEXT), "Smith", text)
+    assert on["P2"]["desc_overlap"] > 0 and on["P2"]["year_within"] == 1.0 and on["P2"]["pronoun_sex"] == 1.0
+    off = context_features(Generator(DESCRIBED, AliasTable(), pool_size=10, context=("years",)), "Smith", text)
+    assert off["P2"] == {**dict.fromkeys(on["P2"], 0.0), "year_within": 1.0}
+    bare = DESCRIBED.assign(description=None)
+    assert all(v == 0.0 for g in context_features(Generator(bare, AliasTable(), pool_size=10, context=CONTEXT),
+                                                   "Smith", text).values() for v in g.values())
+    with pytest.raises(CandidateError, match="unknown context"):
+        Generator(DESCRIBED, AliasTable(), pool_size=10, context=("dates",))
+
+
+def lifetimes(n_train: int = 60, n_dev: int = 30, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Pairs of namesakes, one who lived 1850-1910 and one born 1950, and captions "<surname> in
+    <year>" whose year only the gold's lifetime fits: nothing but the description decides."""
+    rng = np.random.default_rng(seed)
+    surnames = ["Smith", "Jones", "Brown", "Taylor", "Wilson", "Davies", "Evans", "Thomas"]
+    kb = pd.DataFrame([{"entity_id": f"{s}{k}", "name": f"{first} {s}",
+                        "description": f"Sex: male. Birth: {born}." + (f" Death: {died}." if died else "")}
+                       for s in surnames for k, (first, born, died) in enumerate([("John", 1850, 1910),
+                                                                                   ("Jim", 1950, None)])])
+    rows = []
+    for i in range(n_train + n_dev):
+        s, k = surnames[int(rng.integers(len(surnames)))], int(rng.integers(2))
+        year = int(rng.integers(1870, 1905)) if k == 0 else int(rng.integers(1975, 2020))
+        rows.append({"id": f"m{i}", "split": "train" if i < n_train else "dev", "mention": s,
+                     "text": f"{s} in {year}", "entity_id": f"{s}{k}", "entity_name": kb.set_index("entity_id").at[
+                         f"{s}{k}", "name"], "is_nil": False})
+    return kb, pd.DataFrame(rows)
+
+
+def test_the_ranker_learns_to_read_the_years_and_links_by_them() -> None:
+    """Fitted on train, the years decide the dev mentions that only a lifetime tells apart; with
+    them off the ranker is left with a coin toss."""
+    kb, mentions = lifetimes()
+    _, on = generate(mentions, kb, CandidatesParams(top_k=4, pool=10, fit_limit=None))
+    _, off = generate(mentions, kb, CandidatesParams(top_k=4, pool=10, fit_limit=None, years=False))
+    assert on["years"] is True and off["years"] is False
+    assert on["weights"]["year_within"] > 0 > on["weights"]["year_before"]
+    assert off["weights"]["year_within"] == off["weights"]["year_before"] == 0.0
+    assert on["recall"]["dev"]["recall@1"] == 1.0
+    assert off["recall"]["dev"]["recall@1"] < 0.8
+
+
+def test_a_report_without_the_context_weights_asks_to_rerun_the_stage() -> None:
+    from gemel.candidates import ranker_weights
+
+    old = {f: 1.0 for f in FEATURES if f not in ("desc_overlap", "pronoun_sex")}
+    with pytest.raises(CandidateError, match="desc_overlap, pronoun_sex .*rerun the candidates stage"):
+        ranker_weights({"weights": old})

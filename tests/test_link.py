@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 
 from gemel import Linker
-from gemel.candidates import Generator, Ranker, propose, ranker_weights
+from gemel.candidates import CONTEXT, Generator, Ranker, propose, ranker_weights
 from gemel.config import CandidatesParams, load_params
 from gemel.data.sample import generate_sample
 from gemel.data.tables import read_kb, read_mentions, write_parquet_atomic
@@ -278,8 +278,10 @@ def test_candidates_of_new_inputs_are_the_stages(pipeline):
     mentions = pipeline.mentions
     c = record["candidates"]
     assert c["fold"] is True and c["fuzzy"] == pipeline.params["candidates"]["fuzzy"]  # what link rebuilds from
+    assert all(c[k] is pipeline.params["candidates"][k] for k in CONTEXT)
     gen = Generator.build(read_kb(pipeline.base / "prepared" / "kb.parquet"), mentions,
-                          CandidatesParams(top_k=c["top_k"], pool=c["pool"], fold=c["fold"], fuzzy=c["fuzzy"]))
+                          CandidatesParams(top_k=c["top_k"], pool=c["pool"], fold=c["fold"], fuzzy=c["fuzzy"],
+                                           **{k: c[k] for k in CONTEXT}))
     test = mentions[mentions["split"] == "test"]
     got = propose(gen, Ranker(ranker_weights(record["candidates"])), test["mention"].tolist(), test["text"].tolist(),
                   record["candidates"]["top_k"])

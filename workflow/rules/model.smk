@@ -42,7 +42,7 @@ rule train:
         # Not decode: the dev evaluation has its own train.dev_* settings (as in dvc.yaml).
         tracked=run_tracked(["model", "llms.{llm}", "train", "features", "retrieve", "text_encoders",
                              "candidates.top_k", "candidates.pool", "candidates.fit_limit", "candidates.fold",
-                             "candidates.fuzzy"]),
+                             "candidates.fuzzy", "candidates.overlap", "candidates.years", "candidates.pronouns"]),
     log:
         run_file("logs/train.log"),
     threads: 8
