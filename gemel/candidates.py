@@ -313,7 +313,8 @@ class Context:
     def of(cls, mention: str, text: str, idf: dict[str, float], folded: bool) -> Context:
         # The mention's own words and years say nothing about which entity it is beyond the mention.
         rest = text.replace(mention, " ") if mention else text
-        ws = set(words(rest, folded)) - set(words(mention, folded))
+        # Sorted: floats summed in a set's order would change in their last bits with PYTHONHASHSEED.
+        ws = sorted(set(words(rest, folded)) - set(words(mention, folded)))
         w = {t: idf[t] for t in ws if idf.get(t, 0.0) > 0}
         n = math.sqrt(sum(v * v for v in w.values()))
         signs = [PRONOUNS[t] for t in words(rest, folded) if t in PRONOUNS]
@@ -338,7 +339,7 @@ class Descriptions:
             df.update(ws)
         n = sum(1 for ws in self.words if ws)
         self.idf = {w: math.log((1.0 + n) / (1.0 + c)) for w, c in df.items()}
-        self.norm = np.asarray([math.sqrt(sum(self.idf[w] ** 2 for w in ws)) for ws in self.words], np.float32)
+        self.norm = np.asarray([math.sqrt(sum(self.idf[w] ** 2 for w in sorted(ws))) for ws in self.words], np.float32)
         spans = []
         for d in descriptions:
             ys = years(d) if d else []

@@ -538,3 +538,30 @@ def test_a_report_without_the_context_weights_asks_to_rerun_the_stage() -> None:
     old = {f: 1.0 for f in FEATURES if f not in ("desc_overlap", "pronoun_sex")}
     with pytest.raises(CandidateError, match="desc_overlap, pronoun_sex .*rerun the candidates stage"):
         ranker_weights({"weights": old})
+
+
+
+def test_description_features_do_not_hang_on_the_hash_seed() -> None:
+    """The overlap sums floats over a text's and a description's words: summed in a set's order,
+    the last bits changed with PYTHONHASHSEED, and with them the fitted ranker. Processes with
+    different hash seeds must give the same bits."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = (
+        "import random\n"
+        "from gemel.candidates import Descriptions\n"
+        "rng = random.Random(0)\n"
+        "vocab = [f'w{i}' for i in range(300)]\n"
+        "descs = [' '.join(rng.choices(vocab, k=40)) for _ in range(60)]\n"
+        "d = Descriptions(descs)\n"
+        "ctx = d.context('Blum', 'Blum ' + ' '.join(rng.sample(vocab, 80)))\n"
+        "print([float(d.overlap(ctx, r)).hex() for r in range(60)], [float(x).hex() for x in d.norm])\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    outs = {subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True,
+                           env={**env, "PYTHONHASHSEED": str(seed)}).stdout for seed in range(1, 5)}
+    assert len(outs) == 1, outs
