@@ -104,18 +104,10 @@ class NameIndex:
         if len(names) == 0:
             raise CandidateError("the KB has no names: nothing to index")
         self.folded = folded
-        vocab: dict[str, int] = {}
-        add = vocab.setdefault
-        cols = array("i")
-        lengths = np.zeros(len(names), dtype=np.int32)
-        for i, name in enumerate(names):
-            ws = dict.fromkeys(words(name, folded))  # distinct, in a fixed order (a set's hangs on PYTHONHASHSEED)
-            lengths[i] = len(ws)
-            cols.extend([add(w, len(vocab)) for w in ws])
-        ptr = np.zeros(len(names) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=ptr[1:])
-        by_name = sp.csr_matrix((np.ones(len(cols), dtype=np.float32), np.frombuffer(cols, dtype=np.int32), ptr),
-                                shape=(len(names), len(vocab)))
+        # Distinct words in a fixed order (a set's hangs on PYTHONHASHSEED).
+        vocab, cols, ptr = token_columns((dict.fromkeys(words(name, folded)) for name in names), len(names))
+        lengths = np.diff(ptr).astype(np.int32)
+        by_name = sp.csr_matrix((np.ones(len(cols), dtype=np.float32), cols, ptr), shape=(len(names), len(vocab)))
         self.by_word = by_name.T.tocsr()  # word x name: a query multiplies it, containing_all slices it
         self.by_word.sort_indices()
         self.vocab = vocab
@@ -175,6 +167,20 @@ class NameIndex:
         return rows[np.lexsort((rows, self.char_len[rows]))]
 
 
+def token_columns(rows: Iterable[Iterable[str]], n: int) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+    """The n rows' distinct tokens (each row given in a fixed order) as column ids of one vocabulary,
+    ids in order of first sight: the vocabulary, the column ids (int32) and the row offsets (int64)
+    of a CSR matrix. One streamed pass with compact arrays, so millions of names fit in a few hundred MB."""
+    vocab: dict[str, int] = {}
+    add = vocab.setdefault
+    cols = array("i")
+    ptr = np.zeros(n + 1, dtype=np.int64)
+    for i, tokens in enumerate(rows):
+        cols.extend([add(t, len(vocab)) for t in tokens])
+        ptr[i + 1] = len(cols)
+    return vocab, np.frombuffer(cols, dtype=np.int32), ptr
+
+
 def row_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
     """Per CSR row, the sum of its `values` (0 for an empty row, which np.add.reduceat gets wrong)."""
     n = len(indptr) - 1
@@ -197,23 +203,15 @@ class CharIndex:
         if len(names) == 0:
             raise CandidateError("the KB has no names: nothing to index")
         self.folded = folded
-        vocab: dict[str, int] = {}
-        add = vocab.setdefault
-        cols = array("i")
-        lengths = np.zeros(len(names), dtype=np.int64)
-        for i, name in enumerate(names):
-            gs = sorted(trigrams(name, folded))  # a set's order hangs on PYTHONHASHSEED, and so would the floats
-            lengths[i] = len(gs)
-            cols.extend([add(g, len(vocab)) for g in gs])
-        col = np.frombuffer(cols, dtype=np.int32)
+        # Sorted: a set's order hangs on PYTHONHASHSEED, and so would the floats.
+        vocab, col, ptr = token_columns((sorted(trigrams(name, folded)) for name in names), len(names))
+        lengths = np.diff(ptr)
         self.vocab = vocab
         df = np.bincount(col, minlength=len(vocab))
         self.idf = np.log(1.0 + len(names) / np.maximum(df, 1)).astype(np.float32)
         # A gram no name holds still counts in a query's norm: a mention half made of unknown
         # grams is less like a name than one made only of known ones.
         self.unknown_idf = float(np.log(1.0 + len(names)))
-        ptr = np.zeros(len(names) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=ptr[1:])
         data = self.idf[col]
         sq = row_sums(data.astype(np.float64) ** 2, ptr)
         row_norm = np.repeat(np.sqrt(np.maximum(sq, 1e-12)), lengths).astype(np.float32)
