@@ -169,13 +169,10 @@ def test_breakdown_by_hand() -> None:
     assert "| gold_in_candidates | outside | 2 | 0.000 | 0.000 |" in table and table.count("\n") == 10
 
 
-def test_alias_prior_baseline_never_sees_test_gold() -> None:
-    """The alias rule counts the training split only: test (and dev) gold that would make it right
-    here must not, or the baseline the model is compared with is inflated."""
-    kb = pd.DataFrame({"entity_id": ["E1", "E2", "E3", "E4"],
-                       "name": ["Michael Jordan", "Jordan River", "Zed", "Zed Corp"], "description": None})
-    rows = [("t0", "train", "Jordan", "E1"), ("d0", "dev", "Zed", "E4"),
-            ("x0", "test", "Jordan", "E2"), ("x1", "test", "jordan", "E2"), ("x2", "test", "Zed", "E4")]
+def mentions_and_predictions(kb: pd.DataFrame, rows: list[tuple[str, str, str, str]]
+                             ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The mentions table of (id, split, mention, entity id) rows, and predictions for its test
+    split (each predicting its gold: the baselines read only mention and gold)."""
     names = dict(zip(kb["entity_id"], kb["name"], strict=True))
     mentions = pd.DataFrame({"id": [r[0] for r in rows], "split": [r[1] for r in rows], "mention": [r[2] for r in rows],
                              "entity_id": [r[3] for r in rows], "entity_name": [names[r[3]] for r in rows],
@@ -184,6 +181,17 @@ def test_alias_prior_baseline_never_sees_test_gold() -> None:
     pred = pd.DataFrame({"id": test["id"], "split": "test", "mention": test["mention"], "gold_id": test["entity_id"],
                          "gold_name": test["entity_name"], "pred_name": test["entity_name"], "has_image": True,
                          "is_nil": False})
+    return mentions, pred
+
+
+def test_alias_prior_baseline_never_sees_test_gold() -> None:
+    """The alias rule counts the training split only: test (and dev) gold that would make it right
+    here must not, or the baseline the model is compared with is inflated."""
+    kb = pd.DataFrame({"entity_id": ["E1", "E2", "E3", "E4"],
+                       "name": ["Michael Jordan", "Jordan River", "Zed", "Zed Corp"], "description": None})
+    rows = [("t0", "train", "Jordan", "E1"), ("d0", "dev", "Zed", "E4"),
+            ("x0", "test", "Jordan", "E2"), ("x1", "test", "jordan", "E2"), ("x2", "test", "Zed", "E4")]
+    mentions, pred = mentions_and_predictions(kb, rows)
     scores, rule = baselines(pred, mentions, kb)
     # Jordan: the one training mention's entity; Zed: no training alias, the shortest name with "zed".
     assert rule == ["Michael Jordan", "Michael Jordan", "Zed"]
@@ -199,14 +207,7 @@ def test_alias_prior_baseline_keeps_case_folding_only() -> None:
     kb = pd.DataFrame({"entity_id": ["E1", "E2"], "name": ["Thomas Müller", "Gerd Müller"], "description": None})
     rows = [("t0", "train", "Gerd Müller", "E2"), ("t1", "train", "Müller", "E2"),
             ("x0", "test", "Muller", "E2"), ("x1", "test", "Thomas Muller", "E1")]
-    names = dict(zip(kb["entity_id"], kb["name"], strict=True))
-    mentions = pd.DataFrame({"id": [r[0] for r in rows], "split": [r[1] for r in rows], "mention": [r[2] for r in rows],
-                             "entity_id": [r[3] for r in rows], "entity_name": [names[r[3]] for r in rows],
-                             "is_nil": False})
-    test = mentions[mentions["split"] == "test"]
-    pred = pd.DataFrame({"id": test["id"], "split": "test", "mention": test["mention"], "gold_id": test["entity_id"],
-                         "gold_name": test["entity_name"], "pred_name": test["entity_name"], "has_image": True,
-                         "is_nil": False})
+    mentions, pred = mentions_and_predictions(kb, rows)
     scores, rule = baselines(pred, mentions, kb)
     assert rule == ["Muller", "Thomas Muller"] and scores["alias_prior"] == {"accuracy": 0.0}
     gen = Generator(kb, AliasTable.from_mentions(mentions), pool_size=5)
