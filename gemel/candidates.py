@@ -36,6 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
 
+from gemel import listwise
 from gemel.config import CandidatesParams
 from gemel.errors import GemelError
 from gemel.paths import Artifacts
@@ -517,32 +518,9 @@ class Ranker:
     @classmethod
     def fit(cls, pools: Sequence[Pool], gold_rows: Sequence[int], l2: float = 1e-3, steps: int = 200) -> Ranker:
         """Weights that put each gold first, over the pools that hold their gold (the others teach
-        nothing about ranking). Full-batch L-BFGS: deterministic for the same input."""
-        import torch
-
-        usable = [(p, int(np.flatnonzero(p.rows == g)[0])) for p, g in zip(pools, gold_rows)
-                  if len(p.rows) > 1 and (p.rows == g).any()]
-        w = torch.zeros(len(FEATURES), dtype=torch.float64, requires_grad=True)
-        if not usable:
-            return cls(w.detach().numpy())
-        width = max(len(p.rows) for p, _ in usable)
-        x = torch.zeros(len(usable), width, len(FEATURES), dtype=torch.float64)
-        valid = torch.zeros(len(usable), width, dtype=torch.bool)
-        for i, (p, _) in enumerate(usable):
-            x[i, :len(p.rows)] = torch.from_numpy(p.features.astype(np.float64))
-            valid[i, :len(p.rows)] = True
-        gold = torch.tensor([g for _, g in usable])
-        opt = torch.optim.LBFGS([w], max_iter=steps, line_search_fn="strong_wolfe")
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            logits = (x @ w).masked_fill(~valid, float("-inf"))
-            loss = torch.nn.functional.cross_entropy(logits, gold) + l2 * (w ** 2).sum()
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        return cls(w.detach().numpy())
+        nothing about ranking)."""
+        gold = [int(np.flatnonzero(p.rows == g)[0]) if (p.rows == g).any() else -1 for p, g in zip(pools, gold_rows)]
+        return cls(listwise.fit([p.features for p in pools], gold, len(FEATURES), l2, steps))
 
 
 def top_k(gen: Generator, ranker: Ranker, pools: Sequence[Pool], k: int) -> list[dict]:
@@ -582,25 +560,6 @@ def ranker_weights(report: dict) -> np.ndarray:
         raise CandidateError(f"candidates report: no ranker weight for {', '.join(missing)} (written by an older "
                              "version: rerun the candidates stage, then train)")
     return np.asarray([weights[f] for f in FEATURES], dtype=np.float32)
-
-
-def fuse(llm: np.ndarray, prior: np.ndarray, weight: float) -> np.ndarray:
-    """Candidate-aware score: the LLM's (length-normalised) log-probability of the name plus
-    `weight` times the candidate's log prior. weight 0: the LLM alone chooses among candidates."""
-    return np.asarray(llm, dtype=np.float64) + weight * np.asarray(prior, dtype=np.float64)
-
-
-def choose_weight(llm: Sequence[np.ndarray], priors: Sequence[np.ndarray], cand_names: Sequence[Sequence[str]],
-                  gold: Sequence[str], grid: Sequence[float]) -> tuple[float, dict[str, float]]:
-    """The grid weight with the best accuracy (on dev); ties go to the smaller weight, which
-    leaves the LLM the larger say. Returns it and the accuracy of every weight."""
-    acc: dict[str, float] = {}
-    for w in grid:
-        hits = [len(n) > 0 and n[int(np.argmax(fuse(s, p, w)))] == g
-                for s, p, n, g in zip(llm, priors, cand_names, gold)]
-        acc[str(w)] = round(float(np.mean(hits)), 4) if hits else 0.0
-    best = max(grid, key=lambda w: (acc[str(w)], -w))
-    return float(best), acc
 
 
 def gold_ranks(cands: pd.DataFrame, gold: pd.Series) -> np.ndarray:

@@ -209,8 +209,11 @@ class DecodeParams:
     # none: the paper's beam search over every KB name | constrained: the candidates stage's
     candidates: Literal["none", "constrained"] = "none"
     num_candidates: int = 16  # constrained: the first N of each mention's candidates (<= candidates.top_k)
-    fusion_weight: float | str = "auto"  # score = LLM + w * log prior; auto: the best of fusion_grid on dev
+    fusion: Literal["learned", "weight"] = "learned"  # how LLM score and prior combine (gemel.fusion)
+    fusion_weight: float | str = "auto"  # weight: score = LLM + w * log prior; auto: the best of fusion_grid on dev
     fusion_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+    describe: int = 8  # learned fusion: the first N candidates whose descriptions the LLM reads (gemel.describe)
+    ranker_sure: float | None = 0.9  # a mention whose first candidate has at least this prior is the ranker's alone
 
 
 @dataclasses.dataclass(frozen=True)

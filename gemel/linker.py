@@ -23,12 +23,14 @@ import pandas as pd
 import pyarrow as pa
 import torch
 
-from gemel.candidates import CandidateError, choose_weight, first, fuse
+from gemel.candidates import CandidateError, first
 from gemel.config import DecodeParams, ModelParams
-from gemel.data.tables import read_json, read_mentions, read_table
+from gemel.data.tables import read_json, read_kb, read_mentions, read_table
 from gemel.decoding import Hypothesis, decode, score_candidates
 from gemel.errors import GemelError
 from gemel.features import encode_inputs, load_features
+from gemel.fusion import Fusion, Scored, cross_validate
+from gemel.fusion import fit as fit_fusion
 from gemel.inputs import InputError, NewMention, chunks, error_record, parse_input
 from gemel.llm import answer_ids, get_spec, load_llm, load_tokenizer
 from gemel.model import Gemel
@@ -39,9 +41,10 @@ from gemel.stack import default_device
 from gemel.trie import EntityTrie
 
 MODES = {"none": "paper", "constrained": "candidates"}  # decode.candidates -> the mode a link reports
+LLM_ALONE = Fusion("weight", weight=0.0)  # candidate-aware without a prior: the LLM alone chooses
 # What decoding was run with (decode_report.json's `settings`): `Linker.from_run` links new inputs the same way.
-DECODE_SETTINGS = ("candidates", "num_candidates", "fusion_weight", "fusion_grid", "length_penalty", "num_beams",
-                   "max_new_tokens", "batch_size")
+DECODE_SETTINGS = ("candidates", "num_candidates", "fusion", "fusion_weight", "fusion_grid", "describe", "ranker_sure",
+                   "length_penalty", "num_beams", "max_new_tokens", "batch_size")
 PREDICTIONS_SCHEMA = pa.schema([
     ("id", pa.string()), ("split", pa.string()), ("mention", pa.string()),
     ("gold_id", pa.string()), ("gold_name", pa.string()), ("is_nil", pa.bool_()), ("has_image", pa.bool_()),
@@ -78,12 +81,13 @@ class Linker:
     candidates: pd.DataFrame | None = None  # the candidates stage's table, indexed by mention id
     new: NewInputs | None = None  # set by from_run: what linking new inputs needs
     image_ok: np.ndarray | None = None  # per features row: False for a missing or unreadable image
+    descriptions: dict[str, str] | None = None  # KB entity id -> description (decode.describe)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, check: bool = True) -> Linker:
         """A linker for new inputs from a trained run's folder ({train.out}/{llm}) and its run.json.
         Refuses (RunError) a run whose image encoder, KB, trie or mapper no longer match the
-        record; `notes` says what else changed, and which fusion weight is used."""
+        record; `notes` says what else changed, and which fusion is used."""
         from gemel.run import RunError, check_run, drift, read_run_record, resolve
 
         record = read_run_record(run_dir)
@@ -92,18 +96,17 @@ class Linker:
             if diffs:
                 raise RunError(f"run {run_dir} no longer matches what it was trained with, so it cannot link: "
                                + "; ".join(diffs))
-        dp, weight, notes = decode_settings(Path(run_dir))
+        dp, fusion, notes = decode_settings(Path(run_dir))
         demos, constrained = record["model"]["num_demos"] > 0, dp.candidates != "none"
         reads = ("features",) + (("mentions",) if demos or constrained else ()) + (("pool",) if demos else ())
-        return cls._assemble(record, Path(run_dir), resolve(record, run_dir), dp, weight,
+        return cls._assemble(record, Path(run_dir), resolve(record, run_dir), dp, fusion,
                              drift(record, run_dir, reads) + notes)
 
     @classmethod
     def _assemble(cls, record: dict[str, Any], run_dir: Path, paths: dict[str, Path], dp: DecodeParams,
-                  weight: float, notes: list[str]) -> Linker:
+                  fusion: Fusion, notes: list[str]) -> Linker:
         from gemel.candidates import CONTEXT, Generator, Ranker, ranker_weights
         from gemel.config import CandidatesParams, FeaturesParams
-        from gemel.data.tables import read_kb
         from gemel.encoders import build_image_encoder
         from gemel.run import RunError, run_params
 
@@ -133,9 +136,11 @@ class Linker:
             # A run recorded before folding and the fuzzy source existed made its candidates without them.
             cp = CandidatesParams(top_k=c["top_k"], pool=c["pool"], fold=c.get("fold", False), fuzzy=c.get("fuzzy", 0),
                                   **{k: c.get(k, False) for k in CONTEXT})
-            gen = Generator.build(read_kb(paths["kb"]), mentions, cp)
+            kb = read_kb(paths["kb"])
+            gen = Generator.build(kb, mentions, cp)
+            linker.descriptions = descriptions_of(kb) if dp.describe else None
             ranker = Ranker(ranker_weights({"weights": weights}))
-        linker.new = NewInputs(record=record, decode=dp, mode=MODES[dp.candidates], fusion_weight=weight,
+        linker.new = NewInputs(record=record, decode=dp, mode=MODES[dp.candidates], fusion=fusion,
                                image_encoder=encoder, missing_image=record["features"]["missing_image"],
                                image_batch_size=record["features"]["batch_size"], pool=pool,
                                text_encoder=text_encoder, retrieve_batch_size=record["retrieval"]["batch_size"],
@@ -215,7 +220,7 @@ class Linker:
                 proposed = first(propose_for(n, table), n.decode.num_candidates)
                 self.candidates = pd.DataFrame(proposed, index=list(table["id"]))
             ids = list(table["id"])
-            ranked = dict(zip(ids, self.rank(ids, n.decode, n.fusion_weight))) if ids else {}
+            ranked = dict(zip(ids, self.rank(ids, n.decode, n.fusion, contexts=contexts_of(table)))) if ids else {}
         finally:  # the batch's inputs leave no trace: the next batch starts from the run's own state
             self.builder.forget(keys)
             self.features = n.base_features
@@ -254,55 +259,105 @@ class Linker:
         return score_candidates(self.model, self.examples(ids, with_target=False), self.features, self.pad_id,
                                 seqs, p.length_penalty, p.batch_size, progress)
 
-    def rank(self, ids: Sequence[str], p: DecodeParams, fusion_weight: float = 0.0,
-             llm_scores: list[np.ndarray] | None = None, progress: bool = False) -> list[Ranked]:
+    def rank(self, ids: Sequence[str], p: DecodeParams, fusion: Fusion | None = None,
+             llm_scores: list[np.ndarray] | None = None, progress: bool = False,
+             contexts: dict[str, tuple[str, str]] | None = None) -> list[Ranked]:
         """Each mention's entities, best first: beam search over the whole trie (candidates: none,
-        the paper's mode), or its candidates by LLM score + fusion_weight * candidate prior."""
+        the paper's mode), or its candidates by `fusion` of their LLM score and prior (None: the
+        LLM alone); a mention the ranker is sure of (decode.ranker_sure) keeps the prior's order.
+        `llm_scores` (per id) stand in for the LLM's; `contexts` (id -> text, mention) are what
+        the LLM reads the candidates' descriptions against (decode.describe)."""
         if p.candidates == "none":
             names, eids = self.trie.names, self.trie.entity_ids
             return [Ranked([eids[h.value] for h in hs], [names[h.value] for h in hs], [h.score for h in hs])
                     for hs in self.predict(ids, p, progress)]
-        if llm_scores is None:
-            llm_scores = self.candidate_llm_scores(ids, p, progress)
         # A mention without a single candidate (no word shared with any KB name, no alias) falls back
         # to the paper's beam search over the whole trie: rare, and otherwise certainly wrong.
         empty = [i for i in ids if len(self.candidates.at[i, "cand_ids"]) == 0]
         fallback = dict(zip(empty, self.rank(empty, dataclasses.replace(p, candidates="none")))) if empty else {}
+        sure = self.sure(ids, p)
+        asked = [i for i in ids if i not in fallback and i not in sure]
+        read = fusion is not None and fusion.kind == "learned"  # only the learned fusion reads descriptions
+        given = dict(zip(ids, llm_scores)) if llm_scores is not None else None
+        scored = dict(zip(asked, self.scored(asked, p, contexts, read, [given[i] for i in asked] if given else None,
+                                             progress)))
         out = []
-        for i, llm in zip(ids, llm_scores):
+        for i in ids:
             if i in fallback:
                 out.append(fallback[i])
                 continue
             c = self.candidates.loc[i]
             prior = np.asarray(c["cand_scores"], dtype=np.float64)
-            fused = fuse(llm, prior, fusion_weight)
+            if i in sure:
+                out.append(Ranked(list(c["cand_ids"]), list(c["cand_names"]), prior.tolist(), None, prior.tolist()))
+                continue
+            s = scored[i]
+            fused = (fusion or LLM_ALONE).score(s)
             order = np.argsort(-fused, kind="stable")  # ties: the candidates' own order
             out.append(Ranked([c["cand_ids"][j] for j in order], [c["cand_names"][j] for j in order],
-                              fused[order].tolist(), llm[order].tolist(), prior[order].tolist()))
+                              fused[order].tolist(), s.llm[order].tolist(), prior[order].tolist()))
         return out
 
-    def accuracy(self, mentions: pd.DataFrame, p: DecodeParams, fusion_weight: float = 0.0) -> float:
+    def sure(self, ids: Sequence[str], p: DecodeParams) -> set[str]:
+        """The mentions whose first candidate's prior reaches decode.ranker_sure: the ranker links them."""
+        if p.ranker_sure is None:
+            return set()
+        first_prior = self.candidates.loc[list(ids), "cand_scores"] if len(ids) else []
+        return {i for i, s in zip(ids, first_prior) if len(s) and float(np.exp(s[0])) >= p.ranker_sure}
+
+    def scored(self, ids: Sequence[str], p: DecodeParams, contexts: dict[str, tuple[str, str]] | None,
+               read: bool, llm_scores: list[np.ndarray] | None = None, progress: bool = False) -> list[Scored]:
+        """What fusion reads of each mention's candidates: the prior, the LLM's score of each name
+        and, when `read` and decode.describe, its reading of their descriptions."""
+        from gemel.describe import described_scores
+
+        llm = llm_scores if llm_scores is not None else self.candidate_llm_scores(ids, p, progress)
+        c = self.candidates.loc[list(ids)] if len(ids) else self.candidates.iloc[:0]
+        described: list[np.ndarray | None] = [None] * len(ids)
+        if read and p.describe and self.descriptions and len(ids):
+            if contexts is None:
+                raise LinkError("decode.describe needs each mention's text: pass contexts to rank")
+            self.model.eval()
+            described = described_scores(self.model, self.tokenizer, self.pad_id, [contexts[i] for i in ids],
+                                         [[self.descriptions.get(e) for e in row] for row in c["cand_ids"]],
+                                         list(c["cand_names"]), p.describe, 2 * p.batch_size)
+        return [Scored(n, np.asarray(s, dtype=np.float64), np.asarray(x, dtype=np.float64), d)
+                for n, s, x, d in zip(c["cand_names"], c["cand_scores"], llm, described)]
+
+    def accuracy(self, mentions: pd.DataFrame, p: DecodeParams, fusion: Fusion | None = None) -> float:
         """Exact-match accuracy of the top name over the given (non-NIL) mentions."""
-        ranked = self.rank(list(mentions["id"]), p, fusion_weight)
+        ranked = self.rank(list(mentions["id"]), p, fusion, contexts=contexts_of(mentions))
         top = [r.names[0] if r.names else None for r in ranked]
         return float(np.mean([t == g for t, g in zip(top, mentions["entity_name"])])) if len(top) else 0.0
 
-    def fusion_weight(self, dev: pd.DataFrame, p: DecodeParams) -> tuple[float, dict[str, Any]]:
-        """decode.fusion_weight, or with `auto` the best of fusion_grid on the dev mentions (their
-        LLM scores are computed once; each weight is then a re-sort). Returns it and a report."""
-        if p.fusion_weight != "auto":
-            return float(p.fusion_weight), {"fusion_weight": float(p.fusion_weight), "chosen_on": None}
+    def fusion(self, dev: pd.DataFrame, p: DecodeParams) -> tuple[Fusion, dict[str, Any]]:
+        """The fusion decode.* asks for: a fixed weight, or fitted (`learned`) or chosen (weight
+        `auto`) on the dev mentions, whose LLM scores are computed once. Returns it and a report,
+        with the ranker alone, the LLM alone and the fusion cross-validated on those mentions."""
+        if p.fusion == "weight" and p.fusion_weight != "auto":
+            return Fusion("weight", weight=float(p.fusion_weight)), {"fusion": "weight",
+                                                                     "fusion_weight": float(p.fusion_weight),
+                                                                     "chosen_on": None}
         if not len(dev):
-            raise LinkError("decode.fusion_weight: auto chooses the weight on the dev split's linked mentions, and "
-                            "this dataset has none: set decode.fusion_weight to a number (e.g. --set "
-                            "decode.fusion_weight=1.0)")
-        ids = list(dev["id"])
-        llm = self.candidate_llm_scores(ids, p)
-        c = self.candidates.loc[ids]
-        weight, acc = choose_weight(llm, [np.asarray(x) for x in c["cand_scores"]], list(c["cand_names"]),
-                                    list(dev["entity_name"]), p.fusion_grid)
-        return weight, {"fusion_weight": weight, "chosen_on": f"dev ({len(dev)} mentions)",
-                        "dev_accuracy_by_weight": acc}
+            raise LinkError(f"decode.fusion: {p.fusion} is fitted on the dev split's linked mentions, and this dataset "
+                            "has none: set decode.fusion to weight and decode.fusion_weight to a number (e.g. --set "
+                            "decode.fusion=weight --set decode.fusion_weight=1.0)")
+        sure = self.sure(list(dev["id"]), p)
+        asked = dev[~dev["id"].isin(sure)]
+        scored = self.scored(list(asked["id"]), p, contexts_of(asked), p.fusion == "learned")
+        gold = list(asked["entity_name"])
+        fusion, extra = fit_fusion(scored, gold, p)
+        cv = cross_validate(scored, gold, p)
+        # The same dev mentions whole: those the ranker is sure of count with the prior's first.
+        first = self.candidates.loc[list(dev["id"]), "cand_names"]
+        right = np.array([len(n) > 0 and n[0] == g for n, g in zip(first, dev["entity_name"])], dtype=bool)
+        sure_right = int(right[dev["id"].isin(sure).to_numpy()].sum())
+        whole: dict[str, Any] = {"mentions": len(dev), "ranker_sure": len(sure),
+                                 "ranker_alone": round(float(right.mean()), 4)}
+        if "fused" in cv:
+            whole["fused"] = round((sure_right + round(cv["fused"] * len(asked))) / len(dev), 4)
+        return fusion, {**fusion.record(), "chosen_on": f"dev ({len(dev)} mentions, {len(asked)} scored by the LLM)",
+                        **extra, "dev_cross_validated": {**whole, "llm_scored": cv}}
 
     def predictions(self, mentions: pd.DataFrame, ranked: Sequence[Ranked]) -> pd.DataFrame:
         """The decode stage's table: gold, prediction, and the ranked entities of every mention."""
@@ -333,13 +388,13 @@ class Linker:
         report: dict[str, Any] = {"split": p.split, "mode": MODES[p.candidates],
                                   "settings": {k: getattr(p, k) for k in DECODE_SETTINGS}}
         report["settings"]["fusion_grid"] = list(p.fusion_grid)
-        weight = 0.0
+        fusion = None
         if p.candidates != "none":
-            weight, chosen = self.fusion_weight(mentions[(mentions["split"] == "dev") & ~mentions["is_nil"]], p)
+            fusion, chosen = self.fusion(mentions[(mentions["split"] == "dev") & ~mentions["is_nil"]], p)
             report.update(chosen)
         split = mentions[mentions["split"] == p.split].reset_index(drop=True)
         t0 = time.perf_counter()
-        ranked = self.rank(list(split["id"]), p, weight, progress=progress)
+        ranked = self.rank(list(split["id"]), p, fusion, progress=progress, contexts=contexts_of(split))
         seconds = time.perf_counter() - t0
         pred = self.predictions(split, ranked)
         linked = pred[~pred["is_nil"]]
@@ -356,7 +411,7 @@ class NewInputs:
     record: dict[str, Any]  # run.json
     decode: DecodeParams
     mode: str  # paper | candidates
-    fusion_weight: float
+    fusion: Fusion
     image_encoder: Any  # gemel.encoders.ImageEncoder, None for a text-only run
     missing_image: str
     image_batch_size: int
@@ -378,23 +433,37 @@ def propose_for(n: NewInputs, table: pd.DataFrame) -> list[dict]:
     return propose(n.generator, n.ranker, table["mention"].tolist(), table["text"].tolist(), n.cand_top_k)
 
 
-def decode_settings(run_dir: Path) -> tuple[DecodeParams, float, list[str]]:
+def descriptions_of(kb: pd.DataFrame) -> dict[str, str] | None:
+    """KB entity id -> description, None for a KB without any (WikiDiverse's: names only)."""
+    if "description" not in kb:
+        return None
+    described = kb[kb["description"].notna()]
+    return dict(zip(described["entity_id"].astype(str), described["description"].astype(str))) or None
+
+
+def contexts_of(mentions: pd.DataFrame) -> dict[str, tuple[str, str]]:
+    """Mention id -> (text, mention): what the LLM reads descriptions against."""
+    return dict(zip(mentions["id"], zip(mentions["text"], mentions["mention"])))
+
+
+def decode_settings(run_dir: Path) -> tuple[DecodeParams, Fusion, list[str]]:
     """How the run's decode stage linked (its decode_report.json: settings and, candidate-aware, the
-    fusion weight chosen on dev), so new inputs link the same way; with a note whenever that record
-    is missing and defaults stand in."""
+    fusion fitted or chosen on dev), so new inputs link the same way; with a note whenever that
+    record is missing and defaults stand in."""
     report = run_dir / DECODE_REPORT
     data = read_json(report, "decode") if report.is_file() else {}
     if "settings" not in data:
-        return DecodeParams(), 0.0, [f"{report}: no record of the decode stage's settings (run the decode stage): "
-                                     "linking in the paper's mode with the default decode settings"]
+        return DecodeParams(), LLM_ALONE, [f"{report}: no record of the decode stage's settings (run the decode "
+                                           "stage): linking in the paper's mode with the default decode settings"]
     p = DecodeParams(**{**data["settings"], "fusion_grid": tuple(data["settings"]["fusion_grid"])})
     if p.candidates == "none":
-        return p, 0.0, []
-    if data.get("fusion_weight") is not None:
-        return p, float(data["fusion_weight"]), []
-    if p.fusion_weight != "auto":
-        return p, float(p.fusion_weight), []
-    return p, 0.0, [f"fusion weight 0 (the LLM alone chooses among candidates): {report} records no chosen weight"]
+        return p, LLM_ALONE, []
+    recorded = Fusion.from_record(data, str(report))
+    if recorded is not None:
+        return p, recorded, []
+    if p.fusion == "weight" and p.fusion_weight != "auto":
+        return p, Fusion("weight", weight=float(p.fusion_weight)), []
+    return p, LLM_ALONE, [f"fusion weight 0 (the LLM alone chooses among candidates): {report} records no fusion"]
 
 
 def load_candidates(path: str | Path, k: int, top_k: int) -> pd.DataFrame:
@@ -421,6 +490,8 @@ def pipeline_linker(params: dict[str, Any], candidates: str = "none", num_candid
     cands = (load_candidates(a.candidates, num_candidates, params["candidates"]["top_k"])
              if candidates != "none" else None)
     linker = build_linker(params, mentions, demos, a.features, a.trie, cands)
+    if cands is not None and params["decode"].get("describe"):
+        linker.descriptions = descriptions_of(read_kb(a.kb))
     if mapper:
         linker.model.load_mapper(a.in_run(MAPPER))
     return linker, mentions

@@ -215,9 +215,10 @@ def evaluate_run(a: Artifacts, hits_at: Sequence[int]) -> dict[str, Any]:
     cands = read_table(a.candidates, "candidates", columns=["id", "cand_ids"]) if a.candidates.is_file() else None
     metrics = compute_metrics(pred, set(kb["name"].dropna()), hits_at)
     report = a.in_run(DECODE_REPORT)
-    if report.is_file():  # what decoding chose: the mode and, candidate-aware, the fusion weight
+    if report.is_file():  # what decoding chose: the mode and, candidate-aware, the fusion and its dev record
         d = read_json(report, "decode")
-        metrics["decode"] = {k: d[k] for k in ("mode", "split", "fusion_weight", "chosen_on") if k in d}
+        metrics["decode"] = {k: d[k] for k in ("mode", "split", "fusion", "fusion_weight", "fusion_weights",
+                                                "chosen_on", "dev_cross_validated") if k in d}
     metrics["baselines"], rule = baselines(pred, mentions, kb)
     metrics["breakdown"] = breakdown(pred, mentions, rule, cands)
     return metrics

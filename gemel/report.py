@@ -167,10 +167,28 @@ def settings(record: dict[str, Any], metrics: dict[str, Any], dataset: str | Non
     ]
     if mode == "candidates":
         out += [("candidates (K)", decode.get("num_candidates")),
-                ("fusion weight", _get(metrics, "decode.fusion_weight", decode.get("fusion_weight")))]
+                ("fusion", _fusion_label(metrics.get("decode") or {}, decode)),
+                ("on dev, cross-validated", _share_label(_get(metrics, "decode.dev_cross_validated")))]
     out += [("split", _get(metrics, "decode.split")),
             ("training", f"{_get(record, 'train.epochs', '-')} epochs, lr {_get(record, 'train.lr', '-')}")]
     return [(label, "-" if value is None else str(value)) for label, value in out]
+
+
+def _fusion_label(chosen: dict[str, Any], settings: dict[str, Any]) -> str | None:
+    """How LLM score and candidate prior were combined: the learned weights, or the one weight."""
+    if chosen.get("fusion_weights"):
+        return "learned on " + str(chosen.get("chosen_on")) + ": " + ", ".join(
+            f"{k} {v:.2f}" for k, v in chosen["fusion_weights"].items())
+    weight = chosen.get("fusion_weight", settings.get("fusion_weight"))
+    return None if weight is None else f"weight {weight}"
+
+
+def _share_label(cv: dict[str, Any] | None) -> str | None:
+    """The LLM's share: the ranker alone, the LLM alone and the fusion on the same dev mentions."""
+    if not cv:
+        return None
+    fused = f", fused {cv['fused']:.3f} ({cv['folds']}-fold)" if "fused" in cv else ""
+    return f"ranker alone {cv['ranker_alone']:.3f}, LLM alone {cv['llm_alone']:.3f}{fused} ({cv['mentions']} mentions)"
 
 
 def _read_curve(path: Path, column: str) -> pd.DataFrame | None:

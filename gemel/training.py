@@ -123,7 +123,9 @@ def train(model: Gemel, examples: Sequence[Example], features, pad_id: int, p: T
 
 def dev_decode_params(p: TrainParams) -> DecodeParams:
     """How the dev evaluation links: train's own settings, so that changing decode.* never retrains."""
-    return DecodeParams(num_beams=p.dev_num_beams, candidates=p.dev_candidates, num_candidates=p.dev_num_candidates)
+    # The LLM alone, on every dev mention: it is the LLM (and its mapper) that is being chosen.
+    return DecodeParams(num_beams=p.dev_num_beams, candidates=p.dev_candidates, num_candidates=p.dev_num_candidates,
+                        describe=0, ranker_sure=None)
 
 
 @dataclass

@@ -17,8 +17,6 @@ from gemel.candidates import (
     NameIndex,
     Pool,
     Ranker,
-    choose_weight,
-    fuse,
     generate,
     recall_at,
     words,
@@ -118,18 +116,6 @@ def test_ranker_learns_the_informative_feature_and_is_deterministic() -> None:
     assert np.array_equal(r1.weights, r2.weights)
     assert int(np.argmax(r1.weights)) == j
     assert all(int(np.argmax(r1.score(p.features))) == g - 100 for p, g in zip(pools, gold, strict=True))
-
-
-def test_fused_score_is_the_formula_and_the_weight_is_chosen_by_dev_accuracy() -> None:
-    llm, prior = np.array([-1.0, -0.5, -3.0]), np.array([-0.1, -2.0, -0.5])
-    assert fuse(llm, prior, 0.0).tolist() == llm.tolist()
-    assert fuse(llm, prior, 2.0).tolist() == pytest.approx((llm + 2.0 * prior).tolist())
-    names = [["A", "B", "C"]]
-    # w=0 picks B (the LLM), w>=1 picks A (-1.1 against -2.5): gold A -> the smallest winning weight
-    w, acc = choose_weight([llm], [prior], names, ["A"], [0.0, 1.0, 4.0])
-    assert (w, acc) == (1.0, {"0.0": 0.0, "1.0": 1.0, "4.0": 1.0})
-    w, _ = choose_weight([llm], [prior], names, ["B"], [0.0, 1.0, 4.0])
-    assert w == 0.0
 
 
 def test_empty_kb_is_a_clear_error() -> None:

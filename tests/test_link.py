@@ -29,6 +29,7 @@ from gemel.candidates import CONTEXT, Generator, Ranker, propose, ranker_weights
 from gemel.config import CandidatesParams, load_params
 from gemel.data.sample import generate_sample
 from gemel.data.tables import read_kb, read_mentions, write_parquet_atomic
+from gemel.fusion import FEATURES, Fusion
 from gemel.inputs import InputError
 from gemel.retrieval import DemoPool, load_text_encoder, read_demos, read_pool, retrieve
 from gemel.run import RunError, check_run, project_root, read_run_record, write_run_record
@@ -253,7 +254,11 @@ def test_candidate_mode_reproduces_the_decode_stage(pipeline, tmp_path):
     assert decode.main(pipeline.argv(*more)) == 0
     report = json.loads((run / "decode_report.json").read_text())
     linker = Linker.from_run(run)
-    assert linker.new.fusion_weight == report["fusion_weight"] and linker.notes == []
+    assert report["fusion"] == "learned" and linker.notes == []
+    assert linker.new.fusion == Fusion.from_record(report, "decode_report.json")
+    assert list(report["fusion_weights"]) == list(FEATURES)
+    cv = report["dev_cross_validated"]
+    assert cv["mentions"] == len(pipeline.mentions.query("split == 'dev' and not is_nil"))
     test = pipeline.mentions[pipeline.mentions["split"] == "test"]
     out = linker.link(inputs(pipeline, test), top=None)
     pred = pd.read_parquet(run / "predictions.parquet").set_index("id")
@@ -261,8 +266,8 @@ def test_candidate_mode_reproduces_the_decode_stage(pipeline, tmp_path):
         assert o["mode"] == "candidates"
         assert [e["id"] for e in o["entities"]] == list(pred.at[o["id"], "beam_ids"])
         np.testing.assert_allclose([e["score"] for e in o["entities"]], pred.at[o["id"], "beam_scores"], atol=1e-4)
-    # A report with the settings but no chosen weight: 0 (the LLM alone), and a note says so.
-    report.pop("fusion_weight")
+    # A report with the settings but no fitted fusion: the LLM alone, and a note says so.
+    report.pop("fusion_weights")
     (run / "decode_report.json").write_text(json.dumps(report))
     assert "fusion weight 0" in Linker.from_run(run).notes[-1]
     # No report at all: the paper's mode with the default decode settings, and a note says so.

@@ -15,8 +15,9 @@ from PIL import Image
 from gemel.config import DecodeParams, load_params
 from gemel.encoders import ImageEncoder
 from gemel.features import encode_inputs
+from gemel.fusion import Fusion
 from gemel.inputs import NewMention
-from gemel.linker import Linker, NewInputs, Ranked
+from gemel.linker import LLM_ALONE, Linker, NewInputs, Ranked
 
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 3
@@ -68,13 +69,13 @@ class StubBuilder:
 def stub_linker(policy: str) -> Linker:
     base = np.ones((2, DIM), np.float32)  # the run's own features
     linker = Linker(model=None, builder=StubBuilder(), features=base, trie=None, pad_id=0)
-    linker.new = NewInputs(record={}, decode=DecodeParams(), mode="paper", fusion_weight=0.0,
+    linker.new = NewInputs(record={}, decode=DecodeParams(), mode="paper", fusion=LLM_ALONE,
                            image_encoder=mean_colour_encoder(), missing_image=policy, image_batch_size=2, pool=None,
                            text_encoder=None, retrieve_batch_size=8, generator=None, ranker=None, cand_top_k=4,
                            base_features=base, notes=[])
     linked: list[dict[str, Any]] = []
 
-    def rank(ids: list[str], p: DecodeParams, weight: float) -> list[Ranked]:
+    def rank(ids: list[str], p: DecodeParams, fusion: Fusion, contexts: dict[str, tuple[str, str]]) -> list[Ranked]:
         linked.append({i: linker.builder.rows[i] for i in ids})
         return [Ranked(["E1"], ["Mercury"], [-0.5]) for _ in ids]
 

@@ -224,6 +224,7 @@ def test_candidate_aware_linking_stays_among_candidates_and_fuses_exactly(data, 
     """Candidate-aware mode on the real LLM: every answer is one of the mention's own candidates,
     each candidate's LLM score is its teacher-forced score, and the ranking follows LLM + w * prior."""
     from gemel.config import DecodeParams
+    from gemel.fusion import Fusion
     from gemel.linker import Linker
 
     model = model_for(llm)
@@ -245,18 +246,72 @@ def test_candidate_aware_linking_stays_among_candidates_and_fuses_exactly(data, 
                 nll = model.loss(collate([Example(e.id, e.ids, e.images, target)], data[2], tokenizer.eos_token_id)).item()
             assert s == pytest.approx(-nll, abs=1e-3)
     for w in (0.0, 1.0, 100.0):
-        for i, r, llm_s in zip(ids, linker.rank(ids, p, w, llm_scores), llm_scores, strict=True):
+        for i, r, llm_s in zip(ids, linker.rank(ids, p, Fusion("weight", weight=w), llm_scores), llm_scores, strict=True):
             c = cands.loc[i]
             assert sorted(r.ids) == sorted(c["cand_ids"])  # nothing outside the candidates, nothing lost
             fused = llm_s + w * np.asarray(c["cand_scores"])
             assert r.scores == pytest.approx(sorted(fused.tolist(), reverse=True))
             assert r.ids[0] == c["cand_ids"][int(np.argmax(fused))]
     # a large weight hands the choice to the prior
-    assert [r.ids[0] for r in linker.rank(ids, p, 100.0, llm_scores)] == ["E0", "E3", "E8"]
+    assert [r.ids[0] for r in linker.rank(ids, p, Fusion("weight", weight=100.0), llm_scores)] == ["E0", "E3", "E8"]
     # a mention without any candidate falls back to the paper's beam search over the whole trie
     empty = pd.DataFrame({"id": ["m6"], "cand_ids": [[]], "cand_names": [[]], "cand_scores": [[]]}).set_index("id", drop=False)
     linker.candidates = pd.concat([cands, empty])
-    got = linker.rank(["m0", "m6"], p, 1.0)
+    got = linker.rank(["m0", "m6"], p, Fusion("weight", weight=1.0))
     paper = linker.rank(["m6"], DecodeParams(candidates="none", batch_size=2))[0]
     assert got[1] == paper and len(paper.ids) == p.num_beams and got[1].llm_scores is None
     assert sorted(got[0].ids) == sorted(cands.at["m0", "cand_ids"])
+    # A mention the ranker is sure of (first prior >= decode.ranker_sure) keeps the prior's order,
+    # and the LLM is not asked about it; the others are fused as before.
+    linker.candidates = cands
+    sure = DecodeParams(candidates="constrained", batch_size=2, ranker_sure=0.9)  # m0's first: e^-0.1 = 0.905
+    assert linker.sure(ids, sure) == {"m0"}
+    got = linker.rank(ids, sure, Fusion("weight", weight=1.0), llm_scores)
+    assert got[0].ids == cands.at["m0", "cand_ids"] and got[0].llm_scores is None
+    assert got[0].scores == pytest.approx(cands.at["m0", "cand_scores"])
+    assert got[1:] == linker.rank(ids, p, Fusion("weight", weight=1.0), llm_scores)[1:]
+
+
+def test_described_scores_are_the_text_given_the_entity_against_the_text_alone(tokenizer, llm) -> None:
+    """gemel.describe: log p(window | entity prompt) - log p(window | [Text]), teacher-forced, for
+    the first `top` described candidates; 0 for the rest; the description that explains the text
+    scores higher than one that does not."""
+    from gemel.describe import ENTITY, TEXT, described_scores, window
+    from gemel.llm import start_ids
+
+    model = model_for(llm)
+    model.eval()
+    eos = tokenizer.eos_token_id
+    text = "In the cup final he scored twice, and the club won the league title with his goals."
+    contexts = [(text, "Silva"), ("Silva painted the harbour at dawn.", "Silva")]
+    names = [["Silva", "Silva", "Silva", "Silva"], ["Silva"]]
+    descs = [["Sex: male. Occupation: association football player.", "Sex: female. Occupation: painter, sculptor.",
+              None, "Sex: male. Occupation: association football player."], [None]]
+    got = described_scores(model, tokenizer, eos, contexts, descs, names, top=3, batch_size=2)
+    assert got[1].tolist() == [0.0]  # nothing described: nothing read
+    assert got[0][2] == 0.0 and got[0][3] == 0.0  # no description; beyond top
+    assert got[0][0] > got[0][1]  # the footballer explains a match report better than the painter
+
+    words = window(tokenizer, text, "Silva")
+    assert words == tokenizer(text, add_special_tokens=False).input_ids[:48]  # absent mention: the text's start
+
+    def logp(prompt: str) -> float:
+        ids = start_ids(tokenizer) + tokenizer(prompt, add_special_tokens=False).input_ids
+        with torch.no_grad():
+            nll = model.loss(collate([Example("x", ids, [], words)], np.zeros((0, 1), np.float32), eos)).item()
+        return -nll * len(words)
+
+    alone = logp(TEXT)
+    for j in (0, 1):
+        entity = ENTITY.format(name="Silva", description=descs[0][j])
+        assert got[0][j] == pytest.approx(logp(entity) - alone, abs=2e-3 * len(words))
+
+
+def test_window_keeps_the_mention_and_some_left_context(tokenizer) -> None:
+    from gemel.describe import window
+
+    text = " ".join(f"w{i}" for i in range(200)) + " Mercury rose."
+    ids = window(tokenizer, text, "Mercury", width=12)
+    rest = tokenizer(text[text.index("Mercury"):], add_special_tokens=False).input_ids
+    assert len(ids) == 12 and ids[-len(rest):] == rest  # the mention and what follows, whole
+    assert "w199 Mercury rose." in tokenizer.decode(ids)  # then left context up to the width

@@ -187,13 +187,14 @@ def test_the_readers_of_json_reports_use_it(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ expected failures, not bare exceptions
 
-def test_auto_fusion_weight_without_dev_mentions_says_what_to_set() -> None:
+@pytest.mark.parametrize("fusion", ["learned", "weight"])
+def test_fusion_fitted_on_dev_without_dev_mentions_says_what_to_set(fusion: str) -> None:
     from gemel.config import DecodeParams
     from gemel.linker import Linker, LinkError
 
     linker = Linker(model=None, builder=None, features=np.zeros((0, 1)), trie=None, pad_id=0)
-    with pytest.raises(LinkError, match="set decode.fusion_weight to a number") as e:
-        linker.fusion_weight(pd.DataFrame({"id": []}), DecodeParams(candidates="constrained", fusion_weight="auto"))
+    with pytest.raises(LinkError, match="set decode.fusion to weight and decode.fusion_weight to a number") as e:
+        linker.fusion(pd.DataFrame({"id": []}), DecodeParams(candidates="constrained", fusion=fusion))
     assert isinstance(e.value, GemelError)
 
 
