@@ -94,7 +94,7 @@ class TextEncoder:
 
     @property
     def dim(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        return int(self.model.get_embedding_dimension())
 
 
 def load_encoder(name: str, registry: dict[str, dict[str, Any]]) -> TextEncoder:
