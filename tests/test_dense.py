@@ -102,7 +102,8 @@ def test_dense_sim_is_fitted_into_the_ranker_and_links_by_it(encoder) -> None:
         "only"] > 0
     assert report["recall"]["dev"]["recall@1"] == 1.0
     # Without the feature the pool is the same but nothing tells the candidates apart as well.
-    _, without = generate(mentions, KB, CandidatesParams(top_k=4, pool=10, fit_limit=None, fuzzy=0, dense=2), index)
+    no_sim = CandidatesParams(top_k=4, pool=10, fit_limit=None, fuzzy=0, dense=2, dense_sim=False)
+    _, without = generate(mentions, KB, no_sim, index)
     assert without["weights"]["dense_sim"] == 0.0 and without["recall"]["dev"]["recall@4"] == 1.0
 
 
