@@ -387,13 +387,15 @@ def test_fuzzy_source_finds_misspelled_names_and_tags_them() -> None:
 def test_recall_by_source_by_hand() -> None:
     from gemel.candidates import recall_by_source
 
-    cands = pd.DataFrame({"cand_ids": [["A", "B"], ["C", "D"], ["E"], ["F", "G"]],
-                          "cand_sources": [["name", "alias+name"], ["name", "fuzzy"], ["name+fuzzy"], ["alias", "name"]]})
-    gold = pd.Series(["B", "D", "E", "X"])  # ranks 2, 2, 1, absent
+    cands = pd.DataFrame({"cand_ids": [["A", "B"], ["C", "D"], ["E"], ["F", "G"], ["H", "I"]],
+                          "cand_sources": [["name", "alias+name"], ["name", "fuzzy"], ["name+fuzzy"], ["alias", "name"],
+                                           ["name", "dense"]]})
+    gold = pd.Series(["B", "D", "E", "X", "I"])  # ranks 2, 2, 1, absent, 2
     got = recall_by_source(cands, gold, [1, 2])
-    assert got == {"alias": {"recall@1": 0.0, "recall@2": 0.25, "only": 0.0},
-                   "name": {"recall@1": 0.25, "recall@2": 0.5, "only": 0.0},
-                   "fuzzy": {"recall@1": 0.25, "recall@2": 0.5, "only": 0.25}}
+    assert got == {"alias": {"recall@1": 0.0, "recall@2": 0.2, "only": 0.0},
+                   "name": {"recall@1": 0.2, "recall@2": 0.4, "only": 0.0},
+                   "fuzzy": {"recall@1": 0.2, "recall@2": 0.4, "only": 0.2},
+                   "dense": {"recall@1": 0.0, "recall@2": 0.2, "only": 0.2}}
 
 
 def test_candidates_report_holds_recall_per_source_and_the_settings() -> None:
