@@ -37,8 +37,9 @@ ENTITY_CHARS = 400
 # Characters of the text around the mention: the sentence it sits in, about, not a whole document.
 CONTEXT_CHARS = 300
 BATCH = 64
-# Score-matrix cells per chunk of queries (float32: 2**24 cells = 64 MiB).
-MAX_CELLS = 2**24
+# Score-matrix cells per chunk of queries (float32: 2**22 cells = 16 MiB; the product, its rounding
+# and the partition each hold one: 2**24 added 0.26 GiB to WikiMEL's peak, 2**22 about a quarter).
+MAX_CELLS = 2**22
 # Cosines are ranked and featurised at this many decimals: wider than the float noise of batch
 # padding (~1e-6; `gemel link` embeds a mention in another batch than the stage), finer than any
 # difference that should matter.
