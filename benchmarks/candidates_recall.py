@@ -4,6 +4,8 @@ ranker alone (its first candidate) compares with the two reference rules on the 
     python -m benchmarks.candidates_recall wikimel               # full train, the first 200 dev mentions
     python -m benchmarks.candidates_recall wikidiverse --dev 0   # every dev mention
     python -m benchmarks.candidates_recall wikimel --set candidates.fuzzy=0
+    python -m benchmarks.candidates_recall wikimel --dev 0 --variant candidates.dense=0 \
+        --variant candidates.dense=10,candidates.dense_sim=true   # several settings, one encoding
 
 The preset's files are read from `--raw` (default ../shared/data, the folders data/raw/README.md
 names; GEMEL_SHARED_DATA sets it, as for the tests), not from data/raw. Test mentions are dropped
@@ -11,6 +13,11 @@ right after prepare: nothing here reads them.
 Prints, for dev: mentions, recall@1 (the ranker alone's accuracy), recall@16 and @K, recall per
 source, copy_mention and alias_prior accuracy, recall@1 where the mention differs from the gold
 name, the wall time of prepare and of the candidates computation, and the peak resident memory.
+With the dense part on (candidates.dense > 0 or dense_sim), also its own time (embedding the KB,
+embedding the mentions, the nearest-neighbour products) and the peak resident memory before and
+after it: the candidates report cannot hold them (it must stay byte-deterministic). The KB's
+embeddings are cached in `--cache` (keyed as the stage keys them), and `--variant`s share one
+index: the mentions are embedded once for all of them.
 """
 from __future__ import annotations
 
@@ -24,8 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gemel.candidates import generate
-from gemel.config import CandidatesParams, load_params, prepare_params, section
+from gemel.candidates import dense_on, generate
+from gemel.config import CandidatesParams, apply_override, load_params, prepare_params, section
 from gemel.data.prepare import prepare
 from gemel.metrics import baselines, bucket_flags
 
@@ -75,6 +82,10 @@ def main() -> None:
     ap.add_argument("--dev", type=int, default=200, help="the first N dev mentions (0: all)")
     ap.add_argument("--raw", type=Path, default=RAW, help="folder holding the presets' data/raw/ folders")
     ap.add_argument("--set", action="append", default=[], help="section.key=value, as the stages take it")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="comma-separated candidates.key=value settings on top of --set, one run each (default: one)")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/gemel-bench"),
+                    help="folder of the KB embeddings cache, one file per dataset")
     args = ap.parse_args()
 
     limit = "null" if args.dev == 0 else str(args.dev)
@@ -88,19 +99,38 @@ def main() -> None:
     prepared = prepare(p, root=Path("/"))
     t_prepare = time.perf_counter() - t0
     mentions = prepared.mentions[prepared.mentions["split"] != "test"].reset_index(drop=True)
-    cp = section(params, "candidates", CandidatesParams)
-    t0 = time.perf_counter()
-    table, report = generate(mentions, prepared.kb, cp)
-    t_cands = time.perf_counter() - t0
-    summary = {"dataset": args.dataset, "kb_entities": int(len(prepared.kb)),
-               "described": int(prepared.kb["description"].notna().sum()) if "description" in prepared.kb else 0,
-               "train_mentions": int((mentions["split"] == "train").sum()),
-               "candidates": {k: v for k, v in vars(cp).items() if k != "out"},
-               "dev": dev_summary(mentions, prepared.kb, table, cp.top_k),
-               "weights": report.get("weights"),
-               "seconds": {"prepare": round(t_prepare, 1), "candidates": round(t_cands, 1)},
-               "peak_rss_gib": round(peak_rss_gib(), 2)}
-    print(json.dumps(summary, indent=2))
+    index = None
+    for variant in args.variant or [""]:
+        vp = {**params, "candidates": dict(params["candidates"])}
+        for assignment in filter(None, variant.split(",")):
+            apply_override(vp, assignment)
+        cp = section(vp, "candidates", CandidatesParams)
+        rss_before = peak_rss_gib()
+        t0 = time.perf_counter()
+        dense: dict = {}
+        spent = dict(index.seconds) if index is not None else {}  # what earlier variants spent
+        if dense_on(cp) and index is None:
+            from gemel.dense import DenseIndex, load_encoder
+
+            args.cache.mkdir(parents=True, exist_ok=True)
+            index = DenseIndex.of(prepared.kb, load_encoder(cp.encoder, params["text_encoders"]),
+                                  args.cache / f"{args.dataset}_kb_embeddings.parquet")
+            dense["kb_cached"] = index.reused
+        table, report = generate(mentions, prepared.kb, cp, index if dense_on(cp) else None)
+        t_cands = time.perf_counter() - t0
+        if dense_on(cp):
+            dense["seconds"] = {k: round(v - spent.get(k, 0.0), 1) for k, v in index.seconds.items()}
+            dense["mention_texts_embedded"] = len(index.embedded)
+        summary = {"dataset": args.dataset, "variant": variant, "kb_entities": int(len(prepared.kb)),
+                   "described": int(prepared.kb["description"].notna().sum()) if "description" in prepared.kb else 0,
+                   "train_mentions": int((mentions["split"] == "train").sum()),
+                   "candidates": {k: v for k, v in vars(cp).items() if k != "out"},
+                   "dev": dev_summary(mentions, prepared.kb, table, cp.top_k),
+                   "weights": report.get("weights"),
+                   "seconds": {"prepare": round(t_prepare, 1), "candidates": round(t_cands, 1)},
+                   "dense": dense or None,
+                   "peak_rss_gib": {"before": round(rss_before, 2), "after": round(peak_rss_gib(), 2)}}
+        print(json.dumps(summary, indent=2), flush=True)
 
 
 if __name__ == "__main__":

@@ -71,7 +71,8 @@ def main() -> None:
         from gemel.llm import answer_ids
 
         kb = pd.DataFrame({"entity_id": w.trie.entity_ids.tolist(), "name": w.trie.names.tolist(), "description": None})
-        p = CandidatesParams(top_k=args.candidates, pool=100, fit_limit=5000)
+        # Names only, lexical sources: what matters here is the cost of scoring K candidates.
+        p = CandidatesParams(top_k=args.candidates, pool=100, fit_limit=5000, dense=0, dense_sim=False)
         cands = generate(w.mentions, kb, p)[0].set_index("id")
         seqs = [[answer_ids(w.tokenizer, n) for n in cands.at[i, "cand_names"]] for i in ids]
         t = time.perf_counter()

@@ -1,6 +1,6 @@
 """Candidate entities per mention: what candidate-aware decoding lets the LLM choose among.
 
-Four parts, each small:
+Five parts, each small:
 
 - `NameIndex`: KB names as a sparse name x word matrix. A batch of mentions is one sparse
   product with idf-weighted query vectors, so a Wikipedia-sized KB (millions of names) indexes
@@ -9,6 +9,8 @@ Four parts, each small:
   by cosine, for what shares no whole word with its entity's name (misspellings, inflections:
   "Germans" and "Germany"). The `fuzzy` source; the cosine is a ranker feature too.
 - `AliasTable`: the training split's mention -> entity counts (a prior p(entity | mention)).
+- `DenseIndex` (gemel.dense): KB entities and mentions in context as sentence embeddings: the
+  `dense` source (the entities nearest by cosine) and the `dense_sim` feature.
 - `Ranker`: a linear score over a few features of (mention, text, candidate) -- the alias prior,
   how much of the mention and of the name overlap, how much of the name the text contains,
   the entity's frequency in training -- fitted on the training split with the alias counts
@@ -30,6 +32,7 @@ from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -38,6 +41,7 @@ import scipy.sparse as sp
 
 from gemel import listwise
 from gemel.config import CandidatesParams
+from gemel.dense import DenseIndex
 from gemel.errors import GemelError
 from gemel.paths import Artifacts
 
@@ -49,10 +53,10 @@ CANDIDATES = pa.schema([
     ("cand_ids", pa.list_(pa.string())),
     ("cand_names", pa.list_(pa.string())),
     ("cand_scores", pa.list_(pa.float32())),  # log p(candidate | mention), softmax over the K kept
-    ("cand_sources", pa.list_(pa.string())),  # the SOURCES that found it, joined by "+": alias+name+fuzzy
+    ("cand_sources", pa.list_(pa.string())),  # the SOURCES that found it, joined by "+": alias+name+fuzzy+dense
 ])
 
-SOURCES = ("alias", "name", "fuzzy")
+SOURCES = ("alias", "name", "fuzzy", "dense")
 
 # The switchable groups of context features (candidates.<name>: true), each a CandidatesParams flag.
 CONTEXT = ("overlap", "years", "pronouns")
@@ -60,7 +64,9 @@ CONTEXT = ("overlap", "years", "pronouns")
 FEATURES = ("alias_prior", "alias_seen", "mention_in_name", "name_in_mention", "name_in_text",
             "exact", "entity_freq", "name_words", "char_sim",
             # the text against the candidate's KB description (0 without one): `Descriptions`
-            "desc_overlap", "year_before", "year_within", "year_after", "pronoun_sex")
+            "desc_overlap", "year_before", "year_within", "year_after", "pronoun_sex",
+            # the mention in context against the entity's name and description, embedded (gemel.dense)
+            "dense_sim")
 
 # A year as texts and descriptions write it: four digits, 1000-2099, not part of a longer number.
 YEAR = re.compile(r"(?<!\d)(1\d{3}|20\d{2})(?!\d)")
@@ -412,14 +418,17 @@ class Pool:
 
 
 class Generator:
-    """KB + alias table -> each mention's pool of candidates with features. Three sources: the
+    """KB + alias table -> each mention's pool of candidates with features. Four sources: the
     alias table (every entity a training mention with the same key named), the name index (the
-    `pool_size` names sharing most words) and, with `fuzzy` > 0, the char index (its `fuzzy` names
-    nearest by trigram cosine). The alias table's folding is the generator's. `context` names the
-    switched-on CONTEXT features (the text against each candidate's description); the others stay 0."""
+    `pool_size` names sharing most words), with `fuzzy` > 0 the char index (its `fuzzy` names
+    nearest by trigram cosine) and with `dense` > 0 the dense index (its `dense` entities nearest
+    to the mention in context). The alias table's folding is the generator's. `context` names the
+    switched-on CONTEXT features (the text against each candidate's description); the others stay 0,
+    as dense_sim does unless `dense_sim`. `dense_index` is needed when dense > 0 or dense_sim."""
 
     def __init__(self, kb: pd.DataFrame, alias: AliasTable, pool_size: int, fuzzy: int = 0,
-                 context: Iterable[str] = ()):
+                 context: Iterable[str] = (), dense: int = 0, dense_sim: bool = False,
+                 dense_index: DenseIndex | None = None):
         self.ids = kb["entity_id"].astype(str).tolist()
         self.names = kb["name"].astype(str).tolist()
         self.row_of = {e: i for i, e in reversed(list(enumerate(self.ids)))}
@@ -436,11 +445,21 @@ class Generator:
         described = kb["description"].tolist() if "description" in kb else [None] * len(self.names)
         self.descriptions = Descriptions(described, self.folded) if self.context else None
         self._name_words = [None] * len(self.names)
+        if (dense > 0 or dense_sim) and dense_index is None:
+            raise CandidateError("candidates.dense and candidates.dense_sim need the KB's embeddings and the "
+                                 "sentence encoder (a gemel.dense.DenseIndex)")
+        if dense_index is not None and len(dense_index.vectors) != len(self.ids):
+            raise CandidateError(f"the dense index holds {len(dense_index.vectors)} entities, the KB {len(self.ids)}")
+        self.dense = dense
+        self.dense_sim = dense_sim
+        self.dense_index = dense_index if (dense > 0 or dense_sim) else None
 
     @classmethod
-    def build(cls, kb: pd.DataFrame, mentions: pd.DataFrame, p: CandidatesParams) -> Generator:
+    def build(cls, kb: pd.DataFrame, mentions: pd.DataFrame, p: CandidatesParams,
+              dense_index: DenseIndex | None = None) -> Generator:
         """The generator of the candidates stage's settings, its alias table from `mentions`' train split."""
-        return cls(kb, AliasTable.from_mentions(mentions, p.fold), p.pool, p.fuzzy, context_of(p))
+        return cls(kb, AliasTable.from_mentions(mentions, p.fold), p.pool, p.fuzzy, context_of(p), p.dense,
+                   p.dense_sim, dense_index)
 
     def name_words(self, row: int) -> set[str]:
         ws = self._name_words[row]
@@ -460,28 +479,35 @@ class Generator:
     def _pools(self, mentions: Sequence[str], texts: Sequence[str],
                leave_out: Sequence[str | None] | None) -> list[Pool]:
         named = self.index.search([self.index.keys(m) for m in mentions], self.pool_size)
-        near = self.chars.search(mentions, self.fuzzy) if self.chars is not None else [np.zeros(0, np.int64)] * len(
-            mentions)
+        none = [np.zeros(0, np.int64)] * len(mentions)
+        near = self.chars.search(mentions, self.fuzzy) if self.chars is not None else none
+        embedded = self.dense_index.embed(mentions, texts) if self.dense_index is not None else None
+        dense = self.dense_index.search(embedded, self.dense) if embedded is not None and self.dense > 0 else none
         found, counts = [], []
         for i, mention in enumerate(mentions):
             c = self.alias.lookup(mention, leave_out[i] if leave_out is not None else None)
             aliased = [self.row_of[e] for e in sorted(c) if e in self.row_of]
-            by = dict(zip(SOURCES, (set(aliased), set(named[i].tolist()), set(near[i].tolist()))))
-            rows = list(dict.fromkeys([*aliased, *named[i].tolist(), *near[i].tolist()]))
+            lists = (aliased, named[i].tolist(), near[i].tolist(), dense[i].tolist())
+            by = dict(zip(SOURCES, map(set, lists)))
+            rows = list(dict.fromkeys(r for found_by in lists for r in found_by))
             found.append((np.asarray(rows, dtype=np.int64), ["+".join(s for s in SOURCES if r in by[s]) for r in rows]))
             counts.append(c)
-        sims = (self.chars.cosine(mentions, [r for r, _ in found]) if self.chars is not None
-                else [np.zeros(len(r), np.float32) for r, _ in found])
+        zeros = [np.zeros(len(r), np.float32) for r, _ in found]
+        sims = self.chars.cosine(mentions, [r for r, _ in found]) if self.chars is not None else zeros
+        dsims = (self.dense_index.cosine(embedded, [r for r, _ in found]) if embedded is not None and self.dense_sim
+                 else zeros)
         out = []
-        for i, ((rows, sources), c, sim) in enumerate(zip(found, counts, sims)):
+        for i, ((rows, sources), c, sim, dsim) in enumerate(zip(found, counts, sims, dsims)):
             left_out = leave_out[i] if leave_out is not None else None
-            out.append(Pool(rows, self.featurize(mentions[i], texts[i], rows, c, left_out, sim), sources))
+            out.append(Pool(rows, self.featurize(mentions[i], texts[i], rows, c, left_out, sim, dsim), sources))
         return out
 
     def featurize(self, mention: str, text: str, rows: Sequence[int], counts: dict[str, int],
-                  leave_out: str | None, char_sim: np.ndarray | None = None) -> np.ndarray:
+                  leave_out: str | None, char_sim: np.ndarray | None = None,
+                  dense_sim: np.ndarray | None = None) -> np.ndarray:
         """FEATURES of each row; `char_sim` is the mention's trigram cosine with each row's name
-        (0 without a char index)."""
+        (0 without a char index), `dense_sim` the embedded mention's cosine with each row's entity
+        (0 when switched off)."""
         mw, tw, key_ = set(words(mention, self.folded)), set(words(text, self.folded)), norm(mention, self.folded)
         total = sum(counts.values())
         f = np.zeros((len(rows), len(FEATURES)), dtype=np.float32)
@@ -502,7 +528,8 @@ class Generator:
                     float(char_sim[j]) if char_sim is not None else 0.0,
                     d.overlap(ctx, r) if "overlap" in self.context else 0.0,
                     *(d.year_shares(ctx, r) if "years" in self.context else (0.0, 0.0, 0.0)),
-                    d.pronoun_sex(ctx, r) if "pronouns" in self.context else 0.0)
+                    d.pronoun_sex(ctx, r) if "pronouns" in self.context else 0.0,
+                    float(dense_sim[j]) if dense_sim is not None else 0.0)
         return f
 
 
@@ -597,10 +624,16 @@ def context_of(p: CandidatesParams) -> tuple[str, ...]:
     return tuple(c for c in CONTEXT if getattr(p, c))
 
 
-def generate(mentions: pd.DataFrame, kb: pd.DataFrame, p: CandidatesParams) -> tuple[pd.DataFrame, dict]:
+def dense_on(p: CandidatesParams) -> bool:
+    """Whether the settings use the sentence encoder (the dense source or dense_sim)."""
+    return p.dense > 0 or p.dense_sim
+
+
+def generate(mentions: pd.DataFrame, kb: pd.DataFrame, p: CandidatesParams,
+             dense_index: DenseIndex | None = None) -> tuple[pd.DataFrame, dict]:
     """The candidates table for every mention and a report: the fitted weights, and recall per
-    split, overall and per source."""
-    gen = Generator.build(kb, mentions, p)
+    split, overall and per source. `dense_index` (the KB's embeddings) when `dense_on(p)`."""
+    gen = Generator.build(kb, mentions, p, dense_index)
     # Fit on training mentions (each leaves itself out of the alias counts), the first fit_limit.
     train = mentions[(mentions["split"] == "train") & ~mentions["is_nil"] & mentions["entity_id"].isin(gen.row_of)]
     train = train.head(p.fit_limit) if p.fit_limit else train
@@ -615,7 +648,8 @@ def generate(mentions: pd.DataFrame, kb: pd.DataFrame, p: CandidatesParams) -> t
             rows.append({"id": mid, "split": split, **c})
     table = pd.DataFrame(rows, columns=CANDIDATES.names)
     report = {"top_k": p.top_k, "pool": p.pool, "fold": p.fold, "fuzzy": p.fuzzy,
-              **{c: getattr(p, c) for c in CONTEXT}, "fitted_on": int(len(train)),
+              **{c: getattr(p, c) for c in CONTEXT}, "dense": p.dense, "dense_sim": p.dense_sim,
+              "encoder": p.encoder if dense_on(p) else None, "fitted_on": int(len(train)),
               # exact (float32 round-trips through JSON): `gemel link` rebuilds the ranker from them
               "weights": {n: float(w) for n, w in zip(FEATURES, ranker.weights)}, "recall": {}, "recall_by_source": {}}
     by_id = table.set_index("id")
@@ -629,10 +663,20 @@ def generate(mentions: pd.DataFrame, kb: pd.DataFrame, p: CandidatesParams) -> t
     return table, report
 
 
-def generate_for(a: Artifacts, p: CandidatesParams) -> tuple[pd.DataFrame, dict]:
+def generate_for(a: Artifacts, p: CandidatesParams,
+                 text_encoders: dict[str, dict[str, Any]]) -> tuple[pd.DataFrame, dict]:
     """The candidates stage over the prepared tables of `a`. The report holds no timing: train
-    reads it (the ranker's weights), and equal inputs must give equal bytes."""
+    reads it (the ranker's weights), and equal inputs must give equal bytes. The KB's embeddings
+    are reused from `a.kb_embeddings` when their key matches, else computed and written there;
+    with the dense part off that file is written empty (a declared output)."""
     from gemel.data.tables import read_kb, read_mentions
+    from gemel.dense import load_encoder, write_off
 
-    table, report = generate(read_mentions(a.mentions), read_kb(a.kb), p)
+    kb = read_kb(a.kb)
+    index = None
+    if dense_on(p):
+        index = DenseIndex.of(kb, load_encoder(p.encoder, text_encoders), a.kb_embeddings)
+    else:
+        write_off(a.kb_embeddings)
+    table, report = generate(read_mentions(a.mentions), kb, p, index)
     return table, {**report, "mentions": int(len(table))}

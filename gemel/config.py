@@ -163,6 +163,10 @@ class CandidatesParams:
     overlap: bool = True  # idf-weighted word overlap (desc_overlap)
     years: bool = True  # the text's years before / within / after the years the description names
     pronouns: bool = True  # he/she in the text against the sex the description states
+    # The sentence encoder's nearest entities to the mention in context (0: off), and its cosine as a feature:
+    dense: int = 20
+    dense_sim: bool = True
+    encoder: str = "all-MiniLM-L6-v2"  # a name in text_encoders, or a local folder
     out: str = "data/candidates"
 
 

@@ -24,9 +24,10 @@ import pyarrow as pa
 import torch
 
 from gemel.candidates import CandidateError, first
-from gemel.config import DecodeParams, ModelParams
+from gemel.config import CandidatesParams, DecodeParams, ModelParams
 from gemel.data.tables import read_json, read_kb, read_mentions, read_table
 from gemel.decoding import Hypothesis, decode, score_candidates
+from gemel.dense import DenseIndex
 from gemel.errors import GemelError
 from gemel.features import encode_inputs, load_features
 from gemel.fusion import Fusion, Scored, cross_validate
@@ -106,7 +107,7 @@ class Linker:
     def _assemble(cls, record: dict[str, Any], run_dir: Path, paths: dict[str, Path], dp: DecodeParams,
                   fusion: Fusion, notes: list[str]) -> Linker:
         from gemel.candidates import CONTEXT, Generator, Ranker, ranker_weights
-        from gemel.config import CandidatesParams, FeaturesParams
+        from gemel.config import FeaturesParams
         from gemel.encoders import build_image_encoder
         from gemel.run import RunError, run_params
 
@@ -133,11 +134,13 @@ class Linker:
                 raise RunError(f"{run_dir}/run.json records no candidate ranker weights (no candidates report.json "
                                "when it was trained): rerun the candidates and train stages")
             c = record["candidates"]
-            # A run recorded before folding and the fuzzy source existed made its candidates without them.
+            # A run recorded before folding, the fuzzy and the dense source existed made its candidates without them.
             cp = CandidatesParams(top_k=c["top_k"], pool=c["pool"], fold=c.get("fold", False), fuzzy=c.get("fuzzy", 0),
-                                  **{k: c.get(k, False) for k in CONTEXT})
+                                  **{k: c.get(k, False) for k in CONTEXT}, dense=c.get("dense", 0),
+                                  dense_sim=c.get("dense_sim", False),
+                                  encoder=c.get("encoder", CandidatesParams.encoder))
             kb = read_kb(paths["kb"])
-            gen = Generator.build(kb, mentions, cp)
+            gen = Generator.build(kb, mentions, cp, dense_index(kb, cp, c.get("encoder_spec"), paths))
             linker.descriptions = descriptions_of(kb) if dp.describe else None
             ranker = Ranker(ranker_weights({"weights": weights}))
         linker.new = NewInputs(record=record, decode=dp, mode=MODES[dp.candidates], fusion=fusion,
@@ -427,6 +430,22 @@ class NewInputs:
 
 _NO_MENTIONS = pd.DataFrame({c: pd.Series(dtype=object) for c in ("id", "text", "mention", "image", "entity_name")})
 _NO_DEMOS = pd.DataFrame({"id": pd.Series(dtype=object), "demo_ids": pd.Series(dtype=object)})
+
+
+def dense_index(kb: pd.DataFrame, cp: CandidatesParams, encoder_spec: dict[str, Any] | None,
+                paths: dict[str, Path]) -> DenseIndex | None:
+    """The candidates stage's dense index for new inputs: its cached KB embeddings (never
+    recomputed; DenseError when stale) and its sentence encoder, or None when the run's
+    candidates did not use them."""
+    from gemel.candidates import dense_on
+    from gemel.dense import cached_kb_embeddings, load_encoder
+
+    if not dense_on(cp):
+        return None
+    encoder = load_encoder(cp.encoder, {cp.encoder: encoder_spec} if encoder_spec else {})
+    return DenseIndex(cached_kb_embeddings(kb, encoder, paths["kb_embeddings"]), encoder, reused=True)
+
+
 def propose_for(n: NewInputs, table: pd.DataFrame) -> list[dict]:
     from gemel.candidates import propose
 

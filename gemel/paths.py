@@ -25,6 +25,7 @@ POOL = "pool.parquet"
 # candidates.out
 CANDIDATES = "candidates.parquet"
 CANDIDATES_REPORT = "report.json"
+KB_EMBEDDINGS = "kb_embeddings.parquet"  # the dense source's KB vectors, a cache keyed by KB and encoder
 # a run folder, {train.out}/{model.llm}/
 MAPPER = "mapper.safetensors"
 RUN_RECORD = "run.json"
@@ -95,6 +96,10 @@ class Artifacts:
     @property
     def candidates_report(self) -> Path:
         return self.candidates_dir / CANDIDATES_REPORT
+
+    @property
+    def kb_embeddings(self) -> Path:
+        return self.candidates_dir / KB_EMBEDDINGS
 
     @property
     def trie(self) -> Path:

@@ -43,7 +43,7 @@ def artifact_paths(params: dict[str, Any]) -> dict[str, str]:
     a = Artifacts.of(params)
     return {"mentions": str(a.mentions), "kb": str(a.kb), "features": str(a.features), "demos": str(a.demos),
             "pool": str(a.pool), "candidates": str(a.candidates), "candidates_report": str(a.candidates_report),
-            "trie": str(a.trie)}
+            "kb_embeddings": str(a.kb_embeddings), "trie": str(a.trie)}
 
 
 RUN_FILES = {"mapper": MAPPER}
@@ -77,6 +77,7 @@ def write_run_record(params: dict[str, Any], out_dir: str | Path) -> dict[str, A
     paths = artifact_paths(params)
     report_path = Path(paths["candidates_report"])
     weights = read_json(report_path, "candidates").get("weights") if report_path.is_file() else None
+    cp = section(params, "candidates", CandidatesParams)
     record = {
         "format": FORMAT,
         "llm": {"name": llm, "spec": params["llms"][llm]},
@@ -89,8 +90,8 @@ def write_run_record(params: dict[str, Any], out_dir: str | Path) -> dict[str, A
                       "query": retrieve.get("query", "mention"), "top_k": retrieve.get("top_k", 16),
                       "batch_size": retrieve.get("batch_size", 64), "seed": retrieve.get("seed", 0)},
         # What `gemel link` rebuilds the candidate generator and ranker of new inputs from.
-        "candidates": {**{k: v for k, v in dataclasses.asdict(section(params, "candidates", CandidatesParams)).items()
-                          if k != "out"}, "weights": weights},
+        "candidates": {**{k: v for k, v in dataclasses.asdict(cp).items() if k != "out"},
+                       "encoder_spec": params.get("text_encoders", {}).get(cp.encoder), "weights": weights},
         "train": dict(params["train"]),
         "train_out": params["train"]["out"],
         "artifacts": {name: {"path": path, **_entry(Path(path))} for name, path in paths.items()},

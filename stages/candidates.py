@@ -1,5 +1,6 @@
 """candidates: {prepare.out}/{mentions,kb}.parquet -> {candidates.out}/candidates.parquet (the top-K KB
-entities of every mention, with scores and sources) and report.json (fitted weights, recall@1/5/K per split,
+entities of every mention, with scores and sources), kb_embeddings.parquet (the dense source's KB
+vectors, reused while the KB and encoder are unchanged) and report.json (fitted weights, recall@1/5/K per split,
 overall and per source)."""
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from stages import _cli
 def main(argv: list[str] | None = None) -> int:
     params = _cli.parse(__doc__, argv)
     a = Artifacts.of(params)
-    table, report = generate_for(a, section(params, "candidates", CandidatesParams))
+    table, report = generate_for(a, section(params, "candidates", CandidatesParams), params["text_encoders"])
     write_parquet_atomic(table, a.candidates, CANDIDATES)
     text = json.dumps({**report, "stack": stack.record("cpu")}, indent=2)
     write_text_atomic(text + "\n", a.candidates_report)

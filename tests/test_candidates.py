@@ -23,6 +23,9 @@ from gemel.candidates import (
 )
 from gemel.config import CandidatesParams
 
+# The lexical sources and features only: tests/test_dense.py tests the dense part, with the encoder.
+OFF = {"dense": 0, "dense_sim": False}
+
 VOCAB = ["john", "smith", "paris", "hilton", "river", "jordan", "michael", "apple", "inc", "pie", "queen", "mary",
          "victoria", "lake", "st", "louis", "new", "york", "city", "times"]
 
@@ -75,7 +78,7 @@ def test_recall_matches_a_brute_force_count() -> None:
         "mention": [kb["name"][g].split()[-1] for g in gold],
         "entity_id": [kb["entity_id"][g] for g in gold], "entity_name": [kb["name"][g] for g in gold],
         "is_nil": False})
-    table, report = generate(mentions, kb, CandidatesParams(top_k=5, pool=50, fit_limit=None))
+    table, report = generate(mentions, kb, CandidatesParams(top_k=5, pool=50, fit_limit=None, **OFF))
     assert len(table) == 80 and all(len(c) <= 5 for c in table["cand_ids"])
     test = table[table["split"] == "test"].reset_index(drop=True)
     gold_test = mentions.loc[mentions["split"] == "test", "entity_id"].tolist()
@@ -169,7 +172,7 @@ def test_ranker_is_fitted_on_alias_counts_that_leave_each_mention_out(monkeypatc
     fit = candidates.Ranker.fit
     monkeypatch.setattr(candidates.Ranker, "fit", classmethod(
         lambda cls, pools, gold, *a, **kw: seen.append((list(pools), list(gold))) or fit(pools, gold, *a, **kw)))
-    generate(mentions, kb, CandidatesParams(top_k=4, pool=10, fit_limit=None))
+    generate(mentions, kb, CandidatesParams(top_k=4, pool=10, fit_limit=None, **OFF))
     ((pools, gold),) = seen
     train = mentions[mentions["split"] == "train"].reset_index(drop=True)
     assert len(pools) == len(train)
@@ -370,13 +373,15 @@ def test_fuzzy_source_finds_misspelled_names_and_tags_them() -> None:
 def test_recall_by_source_by_hand() -> None:
     from gemel.candidates import recall_by_source
 
-    cands = pd.DataFrame({"cand_ids": [["A", "B"], ["C", "D"], ["E"], ["F", "G"]],
-                          "cand_sources": [["name", "alias+name"], ["name", "fuzzy"], ["name+fuzzy"], ["alias", "name"]]})
-    gold = pd.Series(["B", "D", "E", "X"])  # ranks 2, 2, 1, absent
+    cands = pd.DataFrame({"cand_ids": [["A", "B"], ["C", "D"], ["E"], ["F", "G"], ["H", "I"]],
+                          "cand_sources": [["name", "alias+name"], ["name", "fuzzy"], ["name+fuzzy"], ["alias", "name"],
+                                           ["name", "dense"]]})
+    gold = pd.Series(["B", "D", "E", "X", "I"])  # ranks 2, 2, 1, absent, 2
     got = recall_by_source(cands, gold, [1, 2])
-    assert got == {"alias": {"recall@1": 0.0, "recall@2": 0.25, "only": 0.0},
-                   "name": {"recall@1": 0.25, "recall@2": 0.5, "only": 0.0},
-                   "fuzzy": {"recall@1": 0.25, "recall@2": 0.5, "only": 0.25}}
+    assert got == {"alias": {"recall@1": 0.0, "recall@2": 0.2, "only": 0.0},
+                   "name": {"recall@1": 0.2, "recall@2": 0.4, "only": 0.0},
+                   "fuzzy": {"recall@1": 0.2, "recall@2": 0.4, "only": 0.2},
+                   "dense": {"recall@1": 0.0, "recall@2": 0.2, "only": 0.2}}
 
 
 def test_candidates_report_holds_recall_per_source_and_the_settings() -> None:
@@ -387,7 +392,7 @@ def test_candidates_report_holds_recall_per_source_and_the_settings() -> None:
         "id": [f"m{i}" for i in range(60)], "split": ["train"] * 40 + ["dev"] * 20,
         "text": [f"About {kb['name'][g]}." for g in gold], "mention": [misspell(rng, kb["name"][g]) for g in gold],
         "entity_id": [kb["entity_id"][g] for g in gold], "entity_name": [kb["name"][g] for g in gold], "is_nil": False})
-    table, report = generate(mentions, kb, CandidatesParams(top_k=8, pool=20, fit_limit=None, fuzzy=3))
+    table, report = generate(mentions, kb, CandidatesParams(top_k=8, pool=20, fit_limit=None, fuzzy=3, **OFF))
     assert report["fold"] is True and report["fuzzy"] == 3 and set(report["recall_by_source"]) == {"train", "dev"}
     dev = mentions[mentions["split"] == "dev"]
     cands = table.set_index("id").loc[dev["id"]]
@@ -509,8 +514,8 @@ def test_the_ranker_learns_to_read_the_years_and_links_by_them() -> None:
     """Fitted on train, the years decide the dev mentions that only a lifetime tells apart; with
     them off the ranker is left with a coin toss."""
     kb, mentions = lifetimes()
-    _, on = generate(mentions, kb, CandidatesParams(top_k=4, pool=10, fit_limit=None))
-    _, off = generate(mentions, kb, CandidatesParams(top_k=4, pool=10, fit_limit=None, years=False))
+    _, on = generate(mentions, kb, CandidatesParams(top_k=4, pool=10, fit_limit=None, **OFF))
+    _, off = generate(mentions, kb, CandidatesParams(top_k=4, pool=10, fit_limit=None, years=False, **OFF))
     assert on["years"] is True and off["years"] is False
     assert on["weights"]["year_within"] > 0 > on["weights"]["year_before"]
     assert off["weights"]["year_within"] == off["weights"]["year_before"] == 0.0

@@ -26,11 +26,12 @@ import pytest
 
 from gemel import Linker
 from gemel.candidates import CONTEXT, Generator, Ranker, propose, ranker_weights
-from gemel.config import CandidatesParams, load_params
+from gemel.config import CandidatesParams, DecodeParams, load_params
 from gemel.data.sample import generate_sample
 from gemel.data.tables import read_kb, read_mentions, write_parquet_atomic
 from gemel.fusion import FEATURES, Fusion
 from gemel.inputs import InputError
+from gemel.linker import dense_index
 from gemel.retrieval import DemoPool, load_text_encoder, read_demos, read_pool, retrieve
 from gemel.run import RunError, check_run, project_root, read_run_record, write_run_record
 from gemel.stack import versions
@@ -284,9 +285,11 @@ def test_candidates_of_new_inputs_are_the_stages(pipeline):
     c = record["candidates"]
     assert c["fold"] is True and c["fuzzy"] == pipeline.params["candidates"]["fuzzy"]  # what link rebuilds from
     assert all(c[k] is pipeline.params["candidates"][k] for k in CONTEXT)
-    gen = Generator.build(read_kb(pipeline.base / "prepared" / "kb.parquet"), mentions,
-                          CandidatesParams(top_k=c["top_k"], pool=c["pool"], fold=c["fold"], fuzzy=c["fuzzy"],
-                                           **{k: c[k] for k in CONTEXT}))
+    cp = CandidatesParams(top_k=c["top_k"], pool=c["pool"], fold=c["fold"], fuzzy=c["fuzzy"],
+                          **{k: c[k] for k in CONTEXT}, dense=c["dense"], dense_sim=c["dense_sim"], encoder=c["encoder"])
+    kb = read_kb(pipeline.base / "prepared" / "kb.parquet")
+    index = dense_index(kb, cp, c["encoder_spec"], {"kb_embeddings": pipeline.base / "candidates" / "kb_embeddings.parquet"})
+    gen = Generator.build(kb, mentions, cp, index)
     test = mentions[mentions["split"] == "test"]
     got = propose(gen, Ranker(ranker_weights(record["candidates"])), test["mention"].tolist(), test["text"].tolist(),
                   record["candidates"]["top_k"])
@@ -294,6 +297,45 @@ def test_candidates_of_new_inputs_are_the_stages(pipeline):
     for mid, g in zip(test["id"], got, strict=True):
         assert g["cand_ids"] == list(table.at[mid, "cand_ids"])
         np.testing.assert_allclose(g["cand_scores"], table.at[mid, "cand_scores"], atol=1e-6)
+
+
+def test_link_proposes_the_dense_candidates_of_the_stage_from_its_cached_embeddings(pipeline, tmp_path):
+    """The candidates stage with the dense source and dense_sim on (into a folder of its own) and a
+    candidate-aware run recorded with it: Linker.from_run reads the stage's KB embeddings, never
+    re-embeds the KB (stale ones are refused), and gives the test mentions the stage's candidates."""
+    from gemel.dense import DenseError, read_kb_embeddings, write_kb_embeddings
+    from gemel.linker import DECODE_SETTINGS, propose_for
+    from stages import candidates
+
+    more = [f"candidates.out={tmp_path}/candidates", "candidates.dense=3", "candidates.dense_sim=true",
+            f"train.out={tmp_path}", "decode.candidates=constrained"]
+    assert candidates.main(pipeline.argv(*more)) == 0
+    run = tmp_path / LLM
+    run.mkdir()
+    shutil.copy(pipeline.run / "mapper.safetensors", run / "mapper.safetensors")
+    record = write_run_record(pipeline.load_params(*more), run)
+    assert record["candidates"]["dense"] == 3 and record["candidates"]["encoder_spec"] is not None
+    assert record["candidates"]["weights"]["dense_sim"] != 0.0
+    settings = {k: getattr(DecodeParams(candidates="constrained"), k) for k in DECODE_SETTINGS}
+    (run / "decode_report.json").write_text(json.dumps({"settings": {**settings, "fusion_grid": [0.0]},
+                                                        "fusion_weight": 0.0}))
+    emb = tmp_path / "candidates" / "kb_embeddings.parquet"
+    mtime = emb.stat().st_mtime_ns
+    linker = Linker.from_run(run)
+    assert linker.new.generator.dense_index is not None and emb.stat().st_mtime_ns == mtime
+    test = pipeline.mentions[pipeline.mentions["split"] == "test"]
+    got = propose_for(linker.new, test)
+    table = pd.read_parquet(tmp_path / "candidates" / "candidates.parquet").set_index("id")
+    assert any("dense" in s for mid in test["id"] for s in table.at[mid, "cand_sources"])
+    for mid, g in zip(test["id"], got, strict=True):
+        assert g["cand_ids"] == list(table.at[mid, "cand_ids"])
+        assert g["cand_sources"] == list(table.at[mid, "cand_sources"])
+        np.testing.assert_allclose(g["cand_scores"], table.at[mid, "cand_scores"], atol=1e-5)
+    meta, vectors = read_kb_embeddings(emb)
+    write_kb_embeddings(emb, read_kb(pipeline.base / "prepared" / "kb.parquet")["entity_id"].tolist(), vectors,
+                        {**meta, "key": "0" * 64})
+    with pytest.raises(DenseError, match="rerun the candidates stage"):
+        Linker.from_run(run)
 
 
 def test_demonstrations_of_new_inputs_come_from_the_runs_pool(pipeline):

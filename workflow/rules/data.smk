@@ -106,9 +106,10 @@ rule candidates:
     output:
         table=f"{CANDIDATES}/{paths.CANDIDATES}",
         report=f"{CANDIDATES}/{paths.CANDIDATES_REPORT}",
+        kb_embeddings=f"{CANDIDATES}/{paths.KB_EMBEDDINGS}",
     params:
         cmd=cli("candidates"),
-        tracked=tracked(PARAMS, ["prepare.out", "candidates"]),
+        tracked=tracked(PARAMS, ["prepare.out", "candidates", "text_encoders"]),
     log:
         f"{LOGS}/candidates.log",
     conda:
