@@ -3,7 +3,7 @@
 #   snakemake --cores 8 eval_all_scales  every LLM of `scales` (--config scales=paper: the paper's)
 #   snakemake --cores 8 ablations        every entry of `ablations`
 #   snakemake --cores 8 seeds            the default run once per seed of `seeds`: mean and std
-# Settings: params.yaml, validated against gemel/schema/params.schema.yaml. See README (Snakemake).
+# Settings: params.yaml, validated against gemel/schema/params.schema.yaml. See docs/sweeps.md.
 configfile: "params.yaml"
 
 

@@ -15,8 +15,8 @@ profiles paper-exact fp32 steps instead (torch.profiler) and prints where the ti
 of op. At batch 1 (the paper's) the attention already takes sdpa's fastest path: no mask, causal,
 grouped-query heads folded in (`enable_gqa`), so no repeat_kv copy; and the LM head runs only at
 the answer positions. Measured on the 2-core CPU, quiet: 3.89 s per step, 51% matrix products, 32%
-flash attention (24% its backward), 14% elementwise ops, 3% the rest; see the README (Speed and
-memory).
+flash attention (24% its backward), 14% elementwise ops, 3% the rest; see docs/speed.md
+(Training).
 """
 from __future__ import annotations
 
