@@ -62,6 +62,7 @@ rule decode:
         trie=rules.trie.output.trie,
         mapper=rules.train.output.mapper,
         candidates=rules.candidates.output.table,
+        kb=rules.prepare.output.kb,  # decode.describe: the candidates' descriptions
         code=stage_code("decode"),
     output:
         predictions=run_file(paths.PREDICTIONS),
