@@ -315,3 +315,38 @@ def test_window_keeps_the_mention_and_some_left_context(tokenizer) -> None:
     rest = tokenizer(text[text.index("Mercury"):], add_special_tokens=False).input_ids
     assert len(ids) == 12 and ids[-len(rest):] == rest  # the mention and what follows, whole
     assert "w199 Mercury rose." in tokenizer.decode(ids)  # then left context up to the width
+
+
+def test_learned_fusion_reads_the_descriptions_through_rank(data, tokenizer, llm, trie) -> None:
+    """Linker.rank with decode.describe under a learned fusion: the `described` feature is
+    gemel.describe's score of the first `describe` described candidates, against the mention's
+    own text; a weight fusion reads none; without the texts it is a clear error."""
+    from gemel.config import DecodeParams
+    from gemel.describe import described_scores
+    from gemel.fusion import FEATURES, Fusion
+    from gemel.linker import Linker, LinkError, contexts_of
+
+    model = model_for(llm)
+    b = builder(data, tokenizer, use_image=False, num_demos=0)
+    cands = pd.DataFrame({"id": ["m0", "m5"], "cand_ids": [["E0", "E1", "E2"], ["E3", "E4", "E5"]],
+                          "cand_names": [NAMES[0:3], NAMES[3:6]],
+                          "cand_scores": [[-0.5, -1.0, -2.0], [-0.4, -1.5, -1.6]]}).set_index("id", drop=False)
+    linker = Linker(model, b, data[2], trie, tokenizer.eos_token_id, tokenizer, cands)
+    linker.descriptions = {"E0": "The smallest planet of the Solar System.", "E2": "A British singer of Queen.",
+                           "E5": "An American basketball player."}
+    only_described = Fusion("learned", weights=tuple(1.0 if f == "described" else 0.0 for f in FEATURES))
+    p = DecodeParams(candidates="constrained", describe=2, ranker_sure=None, batch_size=2)
+    ids = ["m0", "m5"]
+    contexts = contexts_of(data[0].set_index("id", drop=False).loc[ids])
+    want = described_scores(model, tokenizer, tokenizer.eos_token_id, [contexts[i] for i in ids],
+                            [["The smallest planet of the Solar System.", None, "A British singer of Queen."],
+                             [None, None, "An American basketball player."]],
+                            [NAMES[0:3], NAMES[3:6]], top=2)
+    assert want[0][0] != 0.0 and want[0][2] == 0.0 and not want[1].any()  # top=2: E2 and E5 are not read
+    got = linker.rank(ids, p, only_described, contexts=contexts)
+    for r, w in zip(got, want, strict=True):
+        assert r.scores == pytest.approx(sorted(w.tolist(), reverse=True), abs=1e-6)
+    s = linker.scored(ids, p, contexts, read=False)
+    assert all(x.described is None for x in s)  # the weight fusion reads no descriptions
+    with pytest.raises(LinkError, match="decode.describe needs each mention's text"):
+        linker.rank(ids, p, only_described)
