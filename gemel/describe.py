@@ -27,6 +27,9 @@ from gemel.prompt import Example
 
 WINDOW = 48  # text tokens scored, around the mention: its context, not the whole document
 DESCRIPTION_CHARS = 120  # a description's opening: sex, lifetime and occupation come first in these KBs
+# A candidate whose prior is under 1% is not read: on WikiMEL dev, reading them changed no answer
+# and cost a third of the reading (5.1 candidates read per mention instead of 8).
+MIN_PRIOR = 0.01
 ENTITY = "[Entity]{name}: {description}\n[Text]"
 TEXT = "[Text]"
 
@@ -47,17 +50,20 @@ def window(tokenizer: PreTrainedTokenizerBase, text: str, mention: str, width: i
 
 def described_scores(model: Gemel, tokenizer: PreTrainedTokenizerBase, pad_id: int,
                      contexts: Sequence[tuple[str, str]], descriptions: Sequence[Sequence[str | None]],
-                     names: Sequence[Sequence[str]], top: int, batch_size: int = 16) -> list[np.ndarray]:
+                     names: Sequence[Sequence[str]], top: int, priors: Sequence[np.ndarray] | None = None,
+                     batch_size: int = 16) -> list[np.ndarray]:
     """Per mention ((text, mention) in `contexts`), one score per candidate (`names`, with their
-    `descriptions`): the pointwise mutual information above for the first `top` candidates that
-    have a description, 0 for the others. A mention with none of them described costs nothing."""
+    `descriptions` and log `priors`): the pointwise mutual information above for the first `top`
+    candidates that have a description and a prior of at least MIN_PRIOR, 0 for the others. A
+    mention with none of them to read costs nothing."""
     start = start_ids(tokenizer)
     features = np.zeros((0, 1), dtype=np.float32)  # text only: no image slots
     examples: list[Example] = []
     seqs: list[list[list[int]]] = []
     owner: list[tuple[int, int]] = []  # (mention, candidate); candidate -1: the text alone
+    floor = np.log(MIN_PRIOR)
     for i, ((text, mention), descs, cands) in enumerate(zip(contexts, descriptions, names)):
-        read = [j for j, d in enumerate(descs[:top]) if d]
+        read = [j for j, d in enumerate(descs[:top]) if d and (priors is None or priors[i][j] >= floor)]
         if not read:
             continue
         words = window(tokenizer, text, mention)

@@ -323,7 +323,8 @@ class Linker:
             self.model.eval()
             described = described_scores(self.model, self.tokenizer, self.pad_id, [contexts[i] for i in ids],
                                          [[self.descriptions.get(e) for e in row] for row in c["cand_ids"]],
-                                         list(c["cand_names"]), p.describe, 2 * p.batch_size)
+                                         list(c["cand_names"]), p.describe,
+                                         [np.asarray(x, dtype=np.float64) for x in c["cand_scores"]], 2 * p.batch_size)
         return [Scored(n, np.asarray(s, dtype=np.float64), np.asarray(x, dtype=np.float64), d)
                 for n, s, x, d in zip(c["cand_names"], c["cand_scores"], llm, described)]
 

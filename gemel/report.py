@@ -184,11 +184,20 @@ def _fusion_label(chosen: dict[str, Any], settings: dict[str, Any]) -> str | Non
 
 
 def _share_label(cv: dict[str, Any] | None) -> str | None:
-    """The LLM's share: the ranker alone, the LLM alone and the fusion on the same dev mentions."""
+    """The LLM's share on dev: the ranker alone and the fusion over every dev mention, then the
+    ranker alone, the LLM alone and the fusion over those the LLM scored (gemel.linker)."""
     if not cv:
         return None
-    fused = f", fused {cv['fused']:.3f} ({cv['folds']}-fold)" if "fused" in cv else ""
-    return f"ranker alone {cv['ranker_alone']:.3f}, LLM alone {cv['llm_alone']:.3f}{fused} ({cv['mentions']} mentions)"
+    scored = cv.get("llm_scored") or {}
+
+    def fused(d: dict[str, Any]) -> str:
+        return f", fused {d['fused']:.3f}" if "fused" in d else ""
+
+    text = f"{cv['mentions']} mentions: ranker alone {cv['ranker_alone']:.3f}{fused(cv)}"
+    if scored.get("mentions"):
+        text += (f"; the {scored['mentions']} the LLM scored: ranker alone {scored['ranker_alone']:.3f}, "
+                 f"LLM alone {scored['llm_alone']:.3f}{fused(scored)}")
+    return text + (f" ({scored['folds']}-fold)" if "folds" in scored else "")
 
 
 def _read_curve(path: Path, column: str) -> pd.DataFrame | None:
@@ -270,8 +279,10 @@ def collect(run_dir: str | Path, mentions: pd.DataFrame, candidates: pd.DataFram
     if "training loss" in curves and not len(curves["training loss"]):
         steps = "0 optimizer steps" + (": a text-only run has no image slots, so there is no mapper to train"
                                        if _get(record, "model.use_image") is False else "")
-        notes.append(f"This run trained nothing ({steps}); its mapper is the initial one, and the dev accuracy "
-                     "below is the frozen LLM's.")
+        evaluated = "dev accuracy" in curves and len(curves["dev accuracy"]) > 0
+        notes.append(f"This run trained nothing ({steps}); its mapper is the initial one, "
+                     + ("and the dev accuracy below is the frozen LLM's." if evaluated else
+                        "and it evaluated nothing on dev: there was no mapper to choose."))
     return RunPage(title=f"{llm} on {dataset or 'its dataset'}: {run_dir}",
                    settings=settings(record, metrics, dataset, decode), metrics=metrics, curves=curves, rows=ev,
                    uses_candidates=uses_candidates, notes=notes)

@@ -141,14 +141,15 @@ class FrozenLLMError(RuntimeError):
 def fit(linker: Linker, mentions: pd.DataFrame, p: TrainParams, use_image: bool, progress: bool = True) -> Fit:
     """Train the linker's mapper on the train split's linked mentions, keeping the best mapper by
     accuracy on the dev split (its first `dev_limit`). A text-only run has no image slots, so there
-    is nothing to learn: it trains 0 epochs and only reports dev accuracy."""
+    is nothing to learn or choose: it trains 0 epochs and evaluates nothing (the decode report
+    measures the LLM alone on dev, beside the ranker and the fusion)."""
     linked = mentions[~mentions["is_nil"]]
     train_ids = list(linked.loc[linked["split"] == "train", "id"])
     dev = linked[linked["split"] == "dev"]
     dev = dev.head(p.dev_limit) if p.dev_limit else dev
     examples = linker.examples(train_ids, with_target=True)
     dp = dev_decode_params(p)
-    evaluate = (lambda: linker.accuracy(dev, dp)) if len(dev) else None
+    evaluate = (lambda: linker.accuracy(dev, dp)) if len(dev) and use_image else None
     if not use_image:
         p = dataclasses.replace(p, epochs=0)
     llm = linker.model.llm

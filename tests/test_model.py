@@ -291,6 +291,9 @@ def test_described_scores_are_the_text_given_the_entity_against_the_text_alone(t
     assert got[1].tolist() == [0.0]  # nothing described: nothing read
     assert got[0][2] == 0.0 and got[0][3] == 0.0  # no description; beyond top
     assert got[0][0] > got[0][1]  # the footballer explains a match report better than the painter
+    priors = [np.log(np.array([0.005, 0.5, 0.3, 0.1])), np.zeros(1)]  # the first under MIN_PRIOR: not read
+    cut = described_scores(model, tokenizer, eos, contexts, descs, names, top=3, priors=priors, batch_size=2)
+    assert cut[0][0] == 0.0 and cut[0][1] == pytest.approx(got[0][1], abs=1e-4)
 
     words = window(tokenizer, text, "Silva")
     assert words == tokenizer(text, add_special_tokens=False).input_ids[:48]  # absent mention: the text's start
