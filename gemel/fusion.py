@@ -9,7 +9,8 @@ prior from the candidates stage (the ranker's log-softmax), become one ranking. 
   candidate's description explains the text (gemel.describe).
 
 `cross_validate` measures on dev, by k-fold, what the ranker alone, the LLM alone and the fusion
-score on the same mentions: the LLM's share, measured rather than assumed.
+score on the same mentions: the LLM's share, measured rather than assumed. Where the learned fusion
+scores below the ranker alone there, `earned` keeps the ranker alone, and the LLM is not run.
 """
 from __future__ import annotations
 
@@ -60,6 +61,11 @@ class Fusion:
         if self.kind == "weight":
             return np.asarray(s.llm, dtype=np.float64) + self.weight * np.asarray(s.prior, dtype=np.float64)
         return s.features() @ np.asarray(self.weights, dtype=np.float64)
+
+    @property
+    def ranker_only(self) -> bool:
+        """The LLM has no say: its scores need not be computed."""
+        return self.kind == "learned" and not any(self.weights[1:])
 
     def record(self) -> dict[str, Any]:
         """What the decode report keeps, so that `gemel link` fuses the same way."""
@@ -120,6 +126,18 @@ def fit(scored: Sequence[Scored], gold: Sequence[str], p: DecodeParams) -> tuple
         return Fusion("weight", weight=float(p.fusion_weight)), {}
     weight, acc = choose_weight(scored, gold, p.fusion_grid)
     return Fusion("weight", weight=weight), {"dev_accuracy_by_weight": acc}
+
+
+RANKER_ALONE = Fusion("learned", weights=(1.0,) + (0.0,) * (len(FEATURES) - 1))
+
+
+def earned(fusion: Fusion, cv: dict[str, Any]) -> tuple[Fusion, bool]:
+    """The learned fusion if it scored at least the ranker alone on the cross-validated dev
+    mentions, else the ranker alone (the LLM has not earned a say on this dataset). Returns the
+    fusion kept and whether the LLM kept its say."""
+    if fusion.kind != "learned" or "fused" not in cv or cv["fused"] >= cv["ranker_alone"]:
+        return fusion, True
+    return RANKER_ALONE, False
 
 
 def cross_validate(scored: Sequence[Scored], gold: Sequence[str], p: DecodeParams, folds: int = FOLDS

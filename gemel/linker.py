@@ -30,7 +30,7 @@ from gemel.decoding import Hypothesis, decode, score_candidates
 from gemel.dense import DenseIndex
 from gemel.errors import GemelError
 from gemel.features import encode_inputs, load_features
-from gemel.fusion import Fusion, Scored, cross_validate
+from gemel.fusion import Fusion, Scored, cross_validate, earned
 from gemel.fusion import fit as fit_fusion
 from gemel.inputs import InputError, NewMention, chunks, error_record, parse_input
 from gemel.llm import answer_ids, get_spec, load_llm, load_tokenizer
@@ -279,6 +279,8 @@ class Linker:
         empty = [i for i in ids if len(self.candidates.at[i, "cand_ids"]) == 0]
         fallback = dict(zip(empty, self.rank(empty, dataclasses.replace(p, candidates="none")))) if empty else {}
         sure = self.sure(ids, p)
+        if fusion is not None and fusion.ranker_only:  # the LLM earned no say on dev: the ranker links
+            sure = {i for i in ids if i not in fallback}
         asked = [i for i in ids if i not in fallback and i not in sure]
         read = fusion is not None and fusion.kind == "learned"  # only the learned fusion reads descriptions
         given = dict(zip(ids, llm_scores)) if llm_scores is not None else None
@@ -352,6 +354,9 @@ class Linker:
         gold = list(asked["entity_name"])
         fusion, extra = fit_fusion(scored, gold, p)
         cv = cross_validate(scored, gold, p)
+        fusion, kept = earned(fusion, cv)
+        if not kept:
+            extra["llm_kept"] = False  # the fusion scored below the ranker alone on dev: the ranker links
         # The same dev mentions whole: those the ranker is sure of count with the prior's first.
         first = self.candidates.loc[list(dev["id"]), "cand_names"]
         right = np.array([len(n) > 0 and n[0] == g for n, g in zip(first, dev["entity_name"])], dtype=bool)

@@ -353,3 +353,10 @@ def test_learned_fusion_reads_the_descriptions_through_rank(data, tokenizer, llm
     assert all(x.described is None for x in s)  # the weight fusion reads no descriptions
     with pytest.raises(LinkError, match="decode.describe needs each mention's text"):
         linker.rank(ids, p, only_described)
+    # The ranker alone (the LLM earned no say on dev): the prior's order, and the LLM is not run.
+    from gemel.fusion import RANKER_ALONE
+
+    linker.model = None  # would fail if the LLM were asked
+    alone = linker.rank(ids, p, RANKER_ALONE)
+    assert [r.ids for r in alone] == [list(cands.at[i, "cand_ids"]) for i in ids]
+    assert all(r.llm_scores is None for r in alone)
