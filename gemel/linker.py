@@ -316,6 +316,8 @@ class Linker:
         and, when `read` and decode.describe, its reading of their descriptions."""
         from gemel.describe import described_scores
 
+        if not len(ids):
+            return []
         llm = llm_scores if llm_scores is not None else self.candidate_llm_scores(ids, p, progress)
         c = self.candidates.loc[list(ids)] if len(ids) else self.candidates.iloc[:0]
         described: list[np.ndarray | None] = [None] * len(ids)

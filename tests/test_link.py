@@ -29,7 +29,7 @@ from gemel.candidates import CONTEXT, Generator, Ranker, propose, ranker_weights
 from gemel.config import CandidatesParams, DecodeParams, load_params
 from gemel.data.sample import generate_sample
 from gemel.data.tables import read_kb, read_mentions, write_parquet_atomic
-from gemel.fusion import FEATURES, Fusion
+from gemel.fusion import FEATURES, Fusion, FusionError
 from gemel.inputs import InputError
 from gemel.linker import dense_index
 from gemel.retrieval import DemoPool, load_text_encoder, read_demos, read_pool, retrieve
@@ -267,8 +267,13 @@ def test_candidate_mode_reproduces_the_decode_stage(pipeline, tmp_path):
         assert o["mode"] == "candidates"
         assert [e["id"] for e in o["entities"]] == list(pred.at[o["id"], "beam_ids"])
         np.testing.assert_allclose([e["score"] for e in o["entities"]], pred.at[o["id"], "beam_scores"], atol=1e-4)
-    # A report with the settings but no fitted fusion: the LLM alone, and a note says so.
-    report.pop("fusion_weights")
+    # A report whose learned fusion lost its weights: a clear error naming the report.
+    weights = report.pop("fusion_weights")
+    (run / "decode_report.json").write_text(json.dumps(report))
+    with pytest.raises(FusionError, match="decode_report.json: fusion_weights lacks prior"):
+        Linker.from_run(run)
+    # A report with the settings but no fusion at all: the LLM alone, and a note says so.
+    assert weights and report.pop("fusion") == "learned"
     (run / "decode_report.json").write_text(json.dumps(report))
     assert "fusion weight 0" in Linker.from_run(run).notes[-1]
     # No report at all: the paper's mode with the default decode settings, and a note says so.

@@ -235,7 +235,7 @@ def test_candidate_aware_linking_stays_among_candidates_and_fuses_exactly(data, 
         "cand_names": [[NAMES[0], NAMES[1], NAMES[2]], [NAMES[3], NAMES[4]], [NAMES[5], NAMES[8], NAMES[6], NAMES[7]]],
         "cand_scores": [[-0.1, -2.5, -3.0], [-0.7, -0.9], [-3.0, -0.05, -4.0, -5.0]]}).set_index("id", drop=False)
     linker = Linker(model, b, data[2], trie, tokenizer.eos_token_id, tokenizer, cands)
-    p = DecodeParams(candidates="constrained", batch_size=2)
+    p = DecodeParams(candidates="constrained", batch_size=2, ranker_sure=None)  # the LLM on every mention
     ids = ["m0", "m4", "m5"]
     llm_scores = linker.candidate_llm_scores(ids, p)
     for i, scores in zip(ids, llm_scores, strict=True):
