@@ -143,7 +143,7 @@ class Linker:
             gen = Generator.build(kb, mentions, cp, dense_index(kb, cp, c.get("encoder_spec"), paths))
             linker.descriptions = descriptions_of(kb) if dp.describe else None
             ranker = Ranker(ranker_weights({"weights": weights}))
-        linker.new = NewInputs(record=record, decode=dp, mode=MODES[dp.candidates], fusion=fusion,
+        linker.new = NewInputs(decode=dp, mode=MODES[dp.candidates], fusion=fusion,
                                image_encoder=encoder, missing_image=record["features"]["missing_image"],
                                image_batch_size=record["features"]["batch_size"], pool=pool,
                                text_encoder=text_encoder, retrieve_batch_size=record["retrieval"]["batch_size"],
@@ -411,7 +411,6 @@ class Linker:
 @dataclass
 class NewInputs:
     """What linking new inputs needs beyond the pipeline's own mentions (made by from_run)."""
-    record: dict[str, Any]  # run.json
     decode: DecodeParams
     mode: str  # paper | candidates
     fusion: Fusion

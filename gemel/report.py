@@ -463,16 +463,14 @@ def _row(n: int, r: Any, uses_candidates: bool) -> str:
 
 
 def _options(rows: pd.DataFrame) -> str:
-    wrong = int((~rows["correct"]).sum())
-    opts = [(ALL, f"all ({len(rows)})"), (WRONG, f"wrong ({wrong})")]
-    counts: dict[str, int] = {}
-    for keys in rows["buckets"]:
-        for k in keys:
-            counts[k] = counts.get(k, 0) + 1
-    for factor, labels in BUCKETS.items():
-        opts += [(f"{factor}:{lab}", f"{factor}: {lab} ({counts[f'{factor}:{lab}']})") for lab in labels
-                 if f"{factor}:{lab}" in counts]
-    return "".join(f'<option value="{esc(k)}">{esc(t)}</option>' for k, t in opts)
+    """The filter's options, each with the count of rows select_rows keeps (the script's rule);
+    a bucket no row falls in is left out."""
+    keys, correct = list(rows["buckets"]), list(rows["correct"])
+    opts = [(ALL, ALL), (WRONG, WRONG)]
+    opts += [(f"{f}:{lab}", f"{f}: {lab}") for f, labels in BUCKETS.items() for lab in labels]
+    counted = [(k, t, len(select_rows(keys, correct, k))) for k, t in opts]
+    return "".join(f'<option value="{esc(k)}">{esc(f"{t} ({n})")}</option>' for k, t, n in counted
+                   if n or k in (ALL, WRONG))
 
 
 def page(title: str, body: Iterable[str], script: str = "") -> str:
