@@ -28,16 +28,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from gemel.data.tables import read_json, read_kb, read_mentions, read_schema, read_table
+from gemel.data.tables import PREDICTIONS_REQUIRED, read_json, read_kb, read_mentions, read_schema, read_table
 from gemel.errors import GemelError
 from gemel.paths import DECODE_REPORT, PREDICTIONS, Artifacts
 
 if TYPE_CHECKING:
     from gemel.candidates import AliasTable, NameIndex
-
-# What evaluate needs from predictions.parquet (the decode stage writes these and may add more).
-PREDICTION_COLUMNS = ("id", "split", "mention", "gold_id", "gold_name", "is_nil", "has_image",
-                      "pred_name", "pred_id", "beams", "beam_scores")
 
 DECIMALS = 4
 
@@ -49,10 +45,10 @@ class MetricsError(GemelError, ValueError):
 def read_predictions(path: str | Path) -> pd.DataFrame:
     """The decode stage's table (a checksummed read), with the columns evaluate needs."""
     names = read_schema(path, "decode").names
-    missing = [c for c in PREDICTION_COLUMNS if c not in names]
+    missing = [c for c in PREDICTIONS_REQUIRED if c not in names]
     if missing:
         raise MetricsError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(names)})")
-    pred = read_table(path, "decode", columns=PREDICTION_COLUMNS)
+    pred = read_table(path, "decode", columns=PREDICTIONS_REQUIRED)
     check_predictions(pred, str(path))
     return pred
 
