@@ -41,6 +41,7 @@ import scipy.sparse as sp
 
 from gemel import listwise
 from gemel.config import CandidatesParams
+from gemel.data.tables import linked_training
 from gemel.dense import DenseIndex
 from gemel.errors import GemelError
 from gemel.paths import Artifacts
@@ -387,7 +388,7 @@ class AliasTable:
     @classmethod
     def from_mentions(cls, mentions: pd.DataFrame, folded: bool = True) -> AliasTable:
         table = cls(folded=folded)
-        linked = mentions[(mentions["split"] == "train") & ~mentions["is_nil"] & mentions["entity_id"].notna()]
+        linked = linked_training(mentions)
         for m, e in zip(linked["mention"], linked["entity_id"]):
             table.counts[norm(m, folded)][e] += 1
             table.entity[e] += 1
@@ -635,7 +636,7 @@ def generate(mentions: pd.DataFrame, kb: pd.DataFrame, p: CandidatesParams,
     split, overall and per source. `dense_index` (the KB's embeddings) when `dense_on(p)`."""
     gen = Generator.build(kb, mentions, p, dense_index)
     # Fit on training mentions (each leaves itself out of the alias counts), the first fit_limit.
-    train = mentions[(mentions["split"] == "train") & ~mentions["is_nil"] & mentions["entity_id"].isin(gen.row_of)]
+    train = linked_training(mentions, gen.row_of)
     train = train.head(p.fit_limit) if p.fit_limit else train
     fit_pools = gen.pools(train["mention"].tolist(), train["text"].tolist(), train["entity_id"].tolist())
     ranker = Ranker.fit(fit_pools, [gen.row_of[e] for e in train["entity_id"]])

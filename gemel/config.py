@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -141,9 +142,15 @@ class FeaturesParams:
     out: str = "data/features"
 
 
+# How demonstrations are retrieved (retrieve.method): gemel.retrieval implements each, the Snakemake
+# rules sweep them, and the schema's enum lists the same (tests/test_config.py checks it).
+RetrievalMethod = Literal["simcse", "random", "bm25"]
+RETRIEVAL_METHODS: tuple[str, ...] = typing.get_args(RetrievalMethod)
+
+
 @dataclasses.dataclass(frozen=True)
 class RetrieveParams:
-    method: Literal["simcse", "random", "bm25"] = "simcse"
+    method: RetrievalMethod = "simcse"
     encoder: str = "all-MiniLM-L6-v2"
     query: Literal["mention", "mention_text"] = "mention"
     top_k: int = 16

@@ -36,6 +36,9 @@ from gemel.hashing import file_sha256
 MISSING_POLICIES = ("zero", "drop", "error")
 ENCODER_KEY = b"gemel.encoder"
 DIM_KEY = b"gemel.dim"
+# What PIL raises for a corrupt or unreadable image file: any of these, depending on the format's decoder.
+UNREADABLE_IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error,
+                           Image.DecompressionBombError)
 
 
 class ImageError(GemelError, ValueError):
@@ -49,8 +52,7 @@ def _load(path: str) -> Image.Image | str:
     try:
         with Image.open(path) as im:
             return im.convert("RGB")  # forces the full decode, so truncated files fail here
-    # PIL's decoders signal a corrupt file with any of these, depending on the format.
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, Image.DecompressionBombError):
+    except UNREADABLE_IMAGE_ERRORS:
         return "unreadable"
 
 

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import torch
 
 from gemel.candidates import CandidateError, first
@@ -46,13 +45,6 @@ LLM_ALONE = Fusion("weight", weight=0.0)  # candidate-aware without a prior: the
 # What decoding was run with (decode_report.json's `settings`): `Linker.from_run` links new inputs the same way.
 DECODE_SETTINGS = ("candidates", "num_candidates", "fusion", "fusion_weight", "fusion_grid", "describe", "ranker_sure",
                    "length_penalty", "num_beams", "max_new_tokens", "batch_size")
-PREDICTIONS_SCHEMA = pa.schema([
-    ("id", pa.string()), ("split", pa.string()), ("mention", pa.string()),
-    ("gold_id", pa.string()), ("gold_name", pa.string()), ("is_nil", pa.bool_()), ("has_image", pa.bool_()),
-    ("pred_id", pa.string()), ("pred_name", pa.string()),
-    ("beams", pa.list_(pa.string())), ("beam_ids", pa.list_(pa.string())), ("beam_scores", pa.list_(pa.float32())),
-    ("llm_scores", pa.list_(pa.float32())), ("cand_priors", pa.list_(pa.float32())),  # candidate-aware mode only
-])
 
 
 class LinkError(GemelError, ValueError):
@@ -143,7 +135,7 @@ class Linker:
             gen = Generator.build(kb, mentions, cp, dense_index(kb, cp, c.get("encoder_spec"), paths))
             linker.descriptions = descriptions_of(kb) if dp.describe else None
             ranker = Ranker(ranker_weights({"weights": weights}))
-        linker.new = NewInputs(record=record, decode=dp, mode=MODES[dp.candidates], fusion=fusion,
+        linker.new = NewInputs(decode=dp, mode=MODES[dp.candidates], fusion=fusion,
                                image_encoder=encoder, missing_image=record["features"]["missing_image"],
                                image_batch_size=record["features"]["batch_size"], pool=pool,
                                text_encoder=text_encoder, retrieve_batch_size=record["retrieval"]["batch_size"],
@@ -393,7 +385,7 @@ class Linker:
                      progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
         """The decode stage: link every mention of split `p.split` (candidate-aware: with the fusion
         weight chosen on the dev split's linked mentions). Returns the predictions table (schema
-        PREDICTIONS_SCHEMA) and the report: the settings, the chosen weight, accuracy and speed."""
+        gemel.data.tables.PREDICTIONS_SCHEMA) and the report: the settings, the chosen weight, accuracy and speed."""
         import time
 
         report: dict[str, Any] = {"split": p.split, "mode": MODES[p.candidates],
@@ -419,7 +411,6 @@ class Linker:
 @dataclass
 class NewInputs:
     """What linking new inputs needs beyond the pipeline's own mentions (made by from_run)."""
-    record: dict[str, Any]  # run.json
     decode: DecodeParams
     mode: str  # paper | candidates
     fusion: Fusion

@@ -28,16 +28,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from gemel.data.tables import read_json, read_kb, read_mentions, read_schema, read_table
+from gemel.data.tables import (
+    PREDICTIONS_REQUIRED,
+    linked_training,
+    read_json,
+    read_kb,
+    read_mentions,
+    read_schema,
+    read_table,
+)
 from gemel.errors import GemelError
 from gemel.paths import DECODE_REPORT, PREDICTIONS, Artifacts
 
 if TYPE_CHECKING:
     from gemel.candidates import AliasTable, NameIndex
-
-# What evaluate needs from predictions.parquet (the decode stage writes these and may add more).
-PREDICTION_COLUMNS = ("id", "split", "mention", "gold_id", "gold_name", "is_nil", "has_image",
-                      "pred_name", "pred_id", "beams", "beam_scores")
 
 DECIMALS = 4
 
@@ -49,10 +53,10 @@ class MetricsError(GemelError, ValueError):
 def read_predictions(path: str | Path) -> pd.DataFrame:
     """The decode stage's table (a checksummed read), with the columns evaluate needs."""
     names = read_schema(path, "decode").names
-    missing = [c for c in PREDICTION_COLUMNS if c not in names]
+    missing = [c for c in PREDICTIONS_REQUIRED if c not in names]
     if missing:
         raise MetricsError(f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(names)})")
-    pred = read_table(path, "decode", columns=PREDICTION_COLUMNS)
+    pred = read_table(path, "decode", columns=PREDICTIONS_REQUIRED)
     check_predictions(pred, str(path))
     return pred
 
@@ -136,7 +140,7 @@ def baselines(pred: pd.DataFrame, mentions: pd.DataFrame, kb: pd.DataFrame
 
     ev = pred.loc[~pred["is_nil"].astype(bool)]
     alias = AliasTable.from_mentions(mentions, folded=False)
-    train = mentions[(mentions["split"] == "train") & mentions["entity_name"].notna()]
+    train = linked_training(mentions)
     id_names = {**dict(zip(train["entity_id"], train["entity_name"])), **dict(zip(kb["entity_id"], kb["name"]))}
     names = kb["name"].tolist()
     rule = (alias_prior_names(ev["mention"].tolist(), alias, NameIndex(names, folded=False), names, id_names)
@@ -163,7 +167,7 @@ def bucket_flags(ev: pd.DataFrame, mentions: pd.DataFrame,
     """Per evaluated mention (rows of `ev`), True for the first label of each factor of BUCKETS
     (seen, equal, inside, with): what `breakdown` counts and the run report filters by.
     `gold_in_candidates` needs the candidates table (columns id, cand_ids) and is absent without it."""
-    seen_ids = set(mentions.loc[(mentions["split"] == "train") & ~mentions["is_nil"], "entity_id"])
+    seen_ids = set(linked_training(mentions)["entity_id"])
     flags = {
         "gold_seen_in_training": ev["gold_id"].isin(seen_ids).to_numpy(),
         "mention_equals_gold_name": np.array([" ".join(str(m).casefold().split()) == " ".join(str(g).casefold().split())

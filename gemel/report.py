@@ -26,7 +26,6 @@ import io
 import json
 import math
 import os
-import struct
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,16 +35,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gemel.data.tables import read_mentions, read_schema, read_table
+from gemel.data.tables import PREDICTIONS_CANDIDATE_AWARE, read_mentions, read_schema, read_table
 from gemel.errors import GemelError
 from gemel.metrics import BUCKETS, bucket_flags, read_predictions
-from gemel.paths import DECODE_REPORT, Artifacts
+from gemel.paths import DECODE_REPORT, DEV_ACCURACY, METRICS, PREDICTIONS, RUN_RECORD, TRAIN_LOSS, Artifacts
 
 THUMB_PX = 96           # longest side of a thumbnail; ~3 KB as JPEG, ~4 KB in base64
 THUMB_QUALITY = 70
 PAGE_ROWS = 200         # rows the script shows at a time (the DOM holds all; hidden rows cost no layout)
 TOP_BEAMS = 5
-EXTRA_COLUMNS = ("llm_scores", "cand_priors")  # candidate-aware decoding only (stages/decode.py)
 ALL, WRONG = "all", "wrong"  # filter keys beside the buckets' "factor:label"
 
 
@@ -87,6 +85,8 @@ def thumbnail(path: str | None, root: Path, px: int = THUMB_PX) -> tuple[str | N
     'none given', 'missing' or 'unreadable', the features stage's words)."""
     from PIL import Image
 
+    from gemel.features import UNREADABLE_IMAGE_ERRORS
+
     if path is None or (isinstance(path, float) and math.isnan(path)) or path == "":  # NaN: pandas' missing
         return None, "none given"
     full = Path(path) if os.path.isabs(path) else root / path
@@ -99,8 +99,7 @@ def thumbnail(path: str | None, root: Path, px: int = THUMB_PX) -> tuple[str | N
         small.thumbnail((px, px))
         buf = io.BytesIO()
         small.save(buf, "JPEG", quality=THUMB_QUALITY)
-    # PIL signals a corrupt file with any of these, depending on the format (as gemel.features).
-    except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, Image.DecompressionBombError):
+    except UNREADABLE_IMAGE_ERRORS:
         return None, "unreadable"
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii"), None
 
@@ -220,13 +219,13 @@ def collect(run_dir: str | Path, mentions: pd.DataFrame, candidates: pd.DataFram
     (optional: an image the encoder could not read is flagged even if its thumbnail works).
     Image paths are relative to `root` (the project root, where the stages run)."""
     run_dir, root = Path(run_dir), Path(root)
-    pred_path = run_dir / "predictions.parquet"
+    pred_path = run_dir / PREDICTIONS
     pred = read_predictions(pred_path)
-    extra = [c for c in EXTRA_COLUMNS if c in read_schema(pred_path, "decode").names]
+    extra = [c for c in PREDICTIONS_CANDIDATE_AWARE if c in read_schema(pred_path, "decode").names]
     if extra:
         pred = pd.concat([pred, read_table(pred_path, "decode", columns=extra)], axis=1)
-    metrics = _read_json(run_dir / "metrics.json", "evaluate")
-    record = _read_json(run_dir / "run.json", "train")
+    metrics = _read_json(run_dir / METRICS, "evaluate")
+    record = _read_json(run_dir / RUN_RECORD, "train")
     # How the run decodes is the decode stage's record (run.json holds what training used).
     decode_path = run_dir / DECODE_REPORT
     decode = _read_json(decode_path, "decode").get("settings", {}) if decode_path.is_file() else {}
@@ -239,7 +238,7 @@ def collect(run_dir: str | Path, mentions: pd.DataFrame, candidates: pd.DataFram
         ours = {yes: int(f.sum()), no: int((~f).sum())}
         theirs = {label: _get(stated, f"{factor}.{label}.mentions") for label in (yes, no)}
         if factor in stated and ours != theirs:
-            raise ReportError(f"{run_dir / 'metrics.json'}: breakdown.{factor} counts {theirs} but the predictions "
+            raise ReportError(f"{run_dir / METRICS}: breakdown.{factor} counts {theirs} but the predictions "
                               f"and tables give {ours} (stale metrics: rerun the evaluate stage)")
 
     info = mentions.set_index("id")[["text", "start", "end", "image"]]
@@ -273,8 +272,8 @@ def collect(run_dir: str | Path, mentions: pd.DataFrame, candidates: pd.DataFram
 
     dataset = str(mentions["dataset"].iloc[0]) if "dataset" in mentions.columns and len(mentions) else None
     llm = _get(record, "llm.name") or run_dir.name
-    curves = {name: curve for name, curve in (("training loss", _read_curve(run_dir / "train_loss.csv", "loss")),
-                                              ("dev accuracy", _read_curve(run_dir / "dev_accuracy.csv", "accuracy")))
+    curves = {name: curve for name, curve in (("training loss", _read_curve(run_dir / TRAIN_LOSS, "loss")),
+                                              ("dev accuracy", _read_curve(run_dir / DEV_ACCURACY, "accuracy")))
               if curve is not None}
     if "training loss" in curves and not len(curves["training loss"]):
         steps = "0 optimizer steps" + (": a text-only run has no image slots, so there is no mapper to train"
@@ -474,16 +473,14 @@ def _row(n: int, r: Any, uses_candidates: bool) -> str:
 
 
 def _options(rows: pd.DataFrame) -> str:
-    wrong = int((~rows["correct"]).sum())
-    opts = [(ALL, f"all ({len(rows)})"), (WRONG, f"wrong ({wrong})")]
-    counts: dict[str, int] = {}
-    for keys in rows["buckets"]:
-        for k in keys:
-            counts[k] = counts.get(k, 0) + 1
-    for factor, labels in BUCKETS.items():
-        opts += [(f"{factor}:{lab}", f"{factor}: {lab} ({counts[f'{factor}:{lab}']})") for lab in labels
-                 if f"{factor}:{lab}" in counts]
-    return "".join(f'<option value="{esc(k)}">{esc(t)}</option>' for k, t in opts)
+    """The filter's options, each with the count of rows select_rows keeps (the script's rule);
+    a bucket no row falls in is left out."""
+    keys, correct = list(rows["buckets"]), list(rows["correct"])
+    opts = [(ALL, ALL), (WRONG, WRONG)]
+    opts += [(f"{f}:{lab}", f"{f}: {lab}") for f, labels in BUCKETS.items() for lab in labels]
+    counted = [(k, t, len(select_rows(keys, correct, k))) for k, t in opts]
+    return "".join(f'<option value="{esc(k)}">{esc(f"{t} ({n})")}</option>' for k, t, n in counted
+                   if n or k in (ALL, WRONG))
 
 
 def page(title: str, body: Iterable[str], script: str = "") -> str:

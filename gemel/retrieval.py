@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from gemel.config import RetrieveParams
+from gemel.config import RETRIEVAL_METHODS, RetrieveParams
 from gemel.data.tables import read_arrow, read_table
 from gemel.errors import GemelError
 
@@ -240,9 +240,6 @@ class _BM25:
                                 .astype(np.float32))
 
 
-METHODS = ("simcse", "random", "bm25")
-
-
 def _self_columns(n_queries: int, pool: np.ndarray) -> np.ndarray:
     """For each query row, its column in the pool (queries and pool index the same table), or -1."""
     col = np.full(n_queries, -1, dtype=np.int64)
@@ -270,8 +267,8 @@ def retrieve(mentions: pd.DataFrame, method: str, top_k: int, query: str = "ment
              batch_size: int = 64, seed: int = 0) -> tuple[pd.DataFrame, RetrievalStats]:
     """For every mention (all splits), up to top_k demonstration ids from the train pool, least
     similar first, with their scores; and what it took (encoding counts and time)."""
-    if method not in METHODS:
-        raise RetrievalError(f"unknown retrieve method '{method}' (known: {', '.join(METHODS)})")
+    if method not in RETRIEVAL_METHODS:
+        raise RetrievalError(f"unknown retrieve method '{method}' (known: {', '.join(RETRIEVAL_METHODS)})")
     if top_k < 0:
         raise RetrievalError(f"retrieve.top_k must be >= 0, not {top_k}")
     if method == "simcse" and encoder is None:
@@ -364,7 +361,7 @@ class DemoPool:
                 out.append(([self.ids[i] for i in picked], np.zeros(k, np.float32)))
             return out
         else:
-            raise RetrievalError(f"unknown retrieve method '{self.method}' (known: {', '.join(METHODS)})")
+            raise RetrievalError(f"unknown retrieve method '{self.method}' (known: {', '.join(RETRIEVAL_METHODS)})")
         out = []
         for i, t in enumerate(texts):
             val, idx = _topk_least_first(scores[i:i + 1].float(), k, torch.Generator().manual_seed(self._seed(t)))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from gemel.atomic import write_text_atomic
-from gemel.config import CandidatesParams, FeaturesParams, section
+from gemel.config import CandidatesParams, FeaturesParams, ModelParams, RetrieveParams, section
 from gemel.data.tables import read_json
 from gemel.errors import GemelError
 from gemel.hashing import file_sha256
@@ -83,12 +83,13 @@ def write_run_record(params: dict[str, Any], out_dir: str | Path) -> dict[str, A
         "llm": {"name": llm, "spec": params["llms"][llm]},
         "image_encoder": {**weights_fingerprint(fp), "features_table": features_encoder(paths["features"])},
         "features": {"missing_image": fp.missing_image, "batch_size": fp.batch_size},
-        "model": {"llm": llm, "prefix_tokens": model.get("prefix_tokens", 4), "use_image": model.get("use_image", True),
-                  "num_demos": model.get("num_demos", 0)},
+        # A key params leave out has its section's default (the dataclass's, as params.yaml's).
+        "model": {"llm": llm, **{k: model.get(k, getattr(ModelParams, k)) for k in ("prefix_tokens", "use_image",
+                                                                                     "num_demos")}},
         "retrieval": {"method": retrieve["method"], "encoder": retrieve.get("encoder"),
                       "encoder_spec": params.get("text_encoders", {}).get(retrieve.get("encoder")),
-                      "query": retrieve.get("query", "mention"), "top_k": retrieve.get("top_k", 16),
-                      "batch_size": retrieve.get("batch_size", 64), "seed": retrieve.get("seed", 0)},
+                      **{k: retrieve.get(k, getattr(RetrieveParams, k)) for k in ("query", "top_k", "batch_size",
+                                                                                   "seed")}},
         # What `gemel link` rebuilds the candidate generator and ranker of new inputs from.
         "candidates": {**{k: v for k, v in dataclasses.asdict(cp).items() if k != "out"},
                        "encoder_spec": params.get("text_encoders", {}).get(cp.encoder), "weights": weights},

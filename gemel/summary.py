@@ -13,6 +13,7 @@ import pandas as pd
 
 from gemel.atomic import atomic_path
 from gemel.errors import GemelError
+from gemel.paths import REPORT_HTML
 from gemel.workflow import Run, format_value
 
 
@@ -199,7 +200,7 @@ def summary_html(kind: str, table: pd.DataFrame, plot_png: str | Path, runs: lis
     folder = Path(path).parent
     reports = {}
     for run in runs:
-        report = Path(run.out) / run.llm / "report.html"
+        report = Path(run.out) / run.llm / REPORT_HTML
         reports[run.name] = Path(os.path.relpath(report, folder)).as_posix() if report.is_file() else None
     return summary_page(f"{kind} summary", table, plot_png, reports, table.columns[0])
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from gemel.config import ConfigError, apply_override, validate
+from gemel.config import ConfigError, SummarizeParams, apply_override, validate
 from gemel.paths import METRICS, REPORT_HTML
 
 # What an ablation may change. Everything else (sample, prepare, features, the retrieval encoder,
@@ -240,7 +240,7 @@ def summary_files(params: dict[str, Any], kind: str) -> dict[str, str]:
     if kind not in KINDS:
         raise ConfigError(f"summarize.kind: '{kind}' is not one of {', '.join(KINDS)}")
     folder = f"{params['train']['out']}/{kind}"
-    metric = params.get("summarize", {}).get("metric", "accuracy")
+    metric = params.get("summarize", {}).get("metric", SummarizeParams.metric)
     return {"csv": f"{folder}/summary.csv", "md": f"{folder}/summary.md", "html": f"{folder}/{REPORT_HTML}",
             "png": f"{folder}/{PLOTS[kind].format(metric=metric)}"}
 

@@ -9,8 +9,8 @@ import sys
 from gemel import stack
 from gemel.atomic import write_text_atomic
 from gemel.config import DecodeParams, ModelParams, section
-from gemel.data.tables import write_parquet_atomic
-from gemel.linker import PREDICTIONS_SCHEMA, pipeline_linker
+from gemel.data.tables import PREDICTIONS_SCHEMA, write_parquet_atomic
+from gemel.linker import pipeline_linker
 from gemel.paths import DECODE_REPORT, PREDICTIONS, Artifacts
 from stages import _cli
 

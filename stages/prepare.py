@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+from gemel import paths
 from gemel.atomic import write_text_atomic
 from gemel.config import prepare_params, preset_source
 from gemel.data.prepare import prepare
@@ -18,10 +19,10 @@ def main(argv: list[str] | None = None) -> int:
     prepared = prepare(p, source=preset_source(params))
     out = Path(p.out)
     # Tables first, report last: a report only ever describes tables that were fully written.
-    write_parquet_atomic(prepared.mentions, out / "mentions.parquet", MENTIONS)
-    write_parquet_atomic(prepared.kb, out / "kb.parquet", KB)
+    write_parquet_atomic(prepared.mentions, out / paths.MENTIONS, MENTIONS)
+    write_parquet_atomic(prepared.kb, out / paths.KB, KB)
     text = json.dumps(prepared.report, indent=2)
-    write_text_atomic(text + "\n", out / "report.json")
+    write_text_atomic(text + "\n", out / paths.PREPARE_REPORT)
     print(text)
     return 0
 

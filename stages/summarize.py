@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 from gemel.atomic import write_text_atomic
 from gemel.config import ConfigError, SummarizeParams, section
@@ -37,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     write_text_atomic(table.to_csv(index=False), files["csv"])
     write_text_atomic(to_markdown(table), files["md"])
     plot(table, p.kind, p.metric, files["png"])
-    # The sweep's page beside its table (workflow.summary_files names it once it has an "html" entry).
-    html = files.get("html") or str(Path(files["csv"]).with_name("report.html"))
+    html = files["html"]  # the sweep's page beside its table
     write_text_atomic(summary_html(p.kind, table, files["png"], runs, html), html)
     print(json.dumps({"kind": p.kind, "runs": len(table), **files,
                       p.metric: dict(zip(table[table.columns[0]], table[p.metric].round(4)))}, indent=2))

@@ -82,3 +82,27 @@ def test_a_missing_module_or_stage_is_named(tmp_path: Path) -> None:
         stage_code("one", tmp_path)
     with pytest.raises(CodeDepsError, match=r"no stage file stages/two\.py"):
         stage_code("two", tmp_path)
+
+
+def test_gemel_modules_import_no_cycle() -> None:
+    """Each fact has one home, so no two modules of gemel/ need each other (lazy imports count)."""
+    from gemel.codedeps import imported_modules, module_file
+
+    graph = {}
+    for path in sorted((ROOT / "gemel").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        graph[module] = {m for m in imported_modules(path, module, ROOT) if module_file(m, ROOT)} - {module}
+    done: set[str] = set()
+
+    def visit(module: str, trail: list[str]) -> None:
+        if module in trail:
+            raise AssertionError("import cycle: " + " -> ".join(trail[trail.index(module):] + [module]))
+        if module in done:
+            return
+        for imported in sorted(graph.get(module, ())):
+            visit(imported, trail + [module])
+        done.add(module)
+
+    for module in graph:
+        visit(module, [])

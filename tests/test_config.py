@@ -15,7 +15,15 @@ import pytest
 import yaml
 
 from gemel import config
-from gemel.config import ConfigError, load_params, load_schema, prepare_params, section
+from gemel.config import (
+    RETRIEVAL_METHODS,
+    ConfigError,
+    RetrieveParams,
+    load_params,
+    load_schema,
+    prepare_params,
+    section,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = {"sample": config.SampleParams, "features": config.FeaturesParams, "retrieve": config.RetrieveParams,
@@ -44,6 +52,12 @@ def test_literal_choices_are_the_schema_enums(name):
             assert enum is not None and set(typing.get_args(hint)) == set(enum), f"{name}.{field}"
         else:
             assert enum is None, f"{name}.{field}: the schema restricts it to {enum}; type it as a Literal"
+
+
+def test_the_schema_lists_the_retrieval_methods_of_the_code():
+    """The schema's YAML cannot import RETRIEVAL_METHODS: its enum is a copy, kept equal here."""
+    assert schema_of("retrieve")["properties"]["method"]["enum"] == list(RETRIEVAL_METHODS)
+    assert typing.get_args(typing.get_type_hints(RetrieveParams)["method"]) == RETRIEVAL_METHODS
 
 
 @pytest.mark.parametrize("name", sorted(SECTIONS))

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from gemel.config import PrepareParams
-from gemel.data.importers import DataError
 from gemel.data.prepare import prepare
+from gemel.data.raw import DataError
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -69,7 +69,7 @@ class StubBuilder:
 def stub_linker(policy: str) -> Linker:
     base = np.ones((2, DIM), np.float32)  # the run's own features
     linker = Linker(model=None, builder=StubBuilder(), features=base, trie=None, pad_id=0)
-    linker.new = NewInputs(record={}, decode=DecodeParams(), mode="paper", fusion=LLM_ALONE,
+    linker.new = NewInputs(decode=DecodeParams(), mode="paper", fusion=LLM_ALONE,
                            image_encoder=mean_colour_encoder(), missing_image=policy, image_batch_size=2, pool=None,
                            text_encoder=None, retrieve_batch_size=8, generator=None, ranker=None, cand_top_k=4,
                            base_features=base, notes=[])

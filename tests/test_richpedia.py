@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from gemel.config import PrepareParams
-from gemel.data.importers import DataError
 from gemel.data.prepare import Prepared, prepare
+from gemel.data.raw import DataError
 
 TRAIN_RECORDS, TEST_RECORDS, KB_ENTITIES, PUBLISHED_IMAGES = 14_244, 3_561, 17_805, 9
 

@@ -56,7 +56,7 @@ def pool_table(path: Path) -> None:
 
 
 def predictions_table(path: Path) -> None:
-    from gemel.linker import PREDICTIONS_SCHEMA
+    from gemel.data.tables import PREDICTIONS_SCHEMA
 
     n = 200
     write_parquet_atomic(pd.DataFrame({

@@ -7,20 +7,16 @@ file) always raise, saying what was expected and what was found.
 """
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemel.errors import GemelError
+from gemel.data.raw import DataError, found, read_json, read_json_lines
+from gemel.data.splits import read_split_file
 
 NIL_MARKERS = {"nil", "NIL", "Nil", ""}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp")
-
-
-class DataError(GemelError, ValueError):
-    """A raw record is unusable. The message names the file, the record and the field."""
 
 
 @dataclass
@@ -61,32 +57,6 @@ class Source:
     images: Path | None = None
     split_file: Path | None = None
     split_key: str | None = None  # the dataset's entry in a split file that nests several datasets
-
-
-# ---------------------------------------------------------------- shared readers
-
-def read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: malformed JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-
-
-def read_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}: line {lineno}: malformed JSON: {e.msg}") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}: line {lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
 
 
 def read_kb_file(path: Path, descriptions: Path | None = None) -> list[dict[str, Any]]:
@@ -250,17 +220,6 @@ def import_gemel_jsonl(src: Source, problems: Problems) -> Imported:
 
 def as_list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
-
-
-def found(value: Any) -> str:
-    """What a layout check found, for its error message."""
-    if isinstance(value, dict) and not value:
-        return "an empty JSON object"
-    if isinstance(value, dict):
-        return f"a JSON object with keys {', '.join(map(str, list(value)[:6]))}" + (", ..." if len(value) > 6 else "")
-    if isinstance(value, list):
-        return f"a JSON list of {len(value)} item(s)"
-    return f"a JSON {type(value).__name__} ({value!r:.40})"
 
 
 # ---------------------------------------------------------------- records with mention lists
@@ -434,8 +393,6 @@ def import_with_split_file(path: Path, src: Source, layout: Layout, kb: list[dic
     """One annotation file for all splits plus a split file. Rows follow the split lists' order;
     listed ids with no record and records in no split are counted, not errors (the published
     files have both)."""
-    from gemel.data.splits import read_split_file  # splits.py builds on this module's JSON readers
-
     assert src.split_file is not None
     splits = read_split_file(src.split_file, src.split_key)
     records, duplicates = read_records(path, layout, problems)

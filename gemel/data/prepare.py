@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from gemel.config import PrepareParams
-from gemel.data.importers import DataError, Imported, Problems, Source, get_importer, split_files
+from gemel.data.importers import Imported, Problems, Source, get_importer, split_files
+from gemel.data.raw import DataError
 from gemel.data.tables import KB, MENTIONS, SPLITS
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gemel.data.importers import DataError, found, read_json
+from gemel.data.raw import DataError, found, read_json
 from gemel.data.tables import SPLITS
 
 SPLIT_NAMES = {"train": "train", "dev": "dev", "valid": "dev", "val": "dev", "test": "test"}

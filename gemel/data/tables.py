@@ -5,7 +5,7 @@ writes it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,21 @@ KB = pa.schema([
     ("name", pa.string()),
     ("description", pa.string()),
 ])
+
+# One row per mention of the decoded split (the decode stage's predictions.parquet): gold and
+# predicted entity, and the ranked beams with their scores.
+PREDICTIONS_SCHEMA = pa.schema([
+    ("id", pa.string()), ("split", pa.string()), ("mention", pa.string()),
+    ("gold_id", pa.string()), ("gold_name", pa.string()), ("is_nil", pa.bool_()), ("has_image", pa.bool_()),
+    ("pred_id", pa.string()), ("pred_name", pa.string()),
+    ("beams", pa.list_(pa.string())), ("beam_ids", pa.list_(pa.string())), ("beam_scores", pa.list_(pa.float32())),
+    ("llm_scores", pa.list_(pa.float32())), ("cand_priors", pa.list_(pa.float32())),  # candidate-aware mode only
+])
+# Columns a table written by an older decode stage may lack: readers take them when present.
+PREDICTIONS_CANDIDATE_AWARE = ("llm_scores", "cand_priors")
+PREDICTIONS_OPTIONAL = ("beam_ids", *PREDICTIONS_CANDIDATE_AWARE)
+# What evaluate needs (every other column).
+PREDICTIONS_REQUIRED = tuple(n for n in PREDICTIONS_SCHEMA.names if n not in PREDICTIONS_OPTIONAL)
 
 SPLITS = ("train", "dev", "test")
 
@@ -108,6 +123,15 @@ def read_table(path: str | Path, made_by: str, schema: pa.Schema | None = None,
                columns: Sequence[str] | None = None) -> pd.DataFrame:
     """read_arrow as a DataFrame."""
     return read_arrow(path, made_by, schema, columns).to_pandas()
+
+
+def linked_training(mentions: pd.DataFrame, kb_ids: Collection[str] | None = None) -> pd.DataFrame:
+    """The training split's linked mentions: not NIL and with an entity id, one of `kb_ids` (the
+    KB's) when given. What the alias counts and the candidate ranker learn from."""
+    linked = (mentions["split"] == "train") & ~mentions["is_nil"] & mentions["entity_id"].notna()
+    if kb_ids is not None:
+        linked &= mentions["entity_id"].isin(kb_ids)
+    return mentions[linked]
 
 
 def read_mentions(path: str | Path) -> pd.DataFrame:

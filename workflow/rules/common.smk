@@ -7,7 +7,7 @@ import sys
 
 from gemel import paths
 from gemel.codedeps import stage_code
-from gemel.config import ConfigError, load_params
+from gemel.config import RETRIEVAL_METHODS, ConfigError, load_params
 from gemel.workflow import (ablation_runs, check_llms, dataset_inputs, dataset_runs, dataset_settings, default_run,
                             demos_dir, effective, run_overrides, run_settings, scale_runs, seed_runs, set_args,
                             summary_files, tracked)
@@ -35,7 +35,7 @@ FEATURES = PARAMS["features"]["out"]
 DEMOS = PARAMS["retrieve"]["out"]
 CANDIDATES = PARAMS["candidates"]["out"]
 TRIES = PARAMS["trie"]["out"]
-METHODS = ["simcse", "random", "bm25"]
+METHODS = list(RETRIEVAL_METHODS)
 
 # Fail before any job runs when an LLM of the DAG has no weights here, naming it and the fix.
 check_llms(PARAMS, [DEFAULT.llm, *(r.llm for r in SCALES), *(r.llm for r in ABLATIONS)])
