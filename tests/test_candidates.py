@@ -72,12 +72,8 @@ def test_recall_matches_a_brute_force_count() -> None:
     kb = fixture_kb()
     rng = np.random.default_rng(2)
     gold = rng.integers(0, len(kb), size=80)
-    mentions = pd.DataFrame({
-        "id": [f"m{i}" for i in range(80)], "split": ["train"] * 40 + ["test"] * 40,
-        "text": [f"About {kb['name'][g]} here." for g in gold],
-        "mention": [kb["name"][g].split()[-1] for g in gold],
-        "entity_id": [kb["entity_id"][g] for g in gold], "entity_name": [kb["name"][g] for g in gold],
-        "is_nil": False})
+    mentions = fixture_mentions(kb, gold, ["train"] * 40 + ["test"] * 40, [kb["name"][g].split()[-1] for g in gold],
+                                "About {} here.")
     table, report = generate(mentions, kb, CandidatesParams(top_k=5, pool=50, fit_limit=None, **OFF))
     assert len(table) == 80 and all(len(c) <= 5 for c in table["cand_ids"])
     test = table[table["split"] == "test"].reset_index(drop=True)
@@ -285,6 +281,15 @@ def brute_trigram_cosines(names: list[str], text: str) -> np.ndarray:
     return np.asarray(out)
 
 
+def fixture_mentions(kb: pd.DataFrame, gold: np.ndarray, splits: list[str], mentions: list[str],
+                     text: str) -> pd.DataFrame:
+    """Mentions of the KB rows `gold`, in `splits`, each with its text: `text` around the gold name."""
+    return pd.DataFrame({
+        "id": [f"m{i}" for i in range(len(gold))], "split": splits, "text": [text.format(kb["name"][g]) for g in gold],
+        "mention": mentions, "entity_id": [kb["entity_id"][g] for g in gold],
+        "entity_name": [kb["name"][g] for g in gold], "is_nil": False})
+
+
 def misspell(rng: np.random.Generator, name: str) -> str:
     """Drop, double or swap one letter: what word matching misses."""
     i = int(rng.integers(0, max(len(name) - 1, 1)))
@@ -388,10 +393,8 @@ def test_candidates_report_holds_recall_per_source_and_the_settings() -> None:
     kb = fixture_kb()
     rng = np.random.default_rng(5)
     gold = rng.integers(0, len(kb), size=60)
-    mentions = pd.DataFrame({
-        "id": [f"m{i}" for i in range(60)], "split": ["train"] * 40 + ["dev"] * 20,
-        "text": [f"About {kb['name'][g]}." for g in gold], "mention": [misspell(rng, kb["name"][g]) for g in gold],
-        "entity_id": [kb["entity_id"][g] for g in gold], "entity_name": [kb["name"][g] for g in gold], "is_nil": False})
+    mentions = fixture_mentions(kb, gold, ["train"] * 40 + ["dev"] * 20, [misspell(rng, kb["name"][g]) for g in gold],
+                                "About {}.")
     table, report = generate(mentions, kb, CandidatesParams(top_k=8, pool=20, fit_limit=None, fuzzy=3, **OFF))
     assert report["fold"] is True and report["fuzzy"] == 3 and set(report["recall_by_source"]) == {"train", "dev"}
     dev = mentions[mentions["split"] == "dev"]
