@@ -270,9 +270,10 @@ class Linker:
         # to the paper's beam search over the whole trie: rare, and otherwise certainly wrong.
         empty = [i for i in ids if len(self.candidates.at[i, "cand_ids"]) == 0]
         fallback = dict(zip(empty, self.rank(empty, dataclasses.replace(p, candidates="none")))) if empty else {}
-        sure = self.sure(ids, p)
         if fusion is not None and fusion.ranker_only:  # the LLM earned no say on dev: the ranker links
             sure = {i for i in ids if i not in fallback}
+        else:
+            sure = self.sure(ids, p)
         asked = [i for i in ids if i not in fallback and i not in sure]
         read = fusion is not None and fusion.kind == "learned"  # only the learned fusion reads descriptions
         given = dict(zip(ids, llm_scores)) if llm_scores is not None else None
@@ -311,9 +312,9 @@ class Linker:
         if not len(ids):
             return []
         llm = llm_scores if llm_scores is not None else self.candidate_llm_scores(ids, p, progress)
-        c = self.candidates.loc[list(ids)] if len(ids) else self.candidates.iloc[:0]
+        c = self.candidates.loc[list(ids)]
         described: list[np.ndarray | None] = [None] * len(ids)
-        if read and p.describe and self.descriptions and len(ids):
+        if read and p.describe and self.descriptions:
             if contexts is None:
                 raise LinkError("decode.describe needs each mention's text: pass contexts to rank")
             self.model.eval()
@@ -496,19 +497,18 @@ def load_candidates(path: str | Path, k: int, top_k: int) -> pd.DataFrame:
     return pd.DataFrame(first(table.to_dict("records"), k), columns=table.columns)
 
 
-def pipeline_linker(params: dict[str, Any], candidates: str = "none", num_candidates: int = 16,
-                    mapper: bool = False) -> tuple[Linker, pd.DataFrame]:
-    """The linker of the pipeline's own mentions, assembled from the artifacts `params` names (the
-    train and decode stages and the benchmarks): with the candidates table cut to `num_candidates`
-    when `candidates` is constrained, and the run's trained mapper when `mapper`. Returns it and
-    the mentions table."""
+def pipeline_linker(params: dict[str, Any], dp: DecodeParams, mapper: bool = False) -> tuple[Linker, pd.DataFrame]:
+    """The linker of the pipeline's own mentions, assembled from the artifacts `params` names, to
+    link as `dp` says (the decode stage's settings, or the train stage's dev evaluation's): with
+    the candidates table cut to dp.num_candidates when candidate-aware, the KB's descriptions when
+    dp.describe reads them, and the run's trained mapper when `mapper`. Returns it and the mentions."""
     a = Artifacts.of(params)
     mentions = read_mentions(a.mentions)
     demos = read_demos(a.demos)
-    cands = (load_candidates(a.candidates, num_candidates, params["candidates"]["top_k"])
-             if candidates != "none" else None)
+    constrained = dp.candidates != "none"
+    cands = load_candidates(a.candidates, dp.num_candidates, params["candidates"]["top_k"]) if constrained else None
     linker = build_linker(params, mentions, demos, a.features, a.trie, cands)
-    if cands is not None and params["decode"].get("describe"):
+    if constrained and dp.describe:
         linker.descriptions = descriptions_of(read_kb(a.kb))
     if mapper:
         linker.model.load_mapper(a.in_run(MAPPER))

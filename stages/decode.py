@@ -18,7 +18,7 @@ from stages import _cli
 def main(argv: list[str] | None = None) -> int:
     params = _cli.parse(__doc__, argv)
     dp = section(params, "decode", DecodeParams)
-    linker, mentions = pipeline_linker(params, dp.candidates, dp.num_candidates, mapper=True)
+    linker, mentions = pipeline_linker(params, dp, mapper=True)
     pred, report = linker.decode_split(mentions, dp, progress=True)
     a = Artifacts.of(params)
     write_parquet_atomic(pred, a.in_run(PREDICTIONS), PREDICTIONS_SCHEMA)

@@ -15,14 +15,14 @@ from gemel.config import ModelParams, TrainParams, section
 from gemel.linker import pipeline_linker
 from gemel.paths import DEV_ACCURACY, MAPPER, TRAIN_LOSS, TRAIN_REPORT, Artifacts
 from gemel.run import write_run_record
-from gemel.training import LOSS_COLUMNS, fit
+from gemel.training import LOSS_COLUMNS, dev_decode_params, fit
 from stages import _cli
 
 
 def main(argv: list[str] | None = None) -> int:
     params = _cli.parse(__doc__, argv)
     m, p = section(params, "model", ModelParams), section(params, "train", TrainParams)
-    linker, mentions = pipeline_linker(params, p.dev_candidates, p.dev_num_candidates)
+    linker, mentions = pipeline_linker(params, dev_decode_params(p))
     result = fit(linker, mentions, p, m.use_image)
     a = Artifacts.of(params)
     linker.model.save_mapper(a.in_run(MAPPER), {"llm": m.llm, "use_image": str(m.use_image),
