@@ -113,7 +113,7 @@ def main() -> None:
             from gemel.dense import DenseIndex, load_encoder
 
             args.cache.mkdir(parents=True, exist_ok=True)
-            index = DenseIndex.of(prepared.kb, load_encoder(cp.encoder, params["text_encoders"]),
+            index = DenseIndex.of(prepared.kb, load_encoder(cp.encoder, params["text_encoders"], cp.precision),
                                   args.cache / f"{args.dataset}_kb_embeddings.parquet")
             dense["kb_cached"] = index.reused
         table, report = generate(mentions, prepared.kb, cp, index if dense_on(cp) else None)

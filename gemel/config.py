@@ -174,6 +174,7 @@ class CandidatesParams:
     dense: int = 20
     dense_sim: bool = True
     encoder: str = "all-MiniLM-L6-v2"  # a name in text_encoders, or a local folder
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # the encoder's; auto: bf16 where native (gemel.dense)
     out: str = "data/candidates"
 
 

@@ -45,6 +45,7 @@ MAX_CELLS = 2**22
 # difference that should matter.
 DECIMALS = 4
 
+PRECISIONS = ("fp32", "bf16")
 SCHEMA = pa.schema([("entity_id", pa.string()), ("vector", pa.list_(pa.float32()))])
 META_KEY = b"gemel.kb_embeddings"
 
@@ -77,20 +78,47 @@ def mention_text(mention: str, text: str) -> str:
     return f"{mention}: {text}" if text else mention
 
 
+def native_bf16(device: str) -> bool:
+    """Whether `device` computes bf16 natively: a GPU, or a CPU with AVX512-BF16 or AMX (elsewhere
+    bf16 is emulated, slower than fp32)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return True
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(f()) for f in probes if f is not None)
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """`candidates.precision` as run here: auto is bf16 where the device computes it natively
+    (2.2x faster on this project's AVX512-BF16 CPU, embeddings within cosine 0.9999 of fp32)."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if precision not in PRECISIONS:
+        raise DenseError(f"candidates.precision must be one of auto, {', '.join(PRECISIONS)}, not '{precision}'")
+    return precision
+
+
 @dataclass
 class TextEncoder:
-    """A sentence encoder and what identifies it: the registry name and a sha256 of its weights."""
+    """A sentence encoder and what identifies it: the registry name, a sha256 of its weights and
+    the precision it computes in (part of the KB embeddings' key: bf16 vectors differ in the last bits)."""
     name: str
     model: Any  # sentence_transformers.SentenceTransformer
     weights_sha256: str
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Normalised float32 embeddings; identical texts share one (and are encoded once)."""
+        import torch
+
         from gemel.retrieval import encode_unique
 
         if not len(texts):
             return np.zeros((0, self.dim), np.float32)
-        emb, row = encode_unique(self.model, list(texts), BATCH)
+        device = str(self.model.device)
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            emb, row = encode_unique(self.model, list(texts), BATCH)
         return emb.numpy()[row]
 
     @property
@@ -98,8 +126,9 @@ class TextEncoder:
         return int(self.model.get_embedding_dimension())
 
 
-def load_encoder(name: str, registry: dict[str, dict[str, Any]]) -> TextEncoder:
-    """The sentence encoder of `candidates.encoder` (a name in text_encoders, or a folder)."""
+def load_encoder(name: str, registry: dict[str, dict[str, Any]], precision: str = "fp32") -> TextEncoder:
+    """The sentence encoder of `candidates.encoder` (a name in text_encoders, or a folder), computing
+    in `precision` (auto | fp32 | bf16, see `resolve_precision`)."""
     from gemel.retrieval import load_text_encoder, resolve_text_encoder
 
     folder = resolve_text_encoder(name, registry)
@@ -107,7 +136,8 @@ def load_encoder(name: str, registry: dict[str, dict[str, Any]]) -> TextEncoder:
     digest = hashlib.sha256()
     for p in weights:  # the weights decide the vectors; the folder's path does not
         digest.update(f"{p.relative_to(folder).as_posix()}\0{file_sha256(p)}\0".encode())
-    return TextEncoder(name, load_text_encoder(name, registry), digest.hexdigest())
+    model = load_text_encoder(name, registry)
+    return TextEncoder(name, model, digest.hexdigest(), resolve_precision(precision, str(model.device)))
 
 
 def kb_texts(kb: pd.DataFrame) -> list[str]:
@@ -117,8 +147,8 @@ def kb_texts(kb: pd.DataFrame) -> list[str]:
 
 def kb_key(kb: pd.DataFrame, encoder: TextEncoder) -> str:
     """What the KB's embeddings are a function of: the text format, the encoder's weights and
-    every entity's id and text, in KB order."""
-    digest = hashlib.sha256(f"{TEXT_FORMAT}\0{encoder.weights_sha256}\0".encode())
+    precision, and every entity's id and text, in KB order."""
+    digest = hashlib.sha256(f"{TEXT_FORMAT}\0{encoder.weights_sha256}\0{encoder.precision}\0".encode())
     for e, t in zip(kb["entity_id"].astype(str), kb_texts(kb)):
         digest.update(f"{e}\0{t}\0".encode())
     return digest.hexdigest()
@@ -165,8 +195,16 @@ def kb_embeddings(kb: pd.DataFrame, encoder: TextEncoder, path: str | Path | Non
     vectors = encoder.encode(kb_texts(kb))
     if path is not None:
         write_kb_embeddings(path, kb["entity_id"].astype(str).tolist(), vectors,
-                            {"key": key, "encoder": encoder.name, "text_format": TEXT_FORMAT})
+                            {"key": key, "encoder": encoder.name, "precision": encoder.precision,
+                             "text_format": TEXT_FORMAT})
     return vectors, False
+
+
+def kb_embeddings_precision(path: str | Path) -> str:
+    """The precision the stage's KB embeddings were computed in (`gemel link` embeds its mentions
+    the same way, whatever this machine's `auto` would pick); fp32 when unrecorded."""
+    cached = read_kb_embeddings(path)
+    return str((cached[0] if cached else {}).get("precision") or "fp32")
 
 
 def cached_kb_embeddings(kb: pd.DataFrame, encoder: TextEncoder, path: str | Path) -> np.ndarray:

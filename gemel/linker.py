@@ -438,11 +438,12 @@ def dense_index(kb: pd.DataFrame, cp: CandidatesParams, encoder_spec: dict[str, 
     recomputed; DenseError when stale) and its sentence encoder, or None when the run's
     candidates did not use them."""
     from gemel.candidates import dense_on
-    from gemel.dense import cached_kb_embeddings, load_encoder
+    from gemel.dense import cached_kb_embeddings, kb_embeddings_precision, load_encoder
 
     if not dense_on(cp):
         return None
-    encoder = load_encoder(cp.encoder, {cp.encoder: encoder_spec} if encoder_spec else {})
+    encoder = load_encoder(cp.encoder, {cp.encoder: encoder_spec} if encoder_spec else {},
+                           kb_embeddings_precision(paths["kb_embeddings"]))
     return DenseIndex(cached_kb_embeddings(kb, encoder, paths["kb_embeddings"]), encoder, reused=True)
 
 

@@ -14,10 +14,12 @@ from gemel.candidates import (
     FEATURES,
     AliasTable,
     CandidateError,
+    Generator,
     NameIndex,
     Pool,
     Ranker,
     generate,
+    propose,
     recall_at,
     words,
 )
@@ -87,6 +89,30 @@ def test_recall_matches_a_brute_force_count() -> None:
         assert [names[i] for i in ids] == list(ns)
         assert np.exp(np.asarray(scores, dtype=np.float64)).sum() == pytest.approx(1.0, abs=1e-4)
         assert list(scores) == sorted(scores, reverse=True)
+
+
+def test_train_candidates_are_the_fitted_mentions_as_propose_gives_them() -> None:
+    """Of the train split only the fit_limit mentions the ranker is fitted on get candidates
+    (from the pools the fit used); they equal a fresh `propose` with each leaving itself out, and
+    dev and test mentions all get theirs."""
+    kb = fixture_kb()
+    rng = np.random.default_rng(3)
+    gold = rng.integers(0, len(kb), size=60)
+    splits = ["train"] * 40 + ["dev"] * 10 + ["test"] * 10
+    mentions = fixture_mentions(kb, gold, splits, [kb["name"][g].split()[-1] for g in gold], "About {} here.")
+    p = CandidatesParams(top_k=5, pool=50, fit_limit=15, **OFF)
+    table, report = generate(mentions, kb, p)
+    train = mentions[mentions["split"] == "train"].head(15)
+    assert table.loc[table["split"] == "train", "id"].tolist() == train["id"].tolist()
+    assert (table["split"] != "train").sum() == 20 and report["fitted_on"] == 15
+    assert report["recall"]["train"]["mentions"] == 15
+    gen = Generator.build(kb, mentions, p)
+    ranker = Ranker(np.asarray([report["weights"][f] for f in FEATURES], dtype=np.float32))
+    fresh = propose(gen, ranker, train["mention"].tolist(), train["text"].tolist(), 5, train["entity_id"].tolist())
+    got = table[table["split"] == "train"].to_dict("records")
+    for g, f in zip(got, fresh, strict=True):
+        assert list(g["cand_ids"]) == f["cand_ids"]
+        np.testing.assert_allclose(g["cand_scores"], f["cand_scores"], atol=1e-6)
 
 
 def test_alias_table_leaves_a_training_mention_out() -> None:

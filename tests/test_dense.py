@@ -18,9 +18,12 @@ from gemel.dense import (
     cached_kb_embeddings,
     entity_text,
     kb_embeddings,
+    kb_embeddings_precision,
     load_encoder,
     mention_text,
+    native_bf16,
     read_kb_embeddings,
+    resolve_precision,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,6 +145,26 @@ def test_kb_embeddings_are_reused_while_kb_and_encoder_are_unchanged(encoder, tm
     assert not reused and path.read_bytes() != written
     np.testing.assert_array_equal(fresh[:5], vectors[:5])  # each entity is embedded on its own text alone
     assert not np.allclose(fresh[5], vectors[5])
+
+
+def test_bf16_embeddings_are_near_fp32_keyed_apart_and_link_embeds_as_the_stage_did(encoder, tmp_path) -> None:
+    """candidates.precision: bf16 vectors are within cosine 0.999 of fp32 ones but not equal, so
+    the cache keys them apart; the file records the precision, which `gemel link` embeds with."""
+    assert resolve_precision("auto", "cuda:0") == "bf16" and resolve_precision("fp32", "cuda:0") == "fp32"
+    assert resolve_precision("auto", "cpu") == ("bf16" if native_bf16("cpu") else "fp32")
+    with pytest.raises(DenseError, match="candidates.precision"):
+        resolve_precision("fp16", "cpu")
+    params = load_params(ROOT / "params.yaml")
+    half = load_encoder(params["candidates"]["encoder"], params["text_encoders"], "bf16")
+    assert half.precision == "bf16" and encoder.precision == "fp32"
+    full_v, _ = kb_embeddings(KB, encoder, tmp_path / "fp32.parquet")
+    half_v, reused = kb_embeddings(KB, half, tmp_path / "fp32.parquet")  # another key: not the fp32 file's
+    assert not reused and not np.array_equal(full_v, half_v)
+    assert (full_v * half_v).sum(axis=1).min() > 0.999
+    assert kb_embeddings_precision(tmp_path / "fp32.parquet") == "bf16"  # rewritten by the bf16 run
+    assert kb_embeddings_precision(tmp_path / "absent.parquet") == "fp32"
+    with pytest.raises(DenseError, match="rerun the candidates stage"):
+        cached_kb_embeddings(KB, encoder, tmp_path / "fp32.parquet")
 
 
 def test_the_stage_writes_the_embeddings_once_and_identical_outputs(tmp_path) -> None:
