@@ -61,8 +61,8 @@ def build(llm: str = "smollm2-135m", num_demos: int = 16, prefix_tokens: int = 4
     # The pipeline's own assembly (gemel.linker.build_linker), with these features and this trie.
     linker = build_linker(params, mentions, demos, ({p: i for i, p in enumerate(paths)}, features), trie,
                           device_name=device)
-    return Workload(mentions, linker.builder, linker.features, linker.model, linker.trie, linker.pad_id,
-                    linker.tokenizer)
+    r = linker.ranker
+    return Workload(mentions, linker.prompts, linker.features, r.model, r.trie, r.pad_id, r.tokenizer)
 
 
 def peak_rss_gib() -> float:

@@ -129,6 +129,7 @@ def fit(scored: Sequence[Scored], gold: Sequence[str], p: DecodeParams) -> tuple
 
 
 RANKER_ALONE = Fusion("learned", weights=(1.0,) + (0.0,) * (len(FEATURES) - 1))
+LLM_ALONE = Fusion("weight", weight=0.0)  # candidate-aware without a prior: the LLM alone chooses
 
 
 def earned(fusion: Fusion, cv: dict[str, Any]) -> tuple[Fusion, bool]:
@@ -158,3 +159,24 @@ def cross_validate(scored: Sequence[Scored], gold: Sequence[str], p: DecodeParam
         fusion, _ = fit([scored[i] for i in train], [gold[i] for i in train], p)
         right += int(hits([scored[i] for i in test], [gold[i] for i in test], fusion.score).sum())
     return {**out, "folds": folds, "fused": round(right / len(scored), 4)}
+
+
+def chosen_on_dev(scored: Sequence[Scored], gold: Sequence[str], first_right: np.ndarray, by_prior: np.ndarray,
+                  p: DecodeParams) -> tuple[Fusion, dict[str, Any]]:
+    """The fusion decode.* asks for, fitted (`learned`) or chosen (weight `auto`) on the dev
+    mentions, and its report, with the ranker alone, the LLM alone and the fusion cross-validated.
+    `scored`, `gold`: the dev mentions the LLM scored; `first_right`, `by_prior`: per dev mention,
+    whether the prior's first is the gold name, and whether the ranker is sure of it (not scored)."""
+    fusion, extra = fit(scored, gold, p)
+    cv = cross_validate(scored, gold, p)
+    fusion, kept = earned(fusion, cv)
+    if not kept:
+        extra["llm_kept"] = False  # the fusion scored below the ranker alone on dev: the ranker links
+    # The same dev mentions whole: those the ranker is sure of count with the prior's first.
+    n, sure_right = len(first_right), int(first_right[by_prior].sum())
+    whole: dict[str, Any] = {"mentions": n, "ranker_sure": int(by_prior.sum()),
+                             "ranker_alone": round(float(first_right.mean()), 4)}
+    if "fused" in cv:
+        whole["fused"] = round((sure_right + round(cv["fused"] * len(scored))) / n, 4)
+    return fusion, {**fusion.record(), "chosen_on": f"dev ({n} mentions, {len(scored)} scored by the LLM)",
+                    **extra, "dev_cross_validated": {**whole, "llm_scored": cv}}

@@ -1,20 +1,20 @@
-"""Everything one LLM needs to link mentions, assembled from the pipeline's artifacts: the frozen
-LLM + mapper, the prompt builder over the mentions and their demonstrations, the image features
-and the entity trie. Used by the train and decode stages, and, through `Linker.from_run`, by
-`gemel link` and the Python API for new inputs:
+"""A run's parts, assembled from the pipeline's artifacts: the frozen LLM + mapper and the entity
+trie (gemel.ranking.LLMRanker), the prompt builder over the mentions and their demonstrations, the
+image features and the candidates table. Used by the train and decode stages, and, through
+`Linker.from_run`, by `gemel link` and the Python API for new inputs:
 
     linker = Linker.from_run("results/smollm2-135m")
     linker.link([{"text": "I saw a picture of Mercury.", "mention": "Mercury", "image": "m.png"}])
 
 A new input goes through the code paths of the pipeline's own mentions: its image through the
-run's encoder and missing-image policy (gemel.features), its demonstrations retrieved from the
-run's training pool (gemel.retrieval), its candidates from the same generator and ranker
-(gemel.candidates), and `rank`, which the decode stage uses too."""
+run's encoder and missing-image policy (gemel.features), its demonstrations by the retrieve
+stage's routine and seed from the run's training pool (gemel.retrieval), its candidates from the
+same generator and ranker (gemel.candidates); it becomes an example as they do (gemel.examples)
+and is ranked by the same calls (gemel.ranking). Linking changes none of the linker's parts."""
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,57 +24,49 @@ import torch
 
 from gemel.candidates import CandidateError, first
 from gemel.config import CandidatesParams, DecodeParams, ModelParams
-from gemel.data.tables import read_json, read_kb, read_mentions, read_table
-from gemel.decoding import Hypothesis, decode, score_candidates
+from gemel.data.tables import read_kb, read_mentions, read_table
 from gemel.dense import DenseIndex
-from gemel.errors import GemelError
+from gemel.examples import LinkExample, build, candidates_of, pipeline_examples
 from gemel.features import encode_inputs, load_features
-from gemel.fusion import Fusion, Scored, cross_validate, earned
-from gemel.fusion import fit as fit_fusion
+from gemel.fusion import Fusion
 from gemel.inputs import InputError, NewMention, chunks, error_record, parse_input
-from gemel.llm import answer_ids, get_spec, load_llm, load_tokenizer
+from gemel.llm import get_spec, load_llm, load_tokenizer
 from gemel.model import Gemel
-from gemel.paths import DECODE_REPORT, MAPPER, Artifacts
-from gemel.prompt import Example, PromptBuilder
+from gemel.paths import MAPPER, Artifacts
+from gemel.predict import MODES, decode_settings
+from gemel.prompt import NO_IMAGE, PromptBuilder
+from gemel.ranking import LinkError, LLMRanker
 from gemel.retrieval import load_text_encoder, read_demos, read_pool
 from gemel.stack import default_device
 from gemel.trie import EntityTrie
 
-MODES = {"none": "paper", "constrained": "candidates"}  # decode.candidates -> the mode a link reports
-LLM_ALONE = Fusion("weight", weight=0.0)  # candidate-aware without a prior: the LLM alone chooses
-# What decoding was run with (decode_report.json's `settings`): `Linker.from_run` links new inputs the same way.
-DECODE_SETTINGS = ("candidates", "num_candidates", "fusion", "fusion_weight", "fusion_grid", "describe", "ranker_sure",
-                   "length_penalty", "num_beams", "max_new_tokens", "batch_size")
 
-
-class LinkError(GemelError, ValueError):
-    """Decode or model settings that the run's artifacts cannot honour; the message names the
-    setting and what to set instead."""
-
-
-@dataclass
-class Ranked:
-    """One mention's entities, best first. Candidate-aware mode also keeps the LLM's score and the
-    candidate prior (log p) of each, and which source proposed it."""
-    ids: list[str]
-    names: list[str]
-    scores: list[float]
-    llm_scores: list[float] | None = None
-    priors: list[float] | None = None
-
-
-@dataclass
-class Linker:
-    model: Gemel
-    builder: PromptBuilder
+@dataclass(frozen=True)
+class NewBatch:
+    """A batch of new inputs made ready to rank: the examples of those that can be linked, the
+    feature matrix their image rows index (the run's, then theirs), and per input why its image
+    was not used and why it cannot be linked (None: it can)."""
+    examples: list[LinkExample]
     features: np.ndarray
-    trie: EntityTrie
-    pad_id: int
-    tokenizer: Any = None
+    why: list[str | None]
+    errors: list[str | None]
+
+
+@dataclass(frozen=True)
+class Linker:
+    """A run's parts, assembled once and never changed by linking: the ranker (LLM + mapper,
+    trie), the prompt builder over the run's mentions, their image features and, for the
+    pipeline, the candidates stage's table; with `new`, what linking new inputs needs."""
+    ranker: LLMRanker
+    prompts: PromptBuilder
+    features: np.ndarray
+    image_ok: np.ndarray | None = None  # per features row: False for a missing or unreadable image
     candidates: pd.DataFrame | None = None  # the candidates stage's table, indexed by mention id
     new: NewInputs | None = None  # set by from_run: what linking new inputs needs
-    image_ok: np.ndarray | None = None  # per features row: False for a missing or unreadable image
-    descriptions: dict[str, str] | None = None  # KB entity id -> description (decode.describe)
+
+    @property
+    def model(self) -> Gemel:
+        return self.ranker.model
 
     @classmethod
     def from_run(cls, run_dir: str | Path, check: bool = True) -> Linker:
@@ -110,8 +102,6 @@ class Linker:
         pool = read_pool(paths["pool"]) if m.num_demos else None
         # The prompt builder holds the pool's mentions (the demonstrations' questions and answers).
         known = mentions[mentions["id"].isin(pool.ids)] if pool is not None else _NO_MENTIONS
-        linker = build_linker(params, known, _NO_DEMOS, paths["features"], paths["trie"])
-        linker.model.load_mapper(paths["mapper"])
         enc = record["image_encoder"]
         settings = ("encoder", "open_clip_model", "open_clip_pretrained", "open_clip_output")
         encoder = (build_image_encoder(FeaturesParams(**{k: enc[k] for k in settings if k in enc}))
@@ -119,7 +109,7 @@ class Linker:
         text_encoder = None
         if pool is not None and pool.method == "simcse":
             text_encoder = load_text_encoder(record["retrieval"]["encoder"], params["text_encoders"])
-        gen = ranker = None
+        gen = ranker = descriptions = None
         if constrained:
             weights = record["candidates"].get("weights")
             if not weights:
@@ -133,15 +123,16 @@ class Linker:
                                   encoder=c.get("encoder", CandidatesParams.encoder))
             kb = read_kb(paths["kb"])
             gen = Generator.build(kb, mentions, cp, dense_index(kb, cp, c.get("encoder_spec"), paths))
-            linker.descriptions = descriptions_of(kb) if dp.describe else None
+            descriptions = descriptions_of(kb) if dp.describe else None
             ranker = Ranker(ranker_weights({"weights": weights}))
-        linker.new = NewInputs(decode=dp, mode=MODES[dp.candidates], fusion=fusion,
-                               image_encoder=encoder, missing_image=record["features"]["missing_image"],
-                               image_batch_size=record["features"]["batch_size"], pool=pool,
-                               text_encoder=text_encoder, retrieve_batch_size=record["retrieval"]["batch_size"],
-                               generator=gen, ranker=ranker, cand_top_k=record["candidates"]["top_k"],
-                               base_features=linker.features, notes=notes)
-        return linker
+        linker = build_linker(params, known, _NO_DEMOS, paths["features"], paths["trie"], descriptions=descriptions)
+        linker.model.load_mapper(paths["mapper"])
+        return replace(linker, new=NewInputs(
+            decode=dp, mode=MODES[dp.candidates], fusion=fusion, image_encoder=encoder,
+            missing_image=record["features"]["missing_image"], image_batch_size=record["features"]["batch_size"],
+            pool=pool, text_encoder=text_encoder, retrieve_top_k=record["retrieval"]["top_k"],
+            retrieve_batch_size=record["retrieval"]["batch_size"], generator=gen, ranker=ranker,
+            cand_top_k=record["candidates"]["top_k"], notes=notes))
 
     @property
     def notes(self) -> list[str]:
@@ -191,222 +182,51 @@ class Linker:
         if not items:
             return []
         n = self.new
-        keys = [f"\x00link:{i}" for i in range(len(items))]  # internal ids: never a mention id of the run
-        if self.builder.k:
+        batch = self.new_batch(items)
+        ranked = iter(self.ranker.rank(batch.examples, batch.features, n.decode, n.fusion) if batch.examples else [])
+        out = []
+        for it, why, error in zip(items, batch.why, batch.errors):
+            if error is not None:
+                out.append(error_record({"mention": it.mention}, it.id, error, n.mode))
+                continue
+            r = next(ranked)
+            cut = len(r.ids) if top is None else top
+            out.append({"id": it.id, "mention": it.mention,
+                        "entities": [{"id": e, "name": nm, "score": round(float(s), 6)}
+                                     for e, nm, s in zip(r.ids[:cut], r.names[:cut], r.scores[:cut])],
+                        "mode": n.mode, "image_used": why is None, "image_reason": why,
+                        "mention_in_text": it.mention in it.text})
+        return out
+
+    def new_batch(self, items: Sequence[NewMention]) -> NewBatch:
+        """New inputs as examples, by the pipeline's routines: the image through the run's encoder
+        and missing-image policy, the demonstrations by the retrieve stage's, the candidates by the
+        candidates stage's generator and ranker. The run's parts are read, never changed."""
+        n = self.new
+        if self.prompts.k:
             vectors, why, errors = encode_inputs([it.image for it in items], n.image_encoder,
                                                  n.image_batch_size, n.missing_image)
         else:
             vectors, why, errors = None, ["text-only run (model.use_image: false)"] * len(items), [None] * len(items)
         ok = [i for i, e in enumerate(errors) if e is None]
         used = [i for i in ok if why[i] is None]
-        base = len(n.base_features)
-        table = pd.DataFrame({"id": [keys[i] for i in ok], "text": [items[i].text for i in ok],
-                              "mention": [items[i].mention for i in ok],
-                              "image": [keys[i] if why[i] is None else None for i in ok], "entity_name": None})
-        try:
-            if used:
-                self.features = np.concatenate([n.base_features, vectors[used]])
-            demos = _NO_DEMOS
-            if n.pool is not None and len(table):
-                found = n.pool.retrieve(table, self.builder.num_demos, n.text_encoder, n.retrieve_batch_size)
-                demos = pd.DataFrame({"id": table["id"], "demo_ids": [d for d, _ in found]})
-            self.builder.add(table, demos, {keys[i]: base + j for j, i in enumerate(used)})
-            if n.generator is not None:
-                proposed = first(propose_for(n, table), n.decode.num_candidates)
-                self.candidates = pd.DataFrame(proposed, index=list(table["id"]))
-            ids = list(table["id"])
-            ranked = dict(zip(ids, self.rank(ids, n.decode, n.fusion, contexts=contexts_of(table)))) if ids else {}
-        finally:  # the batch's inputs leave no trace: the next batch starts from the run's own state
-            self.builder.forget(keys)
-            self.features = n.base_features
-            self.candidates = None
-        out = []
-        for i, (key, it) in enumerate(zip(keys, items)):
-            if errors[i] is not None:
-                out.append(error_record({"mention": it.mention}, it.id, errors[i], n.mode))
-                continue
-            r = ranked[key]
-            cut = len(r.ids) if top is None else top
-            out.append({"id": it.id, "mention": it.mention,
-                        "entities": [{"id": e, "name": nm, "score": round(float(s), 6)}
-                                     for e, nm, s in zip(r.ids[:cut], r.names[:cut], r.scores[:cut])],
-                        "mode": n.mode, "image_used": why[i] is None, "image_reason": why[i],
-                        "mention_in_text": it.mention in it.text})
-        return out
+        features = np.concatenate([self.features, vectors[used]]) if used else self.features
+        row = {i: len(self.features) + j for j, i in enumerate(used)}  # the batch's images after the run's
+        table = pd.DataFrame({"text": [items[i].text for i in ok], "mention": [items[i].mention for i in ok]})
+        demos: list[list[str]] = [[] for _ in ok]
+        if n.pool is not None and ok:
+            demos = [ids for ids, _ in n.pool.retrieve(table, n.retrieve_top_k, n.text_encoder, n.retrieve_batch_size)]
+        cands: list[Any] = [None] * len(ok)
+        if n.generator is not None and ok:
+            cands = [candidates_of(c) for c in first(propose_for(n, table), n.decode.num_candidates)]
+        examples = [build(self.prompts, items[i].id, items[i].text, items[i].mention,
+                          self.prompts.question(items[i].text, items[i].mention, row.get(i, NO_IMAGE)), d, c)
+                    for i, d, c in zip(ok, demos, cands)]
+        return NewBatch(examples, features, why, errors)
 
-    def examples(self, ids: Sequence[str], with_target: bool) -> list[Example]:
-        return [self.builder.example(i, with_target) for i in ids]
-
-    def predict(self, ids: Sequence[str], p: DecodeParams, progress: bool = False) -> list[list[Hypothesis]]:
-        self.model.eval()
-        return decode(self.model, self.examples(ids, with_target=False), self.features, self.pad_id,
-                      self.trie.trie, p.num_beams, p.max_new_tokens, p.length_penalty, p.batch_size, progress)
-
-    def candidate_llm_scores(self, ids: Sequence[str], p: DecodeParams, progress: bool = False) -> list[np.ndarray]:
-        """The LLM's score of each of a mention's candidates (candidate-aware mode)."""
-        if self.candidates is None:
-            raise LinkError("decode.candidates: constrained needs the candidates stage's table (candidates.parquet): "
-                            "run the candidates stage, or set decode.candidates to none")
-        self.model.eval()
-        cache: dict[str, list[int]] = {}
-        seqs = [[cache.setdefault(n, answer_ids(self.tokenizer, n)) for n in self.candidates.at[i, "cand_names"]]
-                for i in ids]
-        return score_candidates(self.model, self.examples(ids, with_target=False), self.features, self.pad_id,
-                                seqs, p.length_penalty, p.batch_size, progress)
-
-    def rank(self, ids: Sequence[str], p: DecodeParams, fusion: Fusion | None = None,
-             llm_scores: list[np.ndarray] | None = None, progress: bool = False,
-             contexts: dict[str, tuple[str, str]] | None = None) -> list[Ranked]:
-        """Each mention's entities, best first: beam search over the whole trie (candidates: none,
-        the paper's mode), or its candidates by `fusion` of their LLM score and prior (None: the
-        LLM alone); a mention the ranker is sure of (decode.ranker_sure) keeps the prior's order.
-        `llm_scores` (per id) stand in for the LLM's; `contexts` (id -> text, mention) are what
-        the LLM reads the candidates' descriptions against (decode.describe)."""
-        if p.candidates == "none":
-            names, eids = self.trie.names, self.trie.entity_ids
-            return [Ranked([eids[h.value] for h in hs], [names[h.value] for h in hs], [h.score for h in hs])
-                    for hs in self.predict(ids, p, progress)]
-        # A mention without a single candidate (no word shared with any KB name, no alias) falls back
-        # to the paper's beam search over the whole trie: rare, and otherwise certainly wrong.
-        empty = [i for i in ids if len(self.candidates.at[i, "cand_ids"]) == 0]
-        fallback = dict(zip(empty, self.rank(empty, dataclasses.replace(p, candidates="none")))) if empty else {}
-        if fusion is not None and fusion.ranker_only:  # the LLM earned no say on dev: the ranker links
-            sure = {i for i in ids if i not in fallback}
-        else:
-            sure = self.sure(ids, p)
-        asked = [i for i in ids if i not in fallback and i not in sure]
-        read = fusion is not None and fusion.kind == "learned"  # only the learned fusion reads descriptions
-        given = dict(zip(ids, llm_scores)) if llm_scores is not None else None
-        scored = dict(zip(asked, self.scored(asked, p, contexts, read, [given[i] for i in asked] if given else None,
-                                             progress)))
-        out = []
-        for i in ids:
-            if i in fallback:
-                out.append(fallback[i])
-                continue
-            c = self.candidates.loc[i]
-            prior = np.asarray(c["cand_scores"], dtype=np.float64)
-            if i in sure:
-                out.append(Ranked(list(c["cand_ids"]), list(c["cand_names"]), prior.tolist(), None, prior.tolist()))
-                continue
-            s = scored[i]
-            fused = (fusion or LLM_ALONE).score(s)
-            order = np.argsort(-fused, kind="stable")  # ties: the candidates' own order
-            out.append(Ranked([c["cand_ids"][j] for j in order], [c["cand_names"][j] for j in order],
-                              fused[order].tolist(), s.llm[order].tolist(), prior[order].tolist()))
-        return out
-
-    def sure(self, ids: Sequence[str], p: DecodeParams) -> set[str]:
-        """The mentions whose first candidate's prior reaches decode.ranker_sure: the ranker links them."""
-        if p.ranker_sure is None:
-            return set()
-        first_prior = self.candidates.loc[list(ids), "cand_scores"] if len(ids) else []
-        return {i for i, s in zip(ids, first_prior) if len(s) and float(np.exp(s[0])) >= p.ranker_sure}
-
-    def scored(self, ids: Sequence[str], p: DecodeParams, contexts: dict[str, tuple[str, str]] | None,
-               read: bool, llm_scores: list[np.ndarray] | None = None, progress: bool = False) -> list[Scored]:
-        """What fusion reads of each mention's candidates: the prior, the LLM's score of each name
-        and, when `read` and decode.describe, its reading of their descriptions."""
-        from gemel.describe import described_scores
-
-        if not len(ids):
-            return []
-        llm = llm_scores if llm_scores is not None else self.candidate_llm_scores(ids, p, progress)
-        c = self.candidates.loc[list(ids)]
-        described: list[np.ndarray | None] = [None] * len(ids)
-        if read and p.describe and self.descriptions:
-            if contexts is None:
-                raise LinkError("decode.describe needs each mention's text: pass contexts to rank")
-            self.model.eval()
-            described = described_scores(self.model, self.tokenizer, self.pad_id, [contexts[i] for i in ids],
-                                         [[self.descriptions.get(e) for e in row] for row in c["cand_ids"]],
-                                         list(c["cand_names"]), p.describe,
-                                         [np.asarray(x, dtype=np.float64) for x in c["cand_scores"]], 2 * p.batch_size)
-        return [Scored(n, np.asarray(s, dtype=np.float64), np.asarray(x, dtype=np.float64), d)
-                for n, s, x, d in zip(c["cand_names"], c["cand_scores"], llm, described)]
-
-    def accuracy(self, mentions: pd.DataFrame, p: DecodeParams, fusion: Fusion | None = None) -> float:
-        """Exact-match accuracy of the top name over the given (non-NIL) mentions."""
-        ranked = self.rank(list(mentions["id"]), p, fusion, contexts=contexts_of(mentions))
-        top = [r.names[0] if r.names else None for r in ranked]
-        return float(np.mean([t == g for t, g in zip(top, mentions["entity_name"])])) if len(top) else 0.0
-
-    def fusion(self, dev: pd.DataFrame, p: DecodeParams) -> tuple[Fusion, dict[str, Any]]:
-        """The fusion decode.* asks for: a fixed weight, or fitted (`learned`) or chosen (weight
-        `auto`) on the dev mentions, whose LLM scores are computed once. Returns it and a report,
-        with the ranker alone, the LLM alone and the fusion cross-validated on those mentions."""
-        if p.fusion == "weight" and p.fusion_weight != "auto":
-            return Fusion("weight", weight=float(p.fusion_weight)), {"fusion": "weight",
-                                                                     "fusion_weight": float(p.fusion_weight),
-                                                                     "chosen_on": None}
-        if not len(dev):
-            raise LinkError(f"decode.fusion: {p.fusion} is fitted on the dev split's linked mentions, and this dataset "
-                            "has none: set decode.fusion to weight and decode.fusion_weight to a number (e.g. --set "
-                            "decode.fusion=weight --set decode.fusion_weight=1.0)")
-        sure = self.sure(list(dev["id"]), p)
-        asked = dev[~dev["id"].isin(sure)]
-        scored = self.scored(list(asked["id"]), p, contexts_of(asked), p.fusion == "learned")
-        gold = list(asked["entity_name"])
-        fusion, extra = fit_fusion(scored, gold, p)
-        cv = cross_validate(scored, gold, p)
-        fusion, kept = earned(fusion, cv)
-        if not kept:
-            extra["llm_kept"] = False  # the fusion scored below the ranker alone on dev: the ranker links
-        # The same dev mentions whole: those the ranker is sure of count with the prior's first.
-        first = self.candidates.loc[list(dev["id"]), "cand_names"]
-        right = np.array([len(n) > 0 and n[0] == g for n, g in zip(first, dev["entity_name"])], dtype=bool)
-        sure_right = int(right[dev["id"].isin(sure).to_numpy()].sum())
-        whole: dict[str, Any] = {"mentions": len(dev), "ranker_sure": len(sure),
-                                 "ranker_alone": round(float(right.mean()), 4)}
-        if "fused" in cv:
-            whole["fused"] = round((sure_right + round(cv["fused"] * len(asked))) / len(dev), 4)
-        return fusion, {**fusion.record(), "chosen_on": f"dev ({len(dev)} mentions, {len(asked)} scored by the LLM)",
-                        **extra, "dev_cross_validated": {**whole, "llm_scored": cv}}
-
-    def predictions(self, mentions: pd.DataFrame, ranked: Sequence[Ranked]) -> pd.DataFrame:
-        """The decode stage's table: gold, prediction, and the ranked entities of every mention."""
-        return pd.DataFrame({
-            "id": mentions["id"].tolist(), "split": mentions["split"].tolist(), "mention": mentions["mention"].tolist(),
-            "gold_id": mentions["entity_id"].tolist(), "gold_name": mentions["entity_name"].tolist(),
-            "is_nil": mentions["is_nil"].tolist(),
-            # A missing or unreadable image is no row (missing_image: drop), or a row whose ok is False.
-            "has_image": [self.has_image(i) for i in mentions["id"]],
-            "pred_id": [r.ids[0] if r.ids else None for r in ranked],
-            "pred_name": [r.names[0] if r.names else None for r in ranked],
-            "beams": [r.names for r in ranked], "beam_ids": [r.ids for r in ranked],
-            "beam_scores": [r.scores for r in ranked],
-            "llm_scores": [r.llm_scores for r in ranked], "cand_priors": [r.priors for r in ranked],
-        })
-
-    def has_image(self, mention_id: str) -> bool:
-        row = self.builder.image[mention_id]
-        return bool(row >= 0 and (self.image_ok is None or self.image_ok[row]))
-
-    def decode_split(self, mentions: pd.DataFrame, p: DecodeParams,
-                     progress: bool = False) -> tuple[pd.DataFrame, dict[str, Any]]:
-        """The decode stage: link every mention of split `p.split` (candidate-aware: with the fusion
-        weight chosen on the dev split's linked mentions). Returns the predictions table (schema
-        gemel.data.tables.PREDICTIONS_SCHEMA) and the report: the settings, the chosen weight, accuracy and speed."""
-        import time
-
-        report: dict[str, Any] = {"split": p.split, "mode": MODES[p.candidates],
-                                  "settings": {k: getattr(p, k) for k in DECODE_SETTINGS}}
-        report["settings"]["fusion_grid"] = list(p.fusion_grid)
-        fusion = None
-        if p.candidates != "none":
-            fusion, chosen = self.fusion(mentions[(mentions["split"] == "dev") & ~mentions["is_nil"]], p)
-            report.update(chosen)
-        split = mentions[mentions["split"] == p.split].reset_index(drop=True)
-        t0 = time.perf_counter()
-        ranked = self.rank(list(split["id"]), p, fusion, progress=progress, contexts=contexts_of(split))
-        seconds = time.perf_counter() - t0
-        pred = self.predictions(split, ranked)
-        linked = pred[~pred["is_nil"]]
-        report.update({"mentions": len(pred), "seconds": round(seconds, 1),
-                       "mentions_per_s": round(len(pred) / max(seconds, 1e-9), 3),
-                       "accuracy": round(float((linked["pred_name"] == linked["gold_name"]).mean()), 4)
-                       if len(linked) else None})
-        return pred, report
+    def examples(self, mentions: pd.DataFrame) -> list[LinkExample]:
+        """The pipeline's own mentions as examples, with their rows of the candidates table."""
+        return pipeline_examples(self.prompts, mentions, self.candidates)
 
 
 @dataclass
@@ -420,11 +240,11 @@ class NewInputs:
     image_batch_size: int
     pool: Any  # gemel.retrieval.DemoPool when the run's prompts have demonstrations
     text_encoder: Any
+    retrieve_top_k: int  # the retrieve stage's top_k: a prompt shows the num_demos most similar of them
     retrieve_batch_size: int
     generator: Any  # gemel.candidates.Generator when decode.candidates is constrained
     ranker: Any
     cand_top_k: int  # the candidates stage's top_k: the candidate prior is a softmax over these
-    base_features: np.ndarray  # the run's features (the pool's images); a batch's rows go after them
     notes: list[str]
 
 
@@ -461,31 +281,6 @@ def descriptions_of(kb: pd.DataFrame) -> dict[str, str] | None:
     return dict(zip(described["entity_id"].astype(str), described["description"].astype(str))) or None
 
 
-def contexts_of(mentions: pd.DataFrame) -> dict[str, tuple[str, str]]:
-    """Mention id -> (text, mention): what the LLM reads descriptions against."""
-    return dict(zip(mentions["id"], zip(mentions["text"], mentions["mention"])))
-
-
-def decode_settings(run_dir: Path) -> tuple[DecodeParams, Fusion, list[str]]:
-    """How the run's decode stage linked (its decode_report.json: settings and, candidate-aware, the
-    fusion fitted or chosen on dev), so new inputs link the same way; with a note whenever that
-    record is missing and defaults stand in."""
-    report = run_dir / DECODE_REPORT
-    data = read_json(report, "decode") if report.is_file() else {}
-    if "settings" not in data:
-        return DecodeParams(), LLM_ALONE, [f"{report}: no record of the decode stage's settings (run the decode "
-                                           "stage): linking in the paper's mode with the default decode settings"]
-    p = DecodeParams(**{**data["settings"], "fusion_grid": tuple(data["settings"]["fusion_grid"])})
-    if p.candidates == "none":
-        return p, LLM_ALONE, []
-    recorded = Fusion.from_record(data, str(report))
-    if recorded is not None:
-        return p, recorded, []
-    if p.fusion == "weight" and p.fusion_weight != "auto":
-        return p, Fusion("weight", weight=float(p.fusion_weight)), []
-    return p, LLM_ALONE, [f"fusion weight 0 (the LLM alone chooses among candidates): {report} records no fusion"]
-
-
 def load_candidates(path: str | Path, k: int, top_k: int) -> pd.DataFrame:
     """The candidates stage's table cut to each mention's first `k` candidates (best first)."""
     path = Path(path)
@@ -508,9 +303,8 @@ def pipeline_linker(params: dict[str, Any], dp: DecodeParams, mapper: bool = Fal
     demos = read_demos(a.demos)
     constrained = dp.candidates != "none"
     cands = load_candidates(a.candidates, dp.num_candidates, params["candidates"]["top_k"]) if constrained else None
-    linker = build_linker(params, mentions, demos, a.features, a.trie, cands)
-    if constrained and dp.describe:
-        linker.descriptions = descriptions_of(read_kb(a.kb))
+    descriptions = descriptions_of(read_kb(a.kb)) if constrained and dp.describe else None
+    linker = build_linker(params, mentions, demos, a.features, a.trie, cands, descriptions=descriptions)
     if mapper:
         linker.model.load_mapper(a.in_run(MAPPER))
     return linker, mentions
@@ -518,7 +312,8 @@ def pipeline_linker(params: dict[str, Any], dp: DecodeParams, mapper: bool = Fal
 
 def build_linker(params: dict[str, Any], mentions: pd.DataFrame, demos: pd.DataFrame,
                  features: str | Path | tuple[dict[str, int], np.ndarray], trie: str | Path | EntityTrie,
-                 candidates: pd.DataFrame | None = None, device_name: str | None = None) -> Linker:
+                 candidates: pd.DataFrame | None = None, device_name: str | None = None,
+                 descriptions: dict[str, str] | None = None) -> Linker:
     """A linker from its parts: `features` is a features table's path or (image path -> row,
     matrix), `trie` a trie file or an EntityTrie. The LLM is bf16 on a GPU, fp32 on a CPU."""
     m = ModelParams(**params["model"])
@@ -543,5 +338,6 @@ def build_linker(params: dict[str, Any], mentions: pd.DataFrame, demos: pd.DataF
     model = Gemel(llm, matrix.shape[1], m.prefix_tokens).to(dev)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     cands = candidates.set_index("id", drop=False) if candidates is not None else None
-    return Linker(model, builder, matrix, trie if isinstance(trie, EntityTrie) else EntityTrie.load(trie), pad,
-                  tokenizer, cands, image_ok=ok)
+    ranker = LLMRanker(model, trie if isinstance(trie, EntityTrie) else EntityTrie.load(trie), pad, tokenizer,
+                       descriptions)
+    return Linker(ranker, builder, matrix, ok, cands)

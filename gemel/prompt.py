@@ -43,8 +43,38 @@ class Batch:
     query_images: torch.Tensor  # [N] True for the question's own image (the last of each row)
 
 
+@dataclass(frozen=True)
+class Question:
+    """One mention as a prompt holds it: its question's token ids, its answer's (name + EOS; empty
+    when unknown, as for a new input) and its image's feature row (NO_IMAGE: none)."""
+    ids: list[int]
+    answer: list[int]
+    image: int
+
+
+def build_example(mention_id: str, question: Question, demos: Sequence[Question], start: list[int], k: int,
+                  with_target: bool) -> Example:
+    """One example from explicit parts: the demonstrations (least similar first, each followed by
+    its answer), then the question; `k` image slots before each text (0: a text-only run)."""
+    ids, images = list(start), []
+    for d in demos:
+        _append(ids, images, d, k)
+        ids += d.answer
+    query_start = len(ids)
+    _append(ids, images, question, k)
+    return Example(mention_id, ids, images, question.answer if with_target else [], query_start)
+
+
+def _append(ids: list[int], images: list[int], q: Question, k: int) -> None:
+    if k:
+        ids += [IMAGE] * k
+        images.append(q.image)
+    ids += q.ids
+
+
 class PromptBuilder:
-    """Tokenizes every mention once, then assembles examples by concatenating token lists."""
+    """The pipeline's mentions tokenized once (read-only afterwards), and examples assembled from
+    them by concatenating token lists; a new input's question is tokenized on its own (`question`)."""
 
     def __init__(self, mentions: pd.DataFrame, demos: pd.DataFrame, image_rows: dict[str, int],
                  tokenizer: PreTrainedTokenizerBase, prefix_tokens: int, use_image: bool, num_demos: int):
@@ -52,50 +82,40 @@ class PromptBuilder:
         self.num_demos = num_demos
         self.tokenizer = tokenizer
         self.start = start_ids(tokenizer)
-        self.question: dict[str, list[int]] = {}
-        self.answer: dict[str, list[int]] = {}
-        self.image: dict[str, int] = {}
+        self.questions: dict[str, Question] = {}
         self.demos: dict[str, list[str]] = {}
-        self.add(mentions, demos, image_rows)
+        if len(mentions):
+            m = mentions.set_index("id", drop=False)
+            # One call for every mention: the same ids as one at a time (no padding), much faster.
+            texts = [TEMPLATE.format(text=t, mention=s) for t, s in zip(m["text"], m["mention"])]
+            named = m["entity_name"].notna()
+            self.questions = {
+                i: Question(q, answer_ids(tokenizer, n) if has else [], _row(image_rows, p))
+                for i, q, n, has, p in zip(m["id"], tokenizer(texts, add_special_tokens=False).input_ids,
+                                           m["entity_name"], named, m["image"])}
+        if num_demos:
+            self.demos = dict(zip(demos["id"], (list(d) for d in demos["demo_ids"])))
 
-    def add(self, mentions: pd.DataFrame, demos: pd.DataFrame, image_rows: dict[str, int]) -> None:
-        """Tokenize more mentions (columns id, text, mention, image, entity_name; a new input has
-        no entity_name) and record their demonstrations and image rows."""
-        if not len(mentions):
-            return
-        m = mentions.set_index("id", drop=False)
-        texts = [TEMPLATE.format(text=t, mention=s) for t, s in zip(m["text"], m["mention"])]
-        self.question.update(zip(m["id"], self.tokenizer(texts, add_special_tokens=False).input_ids))
-        named = m[m["entity_name"].notna()]
-        self.answer.update((i, answer_ids(self.tokenizer, n)) for i, n in zip(named["id"], named["entity_name"]))
-        self.image.update((i, image_rows.get(p, NO_IMAGE) if isinstance(p, str) else NO_IMAGE)
-                          for i, p in zip(m["id"], m["image"]))
-        if self.num_demos:
-            self.demos.update(zip(demos["id"], (list(d) for d in demos["demo_ids"])))
+    def question(self, text: str, mention: str, image_row: int) -> Question:
+        """A new input's question (no answer), tokenized as the pipeline's mentions are."""
+        return Question(self.tokenizer(TEMPLATE.format(text=text, mention=mention), add_special_tokens=False).input_ids,
+                        [], image_row)
 
-    def forget(self, ids: Sequence[str]) -> None:
-        """Drop mentions added for one batch of new inputs."""
-        for table in (self.question, self.answer, self.image, self.demos):
-            for i in ids:
-                table.pop(i, None)
+    def chosen(self, demo_ids: Sequence[str]) -> list[Question]:
+        """The demonstrations a prompt shows of the retrieve stage's top_k (least similar first):
+        the num_demos most similar, i.e. the last ones."""
+        return [self.questions[d] for d in demo_ids[-self.num_demos:]] if self.num_demos else []
+
+    def build(self, mention_id: str, question: Question, demo_ids: Sequence[str], with_target: bool) -> Example:
+        return build_example(mention_id, question, self.chosen(demo_ids), self.start, self.k, with_target)
 
     def example(self, mention_id: str, with_target: bool) -> Example:
-        # The retrieve stage keeps top_k, least similar first: the n most similar are the last n.
-        chosen = self.demos.get(mention_id, [])[-self.num_demos:] if self.num_demos else []
-        ids, images = list(self.start), []
-        for d in chosen:
-            self._append(ids, images, d)
-            ids += self.answer[d]
-        query_start = len(ids)
-        self._append(ids, images, mention_id)
-        target = self.answer[mention_id] if with_target else []
-        return Example(mention_id, ids, images, target, query_start)
+        """A pipeline mention's example, with the retrieve stage's demonstrations."""
+        return self.build(mention_id, self.questions[mention_id], self.demos.get(mention_id, []), with_target)
 
-    def _append(self, ids: list[int], images: list[int], mention_id: str) -> None:
-        if self.k:
-            ids += [IMAGE] * self.k
-            images.append(self.image[mention_id])
-        ids += self.question[mention_id]
+
+def _row(image_rows: dict[str, int], path: object) -> int:
+    return image_rows.get(path, NO_IMAGE) if isinstance(path, str) else NO_IMAGE
 
 
 def collate(examples: Sequence[Example], features: np.ndarray, pad_id: int) -> Batch:

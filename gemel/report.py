@@ -184,7 +184,7 @@ def _fusion_label(chosen: dict[str, Any], settings: dict[str, Any]) -> str | Non
 
 def _share_label(cv: dict[str, Any] | None) -> str | None:
     """The LLM's share on dev: the ranker alone and the fusion over every dev mention, then the
-    ranker alone, the LLM alone and the fusion over those the LLM scored (gemel.linker)."""
+    ranker alone, the LLM alone and the fusion over those the LLM scored (gemel.fusion.chosen_on_dev)."""
     if not cv:
         return None
     scored = cv.get("llm_scored") or {}

@@ -11,7 +11,6 @@ import functools
 import importlib.util
 import json
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,7 +164,8 @@ def simcse(emb: torch.Tensor, row: np.ndarray, pool: np.ndarray, top_k: int, see
     from column to column)."""
     pool_cols = torch.from_numpy(row[pool])         # (P,) -> row of emb
     query_emb = emb[torch.from_numpy(row)]          # (Q, d)
-    return _rank(len(row), pool, top_k, seed, lambda a, b: (query_emb[a:b] @ emb.T)[:, pool_cols])
+    return _rank(_self_columns(len(row), pool), len(pool), top_k, seed,
+                 lambda a, b: (query_emb[a:b] @ emb.T)[:, pool_cols])
 
 
 def bm25(texts: list[str], pool: np.ndarray, top_k: int, seed: int) -> list[Ranked]:
@@ -175,28 +175,29 @@ def bm25(texts: list[str], pool: np.ndarray, top_k: int, seed: int) -> list[Rank
     the same demonstrations."""
     index = _BM25([texts[i] for i in pool])
     tokens = index.tokens(texts)
-    return _rank(len(texts), pool, top_k, seed, lambda a, b: index.scores(tokens[a:b]))
+    return _rank(_self_columns(len(texts), pool), len(pool), top_k, seed, lambda a, b: index.scores(tokens[a:b]))
 
 
-def random_demos(n_queries: int, pool: np.ndarray, top_k: int, seed: int) -> list[Ranked]:
-    """top_k distinct pool items drawn uniformly (seeded), never the query itself; scores 0."""
+def random_demos(self_col: np.ndarray, pool_size: int, top_k: int, seed: int) -> list[Ranked]:
+    """top_k distinct pool items drawn uniformly (seeded), never the query itself (self_col: each
+    query's pool column, -1 if none); scores 0."""
     rng = np.random.default_rng(seed)
     out = []
-    for col in _self_columns(n_queries, pool):
-        picked = rng.choice(len(pool), size=min(top_k + 1, len(pool)), replace=False)
+    for col in self_col:
+        picked = rng.choice(pool_size, size=min(top_k + 1, pool_size), replace=False)
         picked = picked[picked != col][:top_k]
         out.append((picked, np.zeros(len(picked), dtype=np.float32)))
     return out
 
 
-def _rank(n_queries: int, pool: np.ndarray, top_k: int, seed: int,
+def _rank(self_col: np.ndarray, pool_size: int, top_k: int, seed: int,
           scores: Callable[[int, int], torch.Tensor]) -> list[Ranked]:
     """Top k pool items per query, least similar first, from `scores(a, b)` (queries a..b-1 x
-    pool), chunk by chunk; a query never retrieves itself, and ties break by the seeded draw of
-    `_topk_least_first`, the same for every scoring method."""
-    self_col = _self_columns(n_queries, pool)       # query -> its pool column, -1 if none
-    k = min(top_k, len(pool))
-    chunk = max(1, MAX_CELLS // max(1, len(pool)))
+    pool), chunk by chunk; a query never retrieves itself (self_col: its pool column, -1 if none),
+    and ties break by the seeded draw of `_topk_least_first`, the same for every scoring method."""
+    n_queries = len(self_col)
+    k = min(top_k, pool_size)
+    chunk = max(1, MAX_CELLS // max(1, pool_size))
     out: list[Ranked] = []
     generator = torch.Generator().manual_seed(seed)  # chunks run in order: the draws are reproducible
     for start in range(0, n_queries, chunk):
@@ -293,7 +294,7 @@ def retrieve(mentions: pd.DataFrame, method: str, top_k: int, query: str = "ment
     elif method == "bm25":
         rows = bm25(texts, pool, top_k, seed)
     else:
-        rows = random_demos(len(texts), pool, top_k, seed)
+        rows = random_demos(_self_columns(len(texts), pool), len(pool), top_k, seed)
     pool_ids = mentions["id"].to_numpy()[pool]
     demos = pd.DataFrame({
         "id": mentions["id"].to_numpy(),
@@ -340,13 +341,14 @@ class DemoPool:
     def retrieve(self, mentions: pd.DataFrame, top_k: int, encoder=None, batch_size: int = 64
                  ) -> list[tuple[list[str], np.ndarray]]:
         """For new mentions (columns text and mention), up to top_k pool ids, least similar first,
-        and their scores, by the retrieve stage's method. Ties break by the stage's draw
-        (`_topk_least_first`), seeded by the query text rather than by its position, so an input
-        gets the same demonstrations in any batch."""
+        and their scores: what the retrieve stage's routine (`_rank`, `random_demos`) and seed give
+        each one as the stage's only query. So an input gets the same demonstrations in any batch,
+        and the first query of a stage run that is not in the pool gets the stage's own."""
         texts = query_texts(mentions, self.query)
         k = min(top_k, len(self.ids))
         if k == 0 or not texts:
             return [([], np.zeros(0, np.float32)) for _ in texts]
+        alone = np.full(1, -1, dtype=np.int64)  # one query, not in the pool
         if self.method == "simcse":
             if encoder is None or self.vectors is None:
                 raise RetrievalError("simcse demonstrations for new inputs need the text encoder and the pool's "
@@ -358,21 +360,15 @@ class DemoPool:
                 self._bm25 = _BM25(self.texts)
             scores = self._bm25.scores(self._bm25.tokens(texts))
         elif self.method == "random":
-            out = []
-            for t in texts:
-                picked = np.random.default_rng(self._seed(t)).choice(len(self.ids), size=k, replace=False)
-                out.append(([self.ids[i] for i in picked], np.zeros(k, np.float32)))
-            return out
+            rows = [random_demos(alone, len(self.ids), top_k, self.seed)[0] for _ in texts]
+            return [([self.ids[j] for j in idx.tolist()], np.asarray(val, np.float32)) for idx, val in rows]
         else:
             raise RetrievalError(f"unknown retrieve method '{self.method}' (known: {', '.join(RETRIEVAL_METHODS)})")
         out = []
-        for i, t in enumerate(texts):
-            val, idx = _topk_least_first(scores[i:i + 1].float(), k, torch.Generator().manual_seed(self._seed(t)))
-            out.append(([self.ids[j] for j in idx[0].tolist()], val[0].numpy()))
+        for i in range(len(texts)):
+            ((idx, val),) = _rank(alone, len(self.ids), top_k, self.seed, lambda a, b, i=i: scores[i:i + 1])
+            out.append(([self.ids[j] for j in idx.tolist()], val))
         return out
-
-    def _seed(self, text: str) -> int:
-        return self.seed * 2**32 + zlib.crc32(text.encode("utf-8"))
 
 
 def write_pool(pool: DemoPool, path: str | Path) -> None:

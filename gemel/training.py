@@ -147,9 +147,11 @@ def fit(linker: Linker, mentions: pd.DataFrame, p: TrainParams, use_image: bool,
     train_ids = list(linked.loc[linked["split"] == "train", "id"])
     dev = linked[linked["split"] == "dev"]
     dev = dev.head(p.dev_limit) if p.dev_limit else dev
-    examples = linker.examples(train_ids, with_target=True)
+    examples = [linker.prompts.example(i, with_target=True) for i in train_ids]
     dp = dev_decode_params(p)
-    evaluate = (lambda: linker.accuracy(dev, dp)) if len(dev) and use_image else None
+    dev_examples, gold = linker.examples(dev), list(dev["entity_name"])
+    evaluate = ((lambda: linker.ranker.accuracy(dev_examples, gold, linker.features, dp))
+                if len(dev) and use_image else None)
     if not use_image:
         p = dataclasses.replace(p, epochs=0)
     llm = linker.model.llm
@@ -157,7 +159,7 @@ def fit(linker: Linker, mentions: pd.DataFrame, p: TrainParams, use_image: bool,
     # not touched, without copying its weights.
     versions = [t._version for t in llm.parameters()]
     t0 = time.perf_counter()
-    hist = train(linker.model, examples, linker.features, linker.pad_id, p, evaluate, progress)
+    hist = train(linker.model, examples, linker.features, linker.ranker.pad_id, p, evaluate, progress)
     if [t._version for t in llm.parameters()] != versions or any(t.requires_grad for t in llm.parameters()):
         raise FrozenLLMError("the frozen LLM's weights changed during training")
     report = {"train_examples": len(examples), "dev_mentions": len(dev), "optimizer_steps": len(hist.loss),

@@ -12,6 +12,7 @@ from gemel.config import DecodeParams, ModelParams, section
 from gemel.data.tables import PREDICTIONS_SCHEMA, write_parquet_atomic
 from gemel.linker import pipeline_linker
 from gemel.paths import DECODE_REPORT, PREDICTIONS, Artifacts
+from gemel.predict import decode_split
 from stages import _cli
 
 
@@ -19,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     params = _cli.parse(__doc__, argv)
     dp = section(params, "decode", DecodeParams)
     linker, mentions = pipeline_linker(params, dp, mapper=True)
-    pred, report = linker.decode_split(mentions, dp, progress=True)
+    pred, report = decode_split(linker, mentions, dp, progress=True)
     a = Artifacts.of(params)
     write_parquet_atomic(pred, a.in_run(PREDICTIONS), PREDICTIONS_SCHEMA)
     text = json.dumps({"llm": section(params, "model", ModelParams).llm, **report,

@@ -30,7 +30,7 @@ from gemel.config import CandidatesParams, DecodeParams, load_params
 from gemel.data.sample import generate_sample
 from gemel.data.tables import read_kb, read_mentions, write_parquet_atomic
 from gemel.fusion import FEATURES, Fusion, FusionError
-from gemel.inputs import InputError
+from gemel.inputs import InputError, parse_input
 from gemel.linker import dense_index
 from gemel.retrieval import DemoPool, load_text_encoder, read_demos, read_pool, retrieve
 from gemel.run import RunError, check_run, project_root, read_run_record, write_run_record
@@ -309,7 +309,8 @@ def test_link_proposes_the_dense_candidates_of_the_stage_from_its_cached_embeddi
     candidate-aware run recorded with it: Linker.from_run reads the stage's KB embeddings, never
     re-embeds the KB (stale ones are refused), and gives the test mentions the stage's candidates."""
     from gemel.dense import DenseError, read_kb_embeddings, write_kb_embeddings
-    from gemel.linker import DECODE_SETTINGS, propose_for
+    from gemel.linker import propose_for
+    from gemel.predict import DECODE_SETTINGS
     from stages import candidates
 
     more = [f"candidates.out={tmp_path}/candidates", "candidates.dense=3", "candidates.dense_sim=true",
@@ -364,18 +365,23 @@ def test_demonstrations_of_new_inputs_come_from_the_runs_pool(pipeline):
 
 @pytest.mark.parametrize("method", ["bm25", "random"])
 def test_new_inputs_retrieve_like_the_stage_for_every_method(method):
-    mentions = pd.DataFrame({"id": [f"m{i}" for i in range(12)], "split": ["train"] * 9 + ["test"] * 3,
-                             "mention": ["Paris", "Paris Hilton", "Jordan", "Michael Jordan", "Mercury", "Apple",
-                                         "Apple Inc.", "Java", "Turkey", "Paris", "Jordan River", "Mercury"],
-                             "text": ["x"] * 12, "is_nil": [False] * 12})
+    """A new input gets what the retrieve stage's routine and seed give it as the stage's only
+    query: the demonstrations of the stage's first query when that one is not in the pool."""
+    mentions = pd.DataFrame({"id": [f"m{i}" for i in range(13)], "split": ["test"] + ["train"] * 9 + ["test"] * 3,
+                             "mention": ["Paris", "Paris", "Paris Hilton", "Jordan", "Michael Jordan", "Mercury",
+                                         "Apple", "Apple Inc.", "Java", "Turkey", "Paris", "Jordan River", "Mercury"],
+                             "text": ["x"] * 13, "is_nil": [False] * 13})
     pool = DemoPool.of(mentions, method, "mention", None, 0)
     test = mentions[mentions["split"] == "test"]
     got = pool.retrieve(test, 3)
     assert all(len(ids) == 3 == len(set(ids)) and set(ids) <= set(pool.ids) for ids, _ in got)
+    stage = retrieve(mentions, method, 3)[0].set_index("id")
+    assert got[0][0] == list(stage.at["m0", "demo_ids"])  # ties (two "Paris") broken by the stage's own draw
+    np.testing.assert_allclose(got[0][1], stage.at["m0", "demo_scores"], atol=1e-6)
     if method == "bm25":
-        stage = retrieve(mentions, "bm25", 3)[0].set_index("id")
         for mid, (_, scores) in zip(test["id"], got, strict=True):
             np.testing.assert_allclose(scores, stage.at[mid, "demo_scores"], atol=1e-6)
+    assert pool.retrieve(test.tail(1), 3)[0][0] == got[-1][0]  # in any batch, the same
 
 
 def test_prompts_of_a_run_with_demonstrations_hold_them(pipeline, fresh, tmp_path):
@@ -387,16 +393,23 @@ def test_prompts_of_a_run_with_demonstrations_hold_them(pipeline, fresh, tmp_pat
     shutil.copy(pipeline.run / "mapper.safetensors", run / "mapper.safetensors")
     write_run_record(pipeline.load_params(f"train.out={tmp_path}", "model.num_demos=2"), run)
     linker = Linker.from_run(run)
-    seen = []
-    example = linker.builder.example
-    linker.builder.example = lambda i, t: seen.append(example(i, t)) or seen[-1]
+    items = [parse_input(r, str(i)) for i, r in enumerate(absolute(folder, records[:2]))]
+    batch = linker.new_batch(items)
+    assert len(batch.examples) == 2
+    pool = read_pool(pipeline.base / "demos" / "pool.parquet")
+    encoder = load_text_encoder("all-MiniLM-L6-v2", pipeline.params["text_encoders"])
+    stage_k = pipeline.params["retrieve"]["top_k"]
+    found = pool.retrieve(pd.DataFrame({"text": [r.text for r in items], "mention": [r.mention for r in items]}),
+                          stage_k, encoder)
+    for e, (ids, _) in zip(batch.examples, found, strict=True):
+        assert len(e.prompt.images) == 3 and e.prompt.images[-1] >= len(linker.features)  # 2 demos + its own
+        assert e.prompt == linker.prompts.build(e.id, linker.prompts.question(e.text, e.mention, e.image_row),
+                                                ids, with_target=False)  # the stage's top_k, the 2 most similar
+        assert 0 < e.prompt.query_start < len(e.prompt.ids)
+    features = linker.features.copy()
     out = linker.link(absolute(folder, records[:2]))
     assert all(o["entities"] for o in out)
-    assert len(seen) == 2
-    for e in seen:
-        assert len(e.images) == 3 and e.images[-1] >= len(linker.new.base_features)  # 2 demos + the input's own
-        assert 0 < e.query_start < len(e.ids)
-    assert not any(k.startswith("\x00link") for k in linker.builder.question)  # a batch's inputs are dropped after
+    np.testing.assert_array_equal(linker.features, features)  # linking leaves the run's parts as they were
 
 
 # ------------------------------------------------------------------ the command line

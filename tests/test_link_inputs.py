@@ -4,20 +4,21 @@ parts; and `gemel link` refusing a run whose mapper changed since run.json recor
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
 from gemel.config import DecodeParams, load_params
 from gemel.encoders import ImageEncoder
+from gemel.examples import LinkExample
 from gemel.features import encode_inputs
-from gemel.fusion import Fusion
+from gemel.fusion import LLM_ALONE, Fusion
 from gemel.inputs import NewMention
-from gemel.linker import LLM_ALONE, Linker, NewInputs, Ranked
+from gemel.linker import Linker, NewInputs
+from gemel.prompt import Example, Question, build_example
+from gemel.ranking import Ranked
 
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 3
@@ -51,42 +52,40 @@ def test_new_inputs_follow_the_runs_missing_image_policy(images: dict[str, str],
         assert errors == [None] * 4
 
 
-class StubBuilder:
-    """The prompt builder's part that link_mentions touches: k visual tokens, no demonstrations."""
+class StubPrompts:
+    """The prompt builder's part that new inputs touch: k visual tokens, no demonstrations."""
     k, num_demos = 4, 0
 
+    def question(self, text: str, mention: str, image_row: int) -> Question:
+        return Question([1, 2], [], image_row)
+
+    def build(self, mention_id: str, question: Question, demo_ids: list[str], with_target: bool) -> Example:
+        return build_example(mention_id, question, [], [0], self.k, with_target)
+
+
+class StubRanker:
+    """Records each batch's image rows and feature matrix instead of asking an LLM."""
+
     def __init__(self) -> None:
-        self.rows: dict[str, int] = {}
+        self.linked: list[tuple[list[int], np.ndarray]] = []
 
-    def add(self, table: pd.DataFrame, demos: pd.DataFrame, rows: dict[str, int]) -> None:
-        self.rows.update({i: rows.get(i, -1) for i in table["id"]})
-
-    def forget(self, ids: list[str]) -> None:
-        for i in ids:
-            self.rows.pop(i, None)
+    def rank(self, examples: list[LinkExample], features: np.ndarray, p: DecodeParams, fusion: Fusion) -> list[Ranked]:
+        self.linked.append(([e.image_row for e in examples], features))
+        return [Ranked(["E1"], ["Mercury"], [-0.5]) for _ in examples]
 
 
 def stub_linker(policy: str) -> Linker:
     base = np.ones((2, DIM), np.float32)  # the run's own features
-    linker = Linker(model=None, builder=StubBuilder(), features=base, trie=None, pad_id=0)
-    linker.new = NewInputs(decode=DecodeParams(), mode="paper", fusion=LLM_ALONE,
-                           image_encoder=mean_colour_encoder(), missing_image=policy, image_batch_size=2, pool=None,
-                           text_encoder=None, retrieve_batch_size=8, generator=None, ranker=None, cand_top_k=4,
-                           base_features=base, notes=[])
-    linked: list[dict[str, Any]] = []
-
-    def rank(ids: list[str], p: DecodeParams, fusion: Fusion, contexts: dict[str, tuple[str, str]]) -> list[Ranked]:
-        linked.append({i: linker.builder.rows[i] for i in ids})
-        return [Ranked(["E1"], ["Mercury"], [-0.5]) for _ in ids]
-
-    linker.rank = rank
-    linker.linked = linked
-    return linker
+    new = NewInputs(decode=DecodeParams(), mode="paper", fusion=LLM_ALONE, image_encoder=mean_colour_encoder(),
+                    missing_image=policy, image_batch_size=2, pool=None, text_encoder=None, retrieve_top_k=8,
+                    retrieve_batch_size=8, generator=None, ranker=None, cand_top_k=4, notes=[])
+    return Linker(ranker=StubRanker(), prompts=StubPrompts(), features=base, new=new)
 
 
 def test_link_mentions_turns_a_missing_image_into_that_inputs_error(images: dict[str, str]) -> None:
     """Under missing_image: error, the input whose image file does not exist gets an error record
-    (the others in its batch are linked); under zero it is linked without its image."""
+    (the others in its batch are linked); under zero it is linked without its image. The batch's
+    image goes after the run's features in a matrix of its own: the linker's are untouched."""
     items = [NewMention("a", "Mercury rising.", "Mercury", images["good"]),
              NewMention("b", "Mercury rising.", "Mercury", images["missing"]),
              NewMention("c", "Mercury rising.", "Mercury", None)]
@@ -96,8 +95,10 @@ def test_link_mentions_turns_a_missing_image_into_that_inputs_error(images: dict
     assert out[1]["entities"] == [] and "missing" in out[1]["error"] and images["missing"] in out[1]["error"]
     assert "error" not in out[0] and "error" not in out[2]
     assert (out[0]["image_used"], out[2]["image_used"], out[2]["image_reason"]) == (True, False, "none given")
-    (ranked,) = linker.linked
-    assert len(ranked) == 2 and sorted(ranked.values()) == [-1, 2]  # b never reaches the LLM; a's image is row 2
+    ((rows, features),) = linker.ranker.linked
+    assert rows == [2, -1]  # b never reaches the LLM; a's image is row 2
+    np.testing.assert_allclose(features[2], [10, 20, 30])
+    assert linker.features.shape == (2, DIM)
     zero = stub_linker("zero").link_mentions(items)
     assert "error" not in zero[1] and (zero[1]["image_used"], zero[1]["image_reason"]) == (False, "missing")
 

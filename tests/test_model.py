@@ -11,6 +11,7 @@ import torch
 
 from gemel.config import TrainParams, load_params
 from gemel.decoding import beam_search, decode
+from gemel.examples import LinkExample
 from gemel.llm import answer_ids, get_spec, load_llm, load_tokenizer
 from gemel.model import Gemel
 from gemel.prompt import IMAGE, Example, PromptBuilder, collate
@@ -220,12 +221,20 @@ def test_lr_schedule_warms_up_then_decays() -> None:
     assert f[-1] == pytest.approx(1 / (total - warmup)) and not any(math.isnan(x) for x in f)
 
 
+def examples_of(data, b: PromptBuilder, cands: pd.DataFrame) -> dict[str, LinkExample]:
+    """The mentions of `cands` as examples (gemel.examples), by id."""
+    from gemel.examples import pipeline_examples
+
+    mentions = data[0].set_index("id", drop=False).loc[list(cands["id"])]
+    return {e.id: e for e in pipeline_examples(b, mentions, cands)}
+
+
 def test_candidate_aware_linking_stays_among_candidates_and_fuses_exactly(data, tokenizer, llm, trie) -> None:
     """Candidate-aware mode on the real LLM: every answer is one of the mention's own candidates,
     each candidate's LLM score is its teacher-forced score, and the ranking follows LLM + w * prior."""
     from gemel.config import DecodeParams
     from gemel.fusion import Fusion
-    from gemel.linker import Linker
+    from gemel.ranking import LLMRanker, sure
 
     model = model_for(llm)
     b = builder(data, tokenizer)
@@ -234,42 +243,47 @@ def test_candidate_aware_linking_stays_among_candidates_and_fuses_exactly(data, 
         "cand_ids": [["E0", "E1", "E2"], ["E3", "E4"], ["E5", "E8", "E6", "E7"]],
         "cand_names": [[NAMES[0], NAMES[1], NAMES[2]], [NAMES[3], NAMES[4]], [NAMES[5], NAMES[8], NAMES[6], NAMES[7]]],
         "cand_scores": [[-0.1, -2.5, -3.0], [-0.7, -0.9], [-3.0, -0.05, -4.0, -5.0]]}).set_index("id", drop=False)
-    linker = Linker(model, b, data[2], trie, tokenizer.eos_token_id, tokenizer, cands)
+    ranker = LLMRanker(model, trie, tokenizer.eos_token_id, tokenizer)
+    features = data[2]
     p = DecodeParams(candidates="constrained", batch_size=2, ranker_sure=None)  # the LLM on every mention
     ids = ["m0", "m4", "m5"]
-    llm_scores = linker.candidate_llm_scores(ids, p)
+    by_id = examples_of(data, b, cands)
+    examples = [by_id[i] for i in ids]
+    llm_scores = ranker.llm_scores(examples, features, p)
     for i, scores in zip(ids, llm_scores, strict=True):
         e = b.example(i, with_target=False)
+        assert by_id[i].prompt == e  # the example's prompt is the builder's
         for name, s in zip(cands.at[i, "cand_names"], scores, strict=True):
             target = answer_ids(tokenizer, name)
             with torch.no_grad():
-                nll = model.loss(collate([Example(e.id, e.ids, e.images, target)], data[2], tokenizer.eos_token_id)).item()
+                nll = model.loss(collate([Example(e.id, e.ids, e.images, target)], features, tokenizer.eos_token_id)).item()
             assert s == pytest.approx(-nll, abs=1e-3)
     for w in (0.0, 1.0, 100.0):
-        for i, r, llm_s in zip(ids, linker.rank(ids, p, Fusion("weight", weight=w), llm_scores), llm_scores, strict=True):
+        got = ranker.rank(examples, features, p, Fusion("weight", weight=w), llm_scores)
+        for i, r, llm_s in zip(ids, got, llm_scores, strict=True):
             c = cands.loc[i]
             assert sorted(r.ids) == sorted(c["cand_ids"])  # nothing outside the candidates, nothing lost
             fused = llm_s + w * np.asarray(c["cand_scores"])
             assert r.scores == pytest.approx(sorted(fused.tolist(), reverse=True))
             assert r.ids[0] == c["cand_ids"][int(np.argmax(fused))]
     # a large weight hands the choice to the prior
-    assert [r.ids[0] for r in linker.rank(ids, p, Fusion("weight", weight=100.0), llm_scores)] == ["E0", "E3", "E8"]
+    assert [r.ids[0] for r in ranker.rank(examples, features, p, Fusion("weight", weight=100.0), llm_scores)] == [
+        "E0", "E3", "E8"]
     # a mention without any candidate falls back to the paper's beam search over the whole trie
     empty = pd.DataFrame({"id": ["m6"], "cand_ids": [[]], "cand_names": [[]], "cand_scores": [[]]}).set_index("id", drop=False)
-    linker.candidates = pd.concat([cands, empty])
-    got = linker.rank(["m0", "m6"], p, Fusion("weight", weight=1.0))
-    paper = linker.rank(["m6"], DecodeParams(candidates="none", batch_size=2))[0]
+    m6 = examples_of(data, b, empty)["m6"]
+    got = ranker.rank([by_id["m0"], m6], features, p, Fusion("weight", weight=1.0))
+    paper = ranker.rank([m6], features, DecodeParams(candidates="none", batch_size=2))[0]
     assert got[1] == paper and len(paper.ids) == p.num_beams and got[1].llm_scores is None
     assert sorted(got[0].ids) == sorted(cands.at["m0", "cand_ids"])
     # A mention the ranker is sure of (first prior >= decode.ranker_sure) keeps the prior's order,
     # and the LLM is not asked about it; the others are fused as before.
-    linker.candidates = cands
-    sure = DecodeParams(candidates="constrained", batch_size=2, ranker_sure=0.9)  # m0's first: e^-0.1 = 0.905
-    assert linker.sure(ids, sure) == {"m0"}
-    got = linker.rank(ids, sure, Fusion("weight", weight=1.0), llm_scores)
+    by_prior = DecodeParams(candidates="constrained", batch_size=2, ranker_sure=0.9)  # m0's first: e^-0.1 = 0.905
+    assert sure(examples, by_prior) == [True, False, False]
+    got = ranker.rank(examples, features, by_prior, Fusion("weight", weight=1.0), llm_scores)
     assert got[0].ids == cands.at["m0", "cand_ids"] and got[0].llm_scores is None
     assert got[0].scores == pytest.approx(cands.at["m0", "cand_scores"])
-    assert got[1:] == linker.rank(ids, p, Fusion("weight", weight=1.0), llm_scores)[1:]
+    assert got[1:] == ranker.rank(examples, features, p, Fusion("weight", weight=1.0), llm_scores)[1:]
 
 
 def test_described_scores_are_the_text_given_the_entity_against_the_text_alone(tokenizer, llm) -> None:
@@ -321,42 +335,43 @@ def test_window_keeps_the_mention_and_some_left_context(tokenizer) -> None:
 
 
 def test_learned_fusion_reads_the_descriptions_through_rank(data, tokenizer, llm, trie) -> None:
-    """Linker.rank with decode.describe under a learned fusion: the `described` feature is
+    """LLMRanker.rank with decode.describe under a learned fusion: the `described` feature is
     gemel.describe's score of the first `describe` described candidates, against the mention's
-    own text; a weight fusion reads none; without the texts it is a clear error."""
+    own text; a weight fusion reads none."""
+    import dataclasses
+
     from gemel.config import DecodeParams
     from gemel.describe import described_scores
     from gemel.fusion import FEATURES, Fusion
-    from gemel.linker import Linker, LinkError, contexts_of
+    from gemel.ranking import LLMRanker
 
     model = model_for(llm)
     b = builder(data, tokenizer, use_image=False, num_demos=0)
     cands = pd.DataFrame({"id": ["m0", "m5"], "cand_ids": [["E0", "E1", "E2"], ["E3", "E4", "E5"]],
                           "cand_names": [NAMES[0:3], NAMES[3:6]],
                           "cand_scores": [[-0.5, -1.0, -2.0], [-0.4, -1.5, -1.6]]}).set_index("id", drop=False)
-    linker = Linker(model, b, data[2], trie, tokenizer.eos_token_id, tokenizer, cands)
-    linker.descriptions = {"E0": "The smallest planet of the Solar System.", "E2": "A British singer of Queen.",
-                           "E5": "An American basketball player."}
+    ranker = LLMRanker(model, trie, tokenizer.eos_token_id, tokenizer,
+                       {"E0": "The smallest planet of the Solar System.", "E2": "A British singer of Queen.",
+                        "E5": "An American basketball player."})
     only_described = Fusion("learned", weights=tuple(1.0 if f == "described" else 0.0 for f in FEATURES))
     p = DecodeParams(candidates="constrained", describe=2, ranker_sure=None, batch_size=2)
     ids = ["m0", "m5"]
-    contexts = contexts_of(data[0].set_index("id", drop=False).loc[ids])
+    examples = list(examples_of(data, b, cands).values())
+    contexts = dict(zip(data[0]["id"], zip(data[0]["text"], data[0]["mention"], strict=True), strict=True))
+    assert [e.context for e in examples] == [contexts[i] for i in ids]
     want = described_scores(model, tokenizer, tokenizer.eos_token_id, [contexts[i] for i in ids],
                             [["The smallest planet of the Solar System.", None, "A British singer of Queen."],
                              [None, None, "An American basketball player."]],
                             [NAMES[0:3], NAMES[3:6]], top=2)
     assert want[0][0] != 0.0 and want[0][2] == 0.0 and not want[1].any()  # top=2: E2 and E5 are not read
-    got = linker.rank(ids, p, only_described, contexts=contexts)
+    got = ranker.rank(examples, data[2], p, only_described)
     for r, w in zip(got, want, strict=True):
         assert r.scores == pytest.approx(sorted(w.tolist(), reverse=True), abs=1e-6)
-    s = linker.scored(ids, p, contexts, read=False)
+    s = ranker.scored(examples, data[2], p, read=False)
     assert all(x.described is None for x in s)  # the weight fusion reads no descriptions
-    with pytest.raises(LinkError, match="decode.describe needs each mention's text"):
-        linker.rank(ids, p, only_described)
     # The ranker alone (the LLM earned no say on dev): the prior's order, and the LLM is not run.
     from gemel.fusion import RANKER_ALONE
 
-    linker.model = None  # would fail if the LLM were asked
-    alone = linker.rank(ids, p, RANKER_ALONE)
+    alone = dataclasses.replace(ranker, model=None).rank(examples, data[2], p, RANKER_ALONE)  # no LLM to ask
     assert [r.ids for r in alone] == [list(cands.at[i, "cand_ids"]) for i in ids]
     assert all(r.llm_scores is None for r in alone)

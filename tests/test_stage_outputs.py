@@ -157,9 +157,9 @@ def test_the_readers_of_json_reports_use_it(tmp_path: Path) -> None:
     """The decode report read by `gemel link` (decode_settings) and by evaluate, and the candidates
     report that run.json records the ranker's weights from."""
     from gemel.config import load_params
-    from gemel.linker import decode_settings
     from gemel.metrics import evaluate_run
     from gemel.paths import Artifacts
+    from gemel.predict import decode_settings
     from gemel.run import write_run_record
 
     run = tmp_path / "results" / "smollm2-135m"
@@ -190,11 +190,11 @@ def test_the_readers_of_json_reports_use_it(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fusion", ["learned", "weight"])
 def test_fusion_fitted_on_dev_without_dev_mentions_says_what_to_set(fusion: str) -> None:
     from gemel.config import DecodeParams
-    from gemel.linker import Linker, LinkError
+    from gemel.predict import choose_fusion
+    from gemel.ranking import LinkError
 
-    linker = Linker(model=None, builder=None, features=np.zeros((0, 1)), trie=None, pad_id=0)
     with pytest.raises(LinkError, match="set decode.fusion to weight and decode.fusion_weight to a number") as e:
-        linker.fusion(pd.DataFrame({"id": []}), DecodeParams(candidates="constrained", fusion=fusion))
+        choose_fusion(None, [], [], np.zeros((0, 1)), DecodeParams(candidates="constrained", fusion=fusion))
     assert isinstance(e.value, GemelError)
 
 
