@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gemel.candidates import NameIndex, generate, words
 from gemel.config import CandidatesParams
+from gemel.search.candidates import NameIndex, generate, words
 
 ROOT = Path(__file__).resolve().parent.parent
 RICHPEDIA = ROOT.parent / "shared" / "data" / "richpedia-mel"

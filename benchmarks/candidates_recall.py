@@ -31,10 +31,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from gemel.candidates import dense_on, generate
 from gemel.config import CandidatesParams, apply_override, load_params, prepare_params, section
 from gemel.data.prepare import prepare
-from gemel.metrics import baselines, bucket_flags
+from gemel.evaluate.metrics import baselines, bucket_flags
+from gemel.search.candidates import dense_on, generate
 
 ROOT = Path(__file__).resolve().parent.parent
 RAW = Path(os.environ.get("GEMEL_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -110,7 +110,7 @@ def main() -> None:
         dense: dict = {}
         spent = dict(index.seconds) if index is not None else {}  # what earlier variants spent
         if dense_on(cp) and index is None:
-            from gemel.dense import DenseIndex, load_encoder
+            from gemel.search.dense import DenseIndex, load_encoder
 
             args.cache.mkdir(parents=True, exist_ok=True)
             index = DenseIndex.of(prepared.kb, load_encoder(cp.encoder, params["text_encoders"], cp.precision),

@@ -1,4 +1,4 @@
-"""The fuzzy source's character trigram index (gemel.candidates.CharIndex) at the scale of a large KB.
+"""The fuzzy source's character trigram index (gemel.search.candidates.CharIndex) at the scale of a large KB.
 
     python -m benchmarks.char_index                     # 1,000,000 names, 2,000 misspelled mentions
     python -m benchmarks.char_index --names 100000
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gemel.candidates import CharIndex
+from gemel.search.candidates import CharIndex
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("GEMEL_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from benchmarks.richpedia import build, peak_rss_gib
-from gemel.decoding import beam_search, decode
-from gemel.prompt import collate
+from gemel.generation.decoding import beam_search, decode
+from gemel.generation.prompt import collate
 
 
 def main() -> None:
@@ -65,10 +65,10 @@ def main() -> None:
     if args.candidates:
         import pandas as pd
 
-        from gemel.candidates import generate
         from gemel.config import CandidatesParams
-        from gemel.decoding import score_candidates
-        from gemel.llm import answer_ids
+        from gemel.generation.decoding import score_candidates
+        from gemel.generation.llm import answer_ids
+        from gemel.search.candidates import generate
 
         kb = pd.DataFrame({"entity_id": w.trie.entity_ids.tolist(), "name": w.trie.names.tolist(), "description": None})
         # Names only, lexical sources: what matters here is the cost of scoring K candidates.

@@ -2,7 +2,7 @@
 
     python -m benchmarks.llm_load [--llms smollm2-135m gemma3-270m]
 
-Each load runs in a fresh process, as a stage does: tokenizer + model through gemel.llm, then one
+Each load runs in a fresh process, as a stage does: tokenizer + model through gemel.generation.llm, then one
 forward pass over a short prompt (reading the weights from a memory-mapped entry is part of it).
 `direct` is GEMEL_LLM_CACHE=0 (transformers de-quantizes the GGUF); `cold` is the first load with
 an empty cache (the same, plus writing the entry); `warm` reads the entry. The cache is a
@@ -28,7 +28,7 @@ def child(name: str) -> None:
     import torch
 
     from gemel.config import load_params
-    from gemel.llm import get_spec, load_llm, load_tokenizer
+    from gemel.generation.llm import get_spec, load_llm, load_tokenizer
 
     spec = get_spec(load_params()["llms"], name)
     t0 = time.perf_counter()

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from gemel.metrics import breakdown
-from gemel.report import collect, render
+from gemel.evaluate.metrics import breakdown
+from gemel.evaluate.report import collect, render
 
 
 def synthetic_run(base: Path, n: int, size: tuple[int, int], seed: int = 0) -> tuple[Path, pd.DataFrame, pd.DataFrame]:

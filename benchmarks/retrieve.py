@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from gemel.config import PrepareParams, load_params  # noqa: E402
 from gemel.data.prepare import prepare  # noqa: E402
-from gemel.retrieval import load_text_encoder, retrieve  # noqa: E402
+from gemel.search.retrieval import load_text_encoder, retrieve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RICHPEDIA = ROOT.parent / "shared" / "data" / "richpedia-mel"

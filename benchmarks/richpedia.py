@@ -22,12 +22,12 @@ import pandas as pd  # noqa: E402
 
 from gemel.config import PrepareParams, load_params  # noqa: E402
 from gemel.data.prepare import prepare  # noqa: E402
-from gemel.linker import build_linker  # noqa: E402
-from gemel.llm import get_spec, load_tokenizer  # noqa: E402
-from gemel.model import Gemel  # noqa: E402
-from gemel.prompt import PromptBuilder  # noqa: E402
-from gemel.retrieval import retrieve  # noqa: E402
-from gemel.trie import EntityTrie, build_entity_trie  # noqa: E402
+from gemel.generation.llm import get_spec, load_tokenizer  # noqa: E402
+from gemel.generation.model import Gemel  # noqa: E402
+from gemel.generation.prompt import PromptBuilder  # noqa: E402
+from gemel.generation.trie import EntityTrie, build_entity_trie  # noqa: E402
+from gemel.link.linker import build_linker  # noqa: E402
+from gemel.search.retrieval import retrieve  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 RICHPEDIA = ROOT.parent / "shared" / "data" / "richpedia-mel"
@@ -58,7 +58,7 @@ def build(llm: str = "smollm2-135m", num_demos: int = 16, prefix_tokens: int = 4
                              llm)
     paths = sorted({p for p in mentions["image"] if isinstance(p, str)})
     features = np.random.default_rng(0).normal(size=(len(paths), IMAGE_DIM)).astype(np.float32)
-    # The pipeline's own assembly (gemel.linker.build_linker), with these features and this trie.
+    # The pipeline's own assembly (gemel.link.linker.build_linker), with these features and this trie.
     linker = build_linker(params, mentions, demos, ({p: i for i, p in enumerate(paths)}, features), trie,
                           device_name=device)
     r = linker.ranker

@@ -28,7 +28,7 @@ import numpy as np
 
 from benchmarks.richpedia import build, peak_rss_gib
 from gemel.config import TrainParams
-from gemel.training import train
+from gemel.generation.training import train
 
 ORIGINAL_EXAMPLES_PER_S = 0.224
 SETTINGS = {  # name -> (precision, demo_image_grad)
@@ -96,7 +96,7 @@ def profile(w, examples) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from gemel.prompt import collate
+    from gemel.generation.prompt import collate
 
     def step(e) -> None:
         w.model.loss(collate([e], w.features, w.pad_id)).backward()

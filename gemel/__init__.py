@@ -12,7 +12,7 @@ __all__ = ["Linker"]
 
 def __getattr__(name: str) -> Any:
     if name == "Linker":  # torch and transformers load only when the linker is asked for
-        from gemel.linker import Linker
+        from gemel.link.linker import Linker
 
         return Linker
     raise AttributeError(f"module 'gemel' has no attribute {name!r}")

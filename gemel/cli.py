@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 def load(run: str):
     """The run's linker, or Stop with what is wrong (import errors of the pipeline's own kinds)."""
     from gemel.errors import GemelError
-    from gemel.linker import Linker
+    from gemel.link.linker import Linker
 
     t0 = time.perf_counter()
     try:
@@ -84,7 +84,7 @@ def load(run: str):
 
 
 def link_one(args: argparse.Namespace) -> int:
-    from gemel.inputs import InputError, parse_input
+    from gemel.link.inputs import InputError, parse_input
 
     try:
         item = parse_input({"text": args.text, "mention": args.mention, "image": args.image}, "1")
@@ -133,7 +133,7 @@ def read_inputs(path: Path) -> Iterator[tuple[int, Any, str | None]]:
 def link_file(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from gemel.inputs import InputError, NewMention, error_record, input_id, parse_input
+    from gemel.link.inputs import InputError, NewMention, error_record, input_id, parse_input
 
     src, dst = Path(args.input), Path(args.output)
     if not src.is_file():

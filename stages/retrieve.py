@@ -8,7 +8,7 @@ import sys
 from gemel.config import RetrieveParams, section
 from gemel.data.tables import read_mentions, write_parquet_atomic
 from gemel.paths import Artifacts
-from gemel.retrieval import DEMOS, retrieve_stage, write_pool
+from gemel.search.retrieval import DEMOS, retrieve_stage, write_pool
 from stages import _cli
 
 

@@ -12,10 +12,11 @@ import pandas as pd
 from gemel import stack
 from gemel.atomic import write_text_atomic
 from gemel.config import ModelParams, TrainParams, section
-from gemel.linker import pipeline_linker
+from gemel.generation.training import LOSS_COLUMNS
+from gemel.link.fit import dev_decode_params, fit
+from gemel.link.linker import pipeline_linker
+from gemel.link.run import write_run_record
 from gemel.paths import DEV_ACCURACY, MAPPER, TRAIN_LOSS, TRAIN_REPORT, Artifacts
-from gemel.run import write_run_record
-from gemel.training import LOSS_COLUMNS, dev_decode_params, fit
 from stages import _cli
 
 

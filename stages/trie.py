@@ -7,8 +7,8 @@ import json
 import sys
 
 from gemel.config import ModelParams, section
+from gemel.generation.trie import build_kb_trie
 from gemel.paths import Artifacts
-from gemel.trie import build_kb_trie
 from stages import _cli
 
 

@@ -13,8 +13,8 @@ import pytest
 
 from gemel.atomic import atomic_path, write_text_atomic
 from gemel.data.tables import KB, write_parquet_atomic
-from gemel.features import Checkpoint, write_features
-from gemel.trie import save_npz_atomic
+from gemel.generation.trie import save_npz_atomic
+from gemel.vision.features import Checkpoint, write_features
 
 
 @pytest.fixture(params=[0o022, 0o077, 0o002])
@@ -92,7 +92,7 @@ def test_parent_folders_are_made(tmp_path: Path) -> None:
 def test_the_mapper_gets_the_usual_mode(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from gemel.model import Gemel, Mapper
+    from gemel.generation.model import Gemel, Mapper
 
     old = os.umask(0o022)
     try:

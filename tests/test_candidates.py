@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gemel.candidates import (
+from gemel.config import CandidatesParams
+from gemel.search.candidates import (
     FEATURES,
     AliasTable,
     CandidateError,
@@ -23,7 +24,6 @@ from gemel.candidates import (
     recall_at,
     words,
 )
-from gemel.config import CandidatesParams
 
 # The lexical sources and features only: tests/test_dense.py tests the dense part, with the encoder.
 OFF = {"dense": 0, "dense_sim": False}
@@ -187,7 +187,7 @@ def test_ranker_is_fitted_on_alias_counts_that_leave_each_mention_out(monkeypatc
     """Every feature the ranker is fitted on that reads the alias table (the prior, whether the
     alias was seen, the entity's frequency) counts the other training mentions only, checked
     against a brute-force count over the training rows minus the mention itself."""
-    from gemel import candidates
+    from gemel.search import candidates
 
     kb, mentions = loo_mentions()
     seen: list[tuple[list[Pool], list[int]]] = []
@@ -218,7 +218,7 @@ def test_ranker_is_fitted_on_alias_counts_that_leave_each_mention_out(monkeypatc
 def test_name_in_text_reads_the_words_of_the_text() -> None:
     """name_in_text is the share of a name's distinct words that occur in the text (case-folded
     words), not in the mention: every candidate here shares only "jordan" with the mention."""
-    from gemel.candidates import Generator
+    from gemel.search.candidates import Generator
 
     kb = pd.DataFrame({"entity_id": ["E1", "E2", "E3", "E4"],
                        "name": ["Michael Jordan", "Jordan River", "Air Jordan", "Jordan Jordan Lake"], "description": None})
@@ -234,7 +234,7 @@ def test_name_in_text_reads_the_words_of_the_text() -> None:
 def test_top_k_keeps_the_best_scored_candidates() -> None:
     """The cut keeps the k highest ranker scores (ties: KB order, whatever the pool's order), and
     their scores are the log-softmax over those k alone."""
-    from gemel.candidates import Generator, top_k
+    from gemel.search.candidates import Generator, top_k
 
     kb = pd.DataFrame({"entity_id": [f"Q{i}" for i in range(6)], "name": [f"name {i}" for i in range(6)],
                        "description": None})
@@ -257,7 +257,7 @@ def test_top_k_keeps_the_best_scored_candidates() -> None:
 # ---------------------------------------------------------------- folding and the fuzzy source
 
 def test_fold_drops_case_accents_and_compatibility_forms() -> None:
-    from gemel.candidates import fold, norm
+    from gemel.search.candidates import fold, norm
 
     assert fold("Zoë Saldaña") == "zoe saldana" and fold("MÜLLER") == fold("Müller") == "muller"
     assert fold("Straße") == "strasse" and fold("ﬁnal") == "final" and fold("İstanbul") == "istanbul"
@@ -272,7 +272,7 @@ def folding_kb() -> pd.DataFrame:
 
 
 def test_folded_keys_join_accented_and_plain_spellings() -> None:
-    from gemel.candidates import Generator
+    from gemel.search.candidates import Generator
 
     kb = folding_kb()
     train = pd.DataFrame({"id": ["t"], "split": ["train"], "mention": ["SALDAÑA"], "entity_id": ["E2"], "is_nil": False})
@@ -328,7 +328,7 @@ def misspell(rng: np.random.Generator, name: str) -> str:
 
 
 def test_char_index_matches_a_brute_force_scan() -> None:
-    from gemel.candidates import CharIndex
+    from gemel.search.candidates import CharIndex
 
     names = fixture_kb(200)["name"].tolist() + ["Zoë Saldaña", "!!"]  # an accent; a name with no word
     index = CharIndex(names)
@@ -350,7 +350,7 @@ def test_char_index_matches_a_brute_force_scan() -> None:
 def test_char_index_leaves_common_grams_out_of_the_product_and_rescores_exactly() -> None:
     """With max_df below the commonest grams' df, a text's candidates are the names sharing one of
     its other grams, the best rescore * k of them by those grams, ranked by their exact cosine."""
-    from gemel.candidates import CharIndex, trigrams
+    from gemel.search.candidates import CharIndex, trigrams
 
     names = fixture_kb(300)["name"].tolist()
     index = CharIndex(names)
@@ -380,7 +380,7 @@ def test_char_index_leaves_common_grams_out_of_the_product_and_rescores_exactly(
 
 
 def test_fuzzy_source_finds_misspelled_names_and_tags_them() -> None:
-    from gemel.candidates import Generator
+    from gemel.search.candidates import Generator
 
     kb = pd.DataFrame({"entity_id": ["E1", "E2", "E3", "E4"],
                        "name": ["Michael Jordan", "Jordan River", "Michelle Obama", "Germany"], "description": None})
@@ -402,7 +402,7 @@ def test_fuzzy_source_finds_misspelled_names_and_tags_them() -> None:
 
 
 def test_recall_by_source_by_hand() -> None:
-    from gemel.candidates import recall_by_source
+    from gemel.search.candidates import recall_by_source
 
     cands = pd.DataFrame({"cand_ids": [["A", "B"], ["C", "D"], ["E"], ["F", "G"], ["H", "I"]],
                           "cand_sources": [["name", "alias+name"], ["name", "fuzzy"], ["name+fuzzy"], ["alias", "name"],
@@ -456,7 +456,7 @@ def test_description_overlap_is_the_idf_cosine_of_the_text_beyond_the_mention() 
     """desc_overlap: the cosine of the text's and the description's word sets, each word weighted
     by its idf over the KB's descriptions, by hand; the field labels every description repeats
     weigh nothing, and the mention's own words do not count."""
-    from gemel.candidates import Generator
+    from gemel.search.candidates import Generator
 
     gen = Generator(DESCRIBED, AliasTable(), pool_size=10, context=("overlap",))
     text = "Jefferson Smith, the football player, and a lawyer; Occupation unknown"
@@ -479,7 +479,7 @@ def test_years_of_the_text_against_the_descriptions_span() -> None:
     """year_before/within/after: the shares of the text's years (1000-2099, not the mention's)
     before, inside and after the years the description names (birth to death; one year: a
     lifespan after it); 0 where the text or the description names no year."""
-    from gemel.candidates import Generator
+    from gemel.search.candidates import Generator
 
     gen = Generator(DESCRIBED, AliasTable(), pool_size=10, context=("years",))
     got = context_features(gen, "Smith 1950", "Smith 1950 at a party in 1890, 1960 and 2011; 12345 people, 999 cars")
@@ -494,7 +494,7 @@ def test_years_of_the_text_against_the_descriptions_span() -> None:
 def test_pronouns_against_the_stated_sex() -> None:
     """pronoun_sex: the text's he/him/his (+1) and she/her (-1) balance times the sex the
     description states (+1 male, -1 female, 0 unstated)."""
-    from gemel.candidates import Generator
+    from gemel.search.candidates import Generator
 
     gen = Generator(DESCRIBED, AliasTable(), pool_size=10, context=("pronouns",))
     got = {e: g["pronoun_sex"] for e, g in context_features(gen, "Smith", "Smith and his wife; he sang, she played").items()}
@@ -506,7 +506,7 @@ def test_pronouns_against_the_stated_sex() -> None:
 def test_context_features_are_zero_when_switched_off_or_undescribed() -> None:
     """A switched-off group leaves its columns 0 (the ranker then fits their weights to 0), as does
     a KB without descriptions (WikiDiverse) with every group on; an unknown group is an error."""
-    from gemel.candidates import CONTEXT, Generator
+    from gemel.search.candidates import CONTEXT, Generator
 
     text = "Smith and his football club in 1990"
     on = context_features(Generator(DESCRIBED, AliasTable(), pool_size=10, context=CONTEXT), "Smith", text)
@@ -553,7 +553,7 @@ def test_the_ranker_learns_to_read_the_years_and_links_by_them() -> None:
 
 
 def test_a_report_without_the_context_weights_asks_to_rerun_the_stage() -> None:
-    from gemel.candidates import ranker_weights
+    from gemel.search.candidates import ranker_weights
 
     old = {f: 1.0 for f in FEATURES if f not in ("desc_overlap", "pronoun_sex")}
     with pytest.raises(CandidateError, match="desc_overlap, pronoun_sex .*rerun the candidates stage"):
@@ -572,7 +572,7 @@ def test_description_features_do_not_hang_on_the_hash_seed() -> None:
 
     code = (
         "import random\n"
-        "from gemel.candidates import Descriptions\n"
+        "from gemel.search.candidates import Descriptions\n"
         "rng = random.Random(0)\n"
         "vocab = [f'w{i}' for i in range(300)]\n"
         "descs = [' '.join(rng.choices(vocab, k=40)) for _ in range(60)]\n"

@@ -106,3 +106,43 @@ def test_gemel_modules_import_no_cycle() -> None:
 
     for module in graph:
         visit(module, [])
+
+
+# gemel/'s rooms from the bottom up (docs/developer.md, Layout): a module imports from its own room or below.
+LAYERS = [
+    {"gemel.config", "gemel.paths", "gemel.errors", "gemel.atomic", "gemel.hashing", "gemel.stack"},
+    {"gemel.data"},
+    {"gemel.vision", "gemel.search"},
+    {"gemel.generation"},
+    {"gemel.link"},
+    {"gemel.evaluate"},
+    {"gemel", "gemel.cli", "gemel.workflow", "gemel.summary", "gemel.codedeps"},
+]
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """(layer, room) of a gemel module: its subpackage, or itself at the top of gemel/."""
+    parts = module.split(".")
+    room = ".".join(parts[:2])
+    for i, rooms in enumerate(LAYERS):
+        if room in rooms:
+            return i, room
+    raise AssertionError(f"{module} belongs to no layer: add its room to LAYERS and to docs/developer.md")
+
+
+def test_gemel_rooms_import_only_downwards() -> None:
+    """No module imports from a higher layer, and vision and search, side by side, not from each other."""
+    from gemel.codedeps import imported_modules, module_file
+
+    up = []
+    for path in sorted((ROOT / "gemel").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        (mine, room) = layer_of(module)
+        for imported in imported_modules(path, module, ROOT):
+            if not module_file(imported, ROOT) or imported == "gemel":
+                continue
+            theirs, their_room = layer_of(imported)
+            if theirs > mine or (theirs == mine and their_room != room and mine != len(LAYERS) - 1 and mine != 0):
+                up.append(f"{module} -> {imported}")
+    assert not up, "imports that go up a layer or across a room: " + ", ".join(up)

@@ -13,10 +13,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, OPTConfig
 
-from gemel.decoding import Hypothesis, beam_search, decode, score_candidates
-from gemel.model import Gemel
-from gemel.prompt import IMAGE, Example, collate
-from gemel.trie import ROOT, Trie
+from gemel.generation.decoding import Hypothesis, beam_search, decode, score_candidates
+from gemel.generation.model import Gemel
+from gemel.generation.prompt import IMAGE, Example, collate
+from gemel.generation.trie import ROOT, Trie
 
 VOCAB, EOS, PAD, DIM, K = 48, 1, 0, 8, 2
 DEVICE = os.environ.get("GEMEL_TEST_DEVICE", "cpu")

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gemel.candidates import FEATURES, SOURCES, AliasTable, Generator, Ranker, generate, top_k
 from gemel.config import CandidatesParams, load_params
-from gemel.dense import (
+from gemel.search.candidates import FEATURES, SOURCES, AliasTable, Generator, Ranker, generate, top_k
+from gemel.search.dense import (
     DenseError,
     DenseIndex,
     cached_kb_embeddings,

@@ -27,7 +27,7 @@ def test_the_site_builds_strictly(tmp_path: Path):
                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     api = (site / "api" / "index.html").read_text()
-    for anchor in ("gemel.linker.Linker.from_run", "gemel.linker.Linker.link", "gemel.cli.main"):
+    for anchor in ("gemel.link.linker.Linker.from_run", "gemel.link.linker.Linker.link", "gemel.cli.main"):
         assert f'id="{anchor}"' in api, f"API reference lacks {anchor}"
     linking = (site / "linking" / "index.html").read_text()
     assert "usage: gemel link" in linking and "gemel-link-help" not in linking, "the --help hook did not run"

@@ -30,9 +30,9 @@ from PIL import Image
 from gemel.config import FeaturesParams, load_params
 from gemel.data.sample import generate_sample
 from gemel.data.tables import read_mentions
-from gemel.encoders import build_image_encoder
-from gemel.features import encode_images, encode_mentions, read_features
 from gemel.paths import DECODE_REPORT, MAPPER, PREDICTIONS, RUN_RECORD, TRAIN_REPORT, Artifacts
+from gemel.vision.encoders import build_image_encoder
+from gemel.vision.features import encode_images, encode_mentions, read_features
 from tests.conftest import TEST_SEED
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -17,8 +17,8 @@ from PIL import Image, ImageDraw
 
 from gemel.config import FeaturesParams
 from gemel.data.tables import MENTIONS, write_parquet_atomic
-from gemel.encoders import EncoderError, ImageEncoder, _cached_tag_file, build_image_encoder
-from gemel.features import (
+from gemel.vision.encoders import EncoderError, ImageEncoder, _cached_tag_file, build_image_encoder
+from gemel.vision.features import (
     Checkpoint,
     ImageError,
     encode_images,
@@ -334,7 +334,7 @@ def counting_encoder() -> ImageEncoder:
 def test_stage_resume_encodes_only_what_the_checkpoint_lacks(tmp_path: Path) -> None:
     """update_features (the stage) after a killed run: the checkpoint's vectors are taken as they
     are, only the other images are encoded, and the checkpoint goes once the table is written."""
-    from gemel.features import CHECKPOINT_DIR, image_sha256, update_features
+    from gemel.vision.features import CHECKPOINT_DIR, image_sha256, update_features
 
     paths = [draw(tmp_path / f"img{i}.png", seed=i, size=16) for i in range(4)]
     encoder = counting_encoder()

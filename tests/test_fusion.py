@@ -1,4 +1,4 @@
-"""Fusion of the LLM's scores with the candidate prior (gemel.fusion): the one-weight rule, the
+"""Fusion of the LLM's scores with the candidate prior (gemel.link.fusion): the one-weight rule, the
 learned listwise fusion, its cross-validated report and its record for `gemel link`."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gemel.config import DecodeParams
-from gemel.fusion import FEATURES, Fusion, FusionError, Scored, choose_weight, cross_validate, fit, learn
+from gemel.link.fusion import FEATURES, Fusion, FusionError, Scored, choose_weight, cross_validate, fit, learn
 
 
 def test_weighted_score_is_the_formula_and_the_weight_is_chosen_by_dev_accuracy() -> None:
@@ -91,7 +91,7 @@ def test_features_of_a_mention() -> None:
 
 
 def test_the_llm_keeps_its_say_only_where_it_earned_it_on_dev() -> None:
-    from gemel.fusion import RANKER_ALONE, earned
+    from gemel.link.fusion import RANKER_ALONE, earned
 
     learned = learn(*_mentions(50, 5))
     assert earned(learned, {"ranker_alone": 0.80, "fused": 0.85}) == (learned, True)

@@ -520,7 +520,7 @@ def test_kgmel_nil_entity_with_an_answer_id_is_nil(tmp_path: Path, with_kb: bool
     """WikiDiverse marks out-of-KB mentions in `entity`; such a mention is NIL even when its
     `answer` holds an id the KB knows (from the data, or from datasets.<name>.kb), so it is left
     out of accuracy rather than scored against that id's name."""
-    from gemel.metrics import compute_metrics
+    from gemel.evaluate.metrics import compute_metrics
 
     d = wikidiverse_fixture(tmp_path)
     records = json.loads((d / "wikidiverse.json").read_text())

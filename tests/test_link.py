@@ -25,15 +25,15 @@ import pandas as pd
 import pytest
 
 from gemel import Linker
-from gemel.candidates import CONTEXT, Generator, Ranker, propose, ranker_weights
 from gemel.config import CandidatesParams, DecodeParams, load_params
 from gemel.data.sample import generate_sample
 from gemel.data.tables import read_kb, read_mentions, write_parquet_atomic
-from gemel.fusion import FEATURES, Fusion, FusionError
-from gemel.inputs import InputError, parse_input
-from gemel.linker import dense_index
-from gemel.retrieval import DemoPool, load_text_encoder, read_demos, read_pool, retrieve
-from gemel.run import RunError, check_run, project_root, read_run_record, write_run_record
+from gemel.link.fusion import FEATURES, Fusion, FusionError
+from gemel.link.inputs import InputError, parse_input
+from gemel.link.linker import dense_index
+from gemel.link.run import RunError, check_run, project_root, read_run_record, write_run_record
+from gemel.search.candidates import CONTEXT, Generator, Ranker, propose, ranker_weights
+from gemel.search.retrieval import DemoPool, load_text_encoder, read_demos, read_pool, retrieve
 from gemel.stack import versions
 
 LLM = "smollm2-135m"
@@ -138,7 +138,7 @@ def write_jsonl(path: Path, objs: list) -> Path:
 
 
 def test_run_record_describes_the_run_and_matches_its_files(pipeline):
-    from gemel.encoders import efficientnet_lite0_weights
+    from gemel.vision.encoders import efficientnet_lite0_weights
 
     record = read_run_record(pipeline.run)
     params = pipeline.params
@@ -308,9 +308,9 @@ def test_link_proposes_the_dense_candidates_of_the_stage_from_its_cached_embeddi
     """The candidates stage with the dense source and dense_sim on (into a folder of its own) and a
     candidate-aware run recorded with it: Linker.from_run reads the stage's KB embeddings, never
     re-embeds the KB (stale ones are refused), and gives the test mentions the stage's candidates."""
-    from gemel.dense import DenseError, read_kb_embeddings, write_kb_embeddings
-    from gemel.linker import propose_for
-    from gemel.predict import DECODE_SETTINGS
+    from gemel.link.linker import propose_for
+    from gemel.link.predict import DECODE_SETTINGS
+    from gemel.search.dense import DenseError, read_kb_embeddings, write_kb_embeddings
     from stages import candidates
 
     more = [f"candidates.out={tmp_path}/candidates", "candidates.dense=3", "candidates.dense_sim=true",

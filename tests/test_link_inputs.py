@@ -11,14 +11,14 @@ import torch
 from PIL import Image
 
 from gemel.config import DecodeParams, load_params
-from gemel.encoders import ImageEncoder
-from gemel.examples import LinkExample
-from gemel.features import encode_inputs
-from gemel.fusion import LLM_ALONE, Fusion
-from gemel.inputs import NewMention
-from gemel.linker import Linker, NewInputs
-from gemel.prompt import Example, Question, build_example
-from gemel.ranking import Ranked
+from gemel.generation.prompt import Example, Question, build_example
+from gemel.link.examples import LinkExample
+from gemel.link.fusion import LLM_ALONE, Fusion
+from gemel.link.inputs import NewMention
+from gemel.link.linker import Linker, NewInputs
+from gemel.link.ranking import Ranked
+from gemel.vision.encoders import ImageEncoder
+from gemel.vision.features import encode_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 DIM = 3
@@ -107,7 +107,7 @@ def test_link_refuses_a_run_whose_mapper_changed(tmp_path: Path, capsys) -> None
     """run.json records the mapper's sha256; a different mapper file makes `gemel link` exit 2
     with one line naming it, before any model is loaded."""
     from gemel.cli import main
-    from gemel.run import check_run, read_run_record, write_run_record
+    from gemel.link.run import check_run, read_run_record, write_run_record
 
     params = load_params(ROOT / "params.yaml", [f"{s}.out={tmp_path / s}" for s in
                                                 ("prepare", "features", "retrieve", "candidates", "trie")]

@@ -1,4 +1,4 @@
-"""The converted-LLM cache (gemel.llm_cache) on the real SmolLM2 GGUF, in a temporary GEMEL_CACHE.
+"""The converted-LLM cache (gemel.generation.llm_cache) on the real SmolLM2 GGUF, in a temporary GEMEL_CACHE.
 
 Two real conversions (the direct GGUF load, the first cached load) are the cost; the damage and
 concurrency tests replace the conversion by a copy of the real entry, since what they test is the
@@ -18,9 +18,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from gemel import llm_cache
 from gemel.config import load_params
-from gemel.llm import _from_pretrained, _gguf_location, get_spec
+from gemel.generation import llm_cache
+from gemel.generation.llm import _from_pretrained, _gguf_location, get_spec
 
 PROMPT = "Freddie Mercury was the lead singer of"
 

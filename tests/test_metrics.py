@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from gemel.data.tables import KB, MENTIONS, write_parquet_atomic
-from gemel.metrics import MetricsError, baselines, breakdown, breakdown_table, compute_metrics, gold_rank
+from gemel.evaluate.metrics import MetricsError, baselines, breakdown, breakdown_table, compute_metrics, gold_rank
 from stages import _cli
 from stages import evaluate as evaluate_stage
 
@@ -202,7 +202,7 @@ def test_alias_prior_baseline_keeps_case_folding_only() -> None:
     """The baseline computes what it computed before the candidates' keys were accent-folded, so
     its number stays comparable across versions: "Muller" neither finds "Thomas Müller" nor uses
     the training alias "Müller", while the candidate generator (folded) does both."""
-    from gemel.candidates import AliasTable, Generator
+    from gemel.search.candidates import AliasTable, Generator
 
     kb = pd.DataFrame({"entity_id": ["E1", "E2"], "name": ["Thomas Müller", "Gerd Müller"], "description": None})
     rows = [("t0", "train", "Gerd Müller", "E2"), ("t1", "train", "Müller", "E2"),

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from gemel.config import TrainParams, load_params
-from gemel.decoding import beam_search, decode
-from gemel.examples import LinkExample
-from gemel.llm import answer_ids, get_spec, load_llm, load_tokenizer
-from gemel.model import Gemel
-from gemel.prompt import IMAGE, Example, PromptBuilder, collate
-from gemel.training import lr_factor, optimizer_steps, train
-from gemel.trie import build_entity_trie
+from gemel.generation.decoding import beam_search, decode
+from gemel.generation.llm import answer_ids, get_spec, load_llm, load_tokenizer
+from gemel.generation.model import Gemel
+from gemel.generation.prompt import IMAGE, Example, PromptBuilder, collate
+from gemel.generation.training import lr_factor, optimizer_steps, train
+from gemel.generation.trie import build_entity_trie
+from gemel.link.examples import LinkExample
 from tests.conftest import TEST_SEED
 
 NAMES = ["Mercury (planet)", "Mercury (element)", "Freddie Mercury", "Jordan", "Jordan River",
@@ -222,8 +222,8 @@ def test_lr_schedule_warms_up_then_decays() -> None:
 
 
 def examples_of(data, b: PromptBuilder, cands: pd.DataFrame) -> dict[str, LinkExample]:
-    """The mentions of `cands` as examples (gemel.examples), by id."""
-    from gemel.examples import pipeline_examples
+    """The mentions of `cands` as examples (gemel.link.examples), by id."""
+    from gemel.link.examples import pipeline_examples
 
     mentions = data[0].set_index("id", drop=False).loc[list(cands["id"])]
     return {e.id: e for e in pipeline_examples(b, mentions, cands)}
@@ -233,8 +233,8 @@ def test_candidate_aware_linking_stays_among_candidates_and_fuses_exactly(data, 
     """Candidate-aware mode on the real LLM: every answer is one of the mention's own candidates,
     each candidate's LLM score is its teacher-forced score, and the ranking follows LLM + w * prior."""
     from gemel.config import DecodeParams
-    from gemel.fusion import Fusion
-    from gemel.ranking import LLMRanker, sure
+    from gemel.link.fusion import Fusion
+    from gemel.link.ranking import LLMRanker, sure
 
     model = model_for(llm)
     b = builder(data, tokenizer)
@@ -287,11 +287,11 @@ def test_candidate_aware_linking_stays_among_candidates_and_fuses_exactly(data, 
 
 
 def test_described_scores_are_the_text_given_the_entity_against_the_text_alone(tokenizer, llm) -> None:
-    """gemel.describe: log p(window | entity prompt) - log p(window | [Text]), teacher-forced, for
+    """gemel.generation.describe: log p(window | entity prompt) - log p(window | [Text]), teacher-forced, for
     the first `top` described candidates; 0 for the rest; the description that explains the text
     scores higher than one that does not."""
-    from gemel.describe import ENTITY, TEXT, described_scores, window
-    from gemel.llm import start_ids
+    from gemel.generation.describe import ENTITY, TEXT, described_scores, window
+    from gemel.generation.llm import start_ids
 
     model = model_for(llm)
     model.eval()
@@ -325,7 +325,7 @@ def test_described_scores_are_the_text_given_the_entity_against_the_text_alone(t
 
 
 def test_window_keeps_the_mention_and_some_left_context(tokenizer) -> None:
-    from gemel.describe import window
+    from gemel.generation.describe import window
 
     text = " ".join(f"w{i}" for i in range(200)) + " Mercury rose."
     ids = window(tokenizer, text, "Mercury", width=12)
@@ -336,14 +336,14 @@ def test_window_keeps_the_mention_and_some_left_context(tokenizer) -> None:
 
 def test_learned_fusion_reads_the_descriptions_through_rank(data, tokenizer, llm, trie) -> None:
     """LLMRanker.rank with decode.describe under a learned fusion: the `described` feature is
-    gemel.describe's score of the first `describe` described candidates, against the mention's
+    gemel.generation.describe's score of the first `describe` described candidates, against the mention's
     own text; a weight fusion reads none."""
     import dataclasses
 
     from gemel.config import DecodeParams
-    from gemel.describe import described_scores
-    from gemel.fusion import FEATURES, Fusion
-    from gemel.ranking import LLMRanker
+    from gemel.generation.describe import described_scores
+    from gemel.link.fusion import FEATURES, Fusion
+    from gemel.link.ranking import LLMRanker
 
     model = model_for(llm)
     b = builder(data, tokenizer, use_image=False, num_demos=0)
@@ -370,7 +370,7 @@ def test_learned_fusion_reads_the_descriptions_through_rank(data, tokenizer, llm
     s = ranker.scored(examples, data[2], p, read=False)
     assert all(x.described is None for x in s)  # the weight fusion reads no descriptions
     # The ranker alone (the LLM earned no say on dev): the prior's order, and the LLM is not run.
-    from gemel.fusion import RANKER_ALONE
+    from gemel.link.fusion import RANKER_ALONE
 
     alone = dataclasses.replace(ranker, model=None).rank(examples, data[2], p, RANKER_ALONE)  # no LLM to ask
     assert [r.ids for r in alone] == [list(cands.at[i, "cand_ids"]) for i in ids]

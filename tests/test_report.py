@@ -1,7 +1,7 @@
-"""The run report (gemel/report.py, stages/report.py) and the sweep page of summarize.
+"""The run report (gemel/evaluate/report.py, stages/report.py) and the sweep page of summarize.
 
 Unit tests on hand-made tables: row order (wrong first, then the predictions' order), the bucket
-filter against gemel.metrics.breakdown's counts, escaping of `<script>`, a missing or unreadable
+filter against gemel.evaluate.metrics.breakdown's counts, escaping of `<script>`, a missing or unreadable
 image shown as such. Then a real page in Debian's chromium (headless, through playwright): a small
 run built from the embedded sample's stages (prepare, candidates, evaluate through their CLIs;
 predictions made from the candidates, so no LLM is trained), one test image deleted and one
@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gemel.metrics import BUCKETS, breakdown, bucket_flags
-from gemel.report import (
+from gemel.evaluate.metrics import BUCKETS, breakdown, bucket_flags
+from gemel.evaluate.report import (
     ReportError,
     bucket_keys,
     collect,
@@ -88,7 +88,7 @@ def tables(tmp: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 def write_run(run: Path, pred: pd.DataFrame, mentions: pd.DataFrame, candidates: pd.DataFrame,
               mode: str = "paper") -> None:
-    """A run folder as decode, evaluate and train leave it (metrics from gemel.metrics itself)."""
+    """A run folder as decode, evaluate and train leave it (metrics from gemel.evaluate.metrics itself)."""
     run.mkdir(parents=True, exist_ok=True)
     pred.to_parquet(run / "predictions.parquet")
     ev = pred[~pred["is_nil"]]

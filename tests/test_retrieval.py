@@ -9,7 +9,14 @@ import pandas as pd
 import pytest
 
 from gemel.data.tables import MENTIONS, write_parquet_atomic
-from gemel.retrieval import TIE_DECIMALS, RetrievalError, load_text_encoder, read_demos, resolve_text_encoder, retrieve
+from gemel.search.retrieval import (
+    TIE_DECIMALS,
+    RetrievalError,
+    load_text_encoder,
+    read_demos,
+    resolve_text_encoder,
+    retrieve,
+)
 from stages import _cli
 from stages import retrieve as retrieve_stage
 
@@ -265,7 +272,7 @@ def test_near_ties_are_ordered_by_the_seeded_draw_and_real_differences_never() -
     and scores one rounding step apart are never swapped by the draw, whatever the seed."""
     import torch
 
-    from gemel.retrieval import _topk_least_first
+    from gemel.search.retrieval import _topk_least_first
 
     rng = np.random.default_rng(0)
     n = 300

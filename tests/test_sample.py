@@ -151,7 +151,7 @@ def test_image_styles_separable_by_the_frozen_encoder(sample: Path) -> None:
     from PIL import Image
 
     from gemel.config import FeaturesParams
-    from gemel.encoders import build_image_encoder
+    from gemel.vision.encoders import build_image_encoder
 
     encoder = build_image_encoder(FeaturesParams(encoder="efficientnet_lite0"))
 

@@ -40,7 +40,7 @@ def one_line(e: pytest.ExceptionInfo, path: Path, made_by: str) -> str:
 
 
 def demos_table(path: Path) -> None:
-    from gemel.retrieval import DEMOS
+    from gemel.search.retrieval import DEMOS
 
     n = 200  # several pages' worth, so the damage lands in column data
     write_parquet_atomic(pd.DataFrame({"id": [f"m{i}" for i in range(n)], "demo_ids": [[f"m{i + 1}"] for i in range(n)],
@@ -48,7 +48,7 @@ def demos_table(path: Path) -> None:
 
 
 def pool_table(path: Path) -> None:
-    from gemel.retrieval import DemoPool, write_pool
+    from gemel.search.retrieval import DemoPool, write_pool
 
     n = 200
     write_pool(DemoPool([f"m{i}" for i in range(n)], [f"text {i}" for i in range(n)],
@@ -67,31 +67,31 @@ def predictions_table(path: Path) -> None:
 
 
 def read_demos(path: Path) -> None:
-    from gemel.retrieval import read_demos as read
+    from gemel.search.retrieval import read_demos as read
 
     read(path)
 
 
 def read_pool(path: Path) -> None:
-    from gemel.retrieval import read_pool as read
+    from gemel.search.retrieval import read_pool as read
 
     read(path)
 
 
 def read_predictions(path: Path) -> None:
-    from gemel.metrics import read_predictions as read
+    from gemel.evaluate.metrics import read_predictions as read
 
     read(path)
 
 
 def report_extra_columns(path: Path) -> None:
-    from gemel.report import collect
+    from gemel.evaluate.report import collect
 
     collect(path.parent, pd.DataFrame())
 
 
 def report_optional_table(path: Path) -> None:
-    from gemel.report import _read_optional
+    from gemel.evaluate.report import _read_optional
 
     _read_optional(path, "decode", ["id", "beams"])
 
@@ -157,10 +157,10 @@ def test_the_readers_of_json_reports_use_it(tmp_path: Path) -> None:
     """The decode report read by `gemel link` (decode_settings) and by evaluate, and the candidates
     report that run.json records the ranker's weights from."""
     from gemel.config import load_params
-    from gemel.metrics import evaluate_run
+    from gemel.evaluate.metrics import evaluate_run
+    from gemel.link.predict import decode_settings
+    from gemel.link.run import write_run_record
     from gemel.paths import Artifacts
-    from gemel.predict import decode_settings
-    from gemel.run import write_run_record
 
     run = tmp_path / "results" / "smollm2-135m"
     run.mkdir(parents=True)
@@ -190,8 +190,8 @@ def test_the_readers_of_json_reports_use_it(tmp_path: Path) -> None:
 @pytest.mark.parametrize("fusion", ["learned", "weight"])
 def test_fusion_fitted_on_dev_without_dev_mentions_says_what_to_set(fusion: str) -> None:
     from gemel.config import DecodeParams
-    from gemel.predict import choose_fusion
-    from gemel.ranking import LinkError
+    from gemel.link.predict import choose_fusion
+    from gemel.link.ranking import LinkError
 
     with pytest.raises(LinkError, match="set decode.fusion to weight and decode.fusion_weight to a number") as e:
         choose_fusion(None, [], [], np.zeros((0, 1)), DecodeParams(candidates="constrained", fusion=fusion))
@@ -200,10 +200,10 @@ def test_fusion_fitted_on_dev_without_dev_mentions_says_what_to_set(fusion: str)
 
 def test_other_expected_failures_are_gemel_errors(tmp_path: Path) -> None:
     from gemel.config import FeaturesParams
-    from gemel.encoders import build_image_encoder
-    from gemel.features import encode_inputs
+    from gemel.generation.trie import Trie
     from gemel.stack import read_lock
-    from gemel.trie import Trie
+    from gemel.vision.encoders import build_image_encoder
+    from gemel.vision.features import encode_inputs
     from gemel.workflow import get
 
     with pytest.raises(GemelError, match="unknown image encoder"):

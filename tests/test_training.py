@@ -9,9 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from gemel.config import TrainParams
-from gemel.model import Gemel
-from gemel.prompt import IMAGE, Example
-from gemel.training import optimizer_steps, train
+from gemel.generation.model import Gemel
+from gemel.generation.prompt import IMAGE, Example
+from gemel.generation.training import optimizer_steps, train
 
 VOCAB, EOS, PAD, DIM, K = 48, 1, 0, 8, 2
 

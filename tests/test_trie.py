@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from gemel.config import load_params
-from gemel.llm import answer_ids, get_spec, load_tokenizer, start_ids
-from gemel.trie import EntityTrie, Trie, TrieError, build_entity_trie
+from gemel.generation.llm import answer_ids, get_spec, load_tokenizer, start_ids
+from gemel.generation.trie import EntityTrie, Trie, TrieError, build_entity_trie
 
 SHARED_DATA = Path(os.environ.get("GEMEL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

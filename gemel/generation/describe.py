@@ -6,7 +6,7 @@ description, how much better the LLM predicts the words around the mention after
 than after `[Text]` alone: log p(text | entity) - log p(text), a pointwise mutual information
 between the text and the entity as the KB describes it. A footballer's description makes a
 sentence about a match likelier; a politician's does not. The score is a feature of the learned
-fusion (gemel.fusion, `described`), 0 for a candidate without a description or not read.
+fusion (gemel.link.fusion, `described`), 0 for a candidate without a description or not read.
 
 The direction matters: scoring the text given the description compares the same words under
 each candidate, whereas scoring each description given the text compares different texts and
@@ -20,10 +20,10 @@ from collections.abc import Sequence
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from gemel.decoding import score_candidates
-from gemel.llm import start_ids
-from gemel.model import Gemel
-from gemel.prompt import Example
+from gemel.generation.decoding import score_candidates
+from gemel.generation.llm import start_ids
+from gemel.generation.model import Gemel
+from gemel.generation.prompt import Example
 
 WINDOW = 48  # text tokens scored, around the mention: its context, not the whole document
 DESCRIPTION_CHARS = 120  # a description's opening: sex, lifetime and occupation come first in these KBs

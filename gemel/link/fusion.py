@@ -6,7 +6,7 @@ prior from the candidates stage (the ranker's log-softmax), become one ranking. 
 - `learned`: a listwise softmax over FEATURES fitted on the dev split's scored mentions, so that
   the LLM's say is earned per dataset and described by more than one number: its score, its
   preference among this mention's candidates, and with `decode.describe` how much each
-  candidate's description explains the text (gemel.describe).
+  candidate's description explains the text (gemel.generation.describe).
 
 `cross_validate` measures on dev, by k-fold, what the ranker alone, the LLM alone and the fusion
 score on the same mentions: the LLM's share, measured rather than assumed. Where the learned fusion
@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from gemel import listwise
 from gemel.config import DecodeParams
 from gemel.errors import GemelError
+from gemel.search import listwise
 
 FEATURES = ("prior", "llm", "llm_softmax", "llm_top", "described")
 FOLDS = 5
@@ -39,7 +39,7 @@ class Scored:
     names: Sequence[str]
     prior: np.ndarray  # log p(candidate | mention) from the candidates stage
     llm: np.ndarray  # the LLM's length-normalised log-probability of the name
-    described: np.ndarray | None = None  # decode.describe: gemel.describe's score, 0 where not computed
+    described: np.ndarray | None = None  # decode.describe: gemel.generation.describe's score, 0 where not computed
 
     def features(self) -> np.ndarray:
         """[K, len(FEATURES)]."""

@@ -12,10 +12,10 @@ import pandas as pd
 
 from gemel.config import DecodeParams
 from gemel.data.tables import read_json
-from gemel.examples import LinkExample
-from gemel.fusion import LLM_ALONE, Fusion, chosen_on_dev
+from gemel.link.examples import LinkExample
+from gemel.link.fusion import LLM_ALONE, Fusion, chosen_on_dev
+from gemel.link.ranking import LinkError, LLMRanker, Ranked, sure
 from gemel.paths import DECODE_REPORT
-from gemel.ranking import LinkError, LLMRanker, Ranked, sure
 
 MODES = {"none": "paper", "constrained": "candidates"}  # decode.candidates -> the mode a link reports
 # What decoding was run with (decode_report.json's `settings`): `Linker.from_run` links new inputs the same way.
@@ -24,7 +24,7 @@ DECODE_SETTINGS = ("candidates", "num_candidates", "fusion", "fusion_weight", "f
 
 
 class Parts(Protocol):
-    """What the decode stage links with (a gemel.linker.Linker): the ranker, the features and the
+    """What the decode stage links with (a gemel.link.linker.Linker): the ranker, the features and the
     pipeline's mentions as examples."""
     ranker: LLMRanker
     features: np.ndarray

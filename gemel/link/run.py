@@ -57,7 +57,7 @@ def features_encoder(path: str | Path) -> str | None:
     """The encoder name a features table was written with (its schema metadata), None if unreadable."""
     import pyarrow.parquet as pq
 
-    from gemel.features import ENCODER_KEY
+    from gemel.vision.features import ENCODER_KEY
 
     try:
         return (pq.read_schema(path).metadata or {}).get(ENCODER_KEY, b"").decode() or None
@@ -68,7 +68,7 @@ def features_encoder(path: str | Path) -> str | None:
 def write_run_record(params: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     """Write {out_dir}/run.json for the run these (effective) params trained; returns the record.
     Call it after the mapper is saved: its hash is part of the record."""
-    from gemel.encoders import weights_fingerprint
+    from gemel.vision.encoders import weights_fingerprint
 
     out_dir = Path(out_dir)
     model, llm = params["model"], params["model"]["llm"]
@@ -152,7 +152,7 @@ def check_run(record: dict[str, Any], run_dir: str | Path) -> list[str]:
     """What no longer matches the record, one sentence each (empty: the run can link): the image
     encoder's weights and the features table's encoder, and the KB, trie and mapper hashes, all
     recomputed now."""
-    from gemel.encoders import EncoderError, weights_fingerprint
+    from gemel.vision.encoders import EncoderError, weights_fingerprint
 
     diffs = []
     enc = record["image_encoder"]
@@ -204,7 +204,7 @@ def drift(record: dict[str, Any], run_dir: str | Path, names: tuple[str, ...] | 
 
 
 def run_params(record: dict[str, Any]) -> dict[str, Any]:
-    """The record as the params sections gemel.linker.build_linker reads."""
+    """The record as the params sections gemel.link.linker.build_linker reads."""
     llm = record["llm"]["name"]
     retrieval = record["retrieval"]
     return {"model": record["model"], "llms": {llm: record["llm"]["spec"]},

@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from gemel.config import ConfigError
 from gemel.data.tables import InputFileError, read_arrow, write_parquet_atomic
-from gemel.encoders import ImageEncoder
 from gemel.errors import GemelError
 from gemel.hashing import file_sha256
+from gemel.vision.encoders import ImageEncoder
 
 MISSING_POLICIES = ("zero", "drop", "error")
 ENCODER_KEY = b"gemel.encoder"
@@ -93,7 +93,7 @@ def encode_paths(paths: Sequence[str], encoder: ImageEncoder, batch_size: int,
     `on_bad(path, why)`, why being 'missing' or 'unreadable' (it may raise). Missing files are
     reported before any encoding, so a raising `on_bad` stops before minutes of work. Each batch's
     vectors go to `on_batch(paths, vectors)` (the checkpoint) before the progress bar counts them.
-    The one encoding loop of the features stage and of linking new inputs (gemel.linker)."""
+    The one encoding loop of the features stage and of linking new inputs (gemel.link.linker)."""
     vectors: dict[str, np.ndarray] = {}
     missing = {p for p in paths if not os.path.isfile(p)}
     for path in (p for p in paths if p in missing):

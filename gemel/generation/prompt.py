@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from gemel.llm import answer_ids, start_ids
+from gemel.generation.llm import answer_ids, start_ids
 
 IMAGE = -1  # placeholder token id of an image slot; the model writes mapped vectors there
 NO_IMAGE = -1  # feature row of an image that is missing: its vector is zero

@@ -279,7 +279,7 @@ class EntityTrie:
 
 def build_entity_trie(names: Sequence[str], entity_ids: Sequence[str], tokenizer: Any, llm_name: str,
                       batch_size: int = 10_000) -> EntityTrie:
-    """KB names -> the trie of their answer sequences (tokens, then EOS, as gemel.llm.answer_ids),
+    """KB names -> the trie of their answer sequences (tokens, then EOS, as gemel.generation.llm.answer_ids),
     tokenized in batches and kept as flat arrays so millions of names stay small."""
     if len(names) != len(entity_ids):
         raise TrieError(f"{len(names)} names but {len(entity_ids)} entity ids")
@@ -338,7 +338,7 @@ def build_kb_trie(kb_path: str | Path, llms: dict[str, Any], llm: str) -> tuple[
     import time
 
     from gemel.data.tables import read_kb
-    from gemel.llm import get_spec, load_tokenizer
+    from gemel.generation.llm import get_spec, load_tokenizer
 
     kb = read_kb(kb_path)
     tokenizer = load_tokenizer(get_spec(llms, llm))

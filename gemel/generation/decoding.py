@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from transformers import AttentionInterface, DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
-from gemel.model import Gemel, positions
-from gemel.prompt import Batch, Example, collate
-from gemel.trie import ROOT, Trie
+from gemel.generation.model import Gemel, positions
+from gemel.generation.prompt import Batch, Example, collate
+from gemel.generation.trie import ROOT, Trie
 
 
 @dataclass(frozen=True)

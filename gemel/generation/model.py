@@ -13,7 +13,7 @@ from transformers import DynamicCache, PreTrainedModel
 
 from gemel.atomic import atomic_path
 from gemel.errors import GemelError
-from gemel.prompt import IMAGE, Batch
+from gemel.generation.prompt import IMAGE, Batch
 
 
 class MapperError(GemelError, ValueError):

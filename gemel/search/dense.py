@@ -112,7 +112,7 @@ class TextEncoder:
         """Normalised float32 embeddings; identical texts share one (and are encoded once)."""
         import torch
 
-        from gemel.retrieval import encode_unique
+        from gemel.search.retrieval import encode_unique
 
         if not len(texts):
             return np.zeros((0, self.dim), np.float32)
@@ -129,7 +129,7 @@ class TextEncoder:
 def load_encoder(name: str, registry: dict[str, dict[str, Any]], precision: str = "fp32") -> TextEncoder:
     """The sentence encoder of `candidates.encoder` (a name in text_encoders, or a folder), computing
     in `precision` (auto | fp32 | bf16, see `resolve_precision`)."""
-    from gemel.retrieval import load_text_encoder, resolve_text_encoder
+    from gemel.search.retrieval import load_text_encoder, resolve_text_encoder
 
     folder = resolve_text_encoder(name, registry)
     weights = sorted(p for p in folder.rglob("*") if p.suffix in (".safetensors", ".bin") and p.is_file())

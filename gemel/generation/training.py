@@ -1,25 +1,19 @@
 """The mapper's optimisation loop: AdamW, linear warm-up then decay, clipping, accumulation,
-dev accuracy every few steps, and the best mapper kept. `fit` is the train stage: which mentions
-train and which evaluate, the text-only case, and the check that the LLM stayed frozen."""
+dev accuracy every few steps, and the best mapper kept. The train stage around it (which mentions
+train and which evaluate, the text-only case, the frozen-LLM check) is gemel.link.fit."""
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from tqdm import tqdm
 
-from gemel.config import DecodeParams, TrainParams
-from gemel.model import Gemel
-from gemel.prompt import Example, collate
-
-if TYPE_CHECKING:
-    from gemel.linker import Linker
+from gemel.config import TrainParams
+from gemel.generation.model import Gemel
+from gemel.generation.prompt import Example, collate
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int) -> float:
@@ -119,52 +113,3 @@ def train(model: Gemel, examples: Sequence[Example], features, pad_id: int, p: T
     if evaluate is not None:
         model.mapper.load_state_dict(best_state)
     return hist
-
-
-def dev_decode_params(p: TrainParams) -> DecodeParams:
-    """How the dev evaluation links: train's own settings, so that changing decode.* never retrains."""
-    # The LLM alone, on every dev mention: it is the LLM (and its mapper) that is being chosen.
-    return DecodeParams(num_beams=p.dev_num_beams, candidates=p.dev_candidates, num_candidates=p.dev_num_candidates,
-                        describe=0, ranker_sure=None)
-
-
-@dataclass
-class Fit:
-    history: History
-    report: dict[str, Any]  # train_report.json
-
-
-class FrozenLLMError(RuntimeError):
-    """A weight of the frozen LLM changed during training: a bug, never an input problem."""
-
-
-def fit(linker: Linker, mentions: pd.DataFrame, p: TrainParams, use_image: bool, progress: bool = True) -> Fit:
-    """Train the linker's mapper on the train split's linked mentions, keeping the best mapper by
-    accuracy on the dev split (its first `dev_limit`). A text-only run has no image slots, so there
-    is nothing to learn or choose: it trains 0 epochs and evaluates nothing (the decode report
-    measures the LLM alone on dev, beside the ranker and the fusion)."""
-    linked = mentions[~mentions["is_nil"]]
-    train_ids = list(linked.loc[linked["split"] == "train", "id"])
-    dev = linked[linked["split"] == "dev"]
-    dev = dev.head(p.dev_limit) if p.dev_limit else dev
-    examples = [linker.prompts.example(i, with_target=True) for i in train_ids]
-    dp = dev_decode_params(p)
-    dev_examples, gold = linker.examples(dev), list(dev["entity_name"])
-    evaluate = ((lambda: linker.ranker.accuracy(dev_examples, gold, linker.features, dp))
-                if len(dev) and use_image else None)
-    if not use_image:
-        p = dataclasses.replace(p, epochs=0)
-    llm = linker.model.llm
-    # Every in-place update bumps a tensor's version counter: unchanged counters prove the LLM was
-    # not touched, without copying its weights.
-    versions = [t._version for t in llm.parameters()]
-    t0 = time.perf_counter()
-    hist = train(linker.model, examples, linker.features, linker.ranker.pad_id, p, evaluate, progress)
-    if [t._version for t in llm.parameters()] != versions or any(t.requires_grad for t in llm.parameters()):
-        raise FrozenLLMError("the frozen LLM's weights changed during training")
-    report = {"train_examples": len(examples), "dev_mentions": len(dev), "optimizer_steps": len(hist.loss),
-              "first_loss": hist.loss[0]["loss"] if hist.loss else None,
-              "last_loss": hist.loss[-1]["loss"] if hist.loss else None,
-              "best_dev_accuracy": hist.best_accuracy if hist.dev else None, "best_step": hist.best_step,
-              "examples_per_s": round(hist.examples_per_s, 3), "train_s": round(time.perf_counter() - t0, 1)}
-    return Fit(hist, report)

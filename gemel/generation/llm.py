@@ -3,7 +3,7 @@
 Three sources, all local (nothing is downloaded at run time):
 - `gguf_package` + `gguf_file`: a GGUF file shipped by a PyPI package (the offline defaults);
   transformers de-quantizes it to a normal torch model (needs the `gguf` package), once per
-  machine: gemel.llm_cache keeps the converted model in the user cache.
+  machine: gemel.generation.llm_cache keeps the converted model in the user cache.
 - `path`: a local folder in Hugging Face format (for example a downloaded `facebook/opt-6.7b`).
 - `hub` alone: the Hugging Face id, looked up in the local HF cache only.
 """
@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from gemel import llm_cache
 from gemel.errors import GemelError
+from gemel.generation import llm_cache
 
 
 class LLMError(GemelError, RuntimeError):

@@ -1,6 +1,6 @@
 """One mention to link, built from explicit parts: its question, its image's feature row, its
 demonstrations and its candidates. The pipeline's mentions (read from the stages' tables) and new
-inputs (`Linker.link`) are both built here, and both are ranked by gemel.ranking, which keeps no
+inputs (`Linker.link`) are both built here, and both are ranked by gemel.link.ranking, which keeps no
 state: nothing a batch of new inputs does is seen by the next one, or by the pipeline's mentions."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from gemel.prompt import Example, PromptBuilder, Question
+from gemel.generation.prompt import Example, PromptBuilder, Question
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ def build(prompts: PromptBuilder, mention_id: str, text: str, mention: str, ques
 
 
 def candidates_of(row: dict) -> Candidates:
-    """A candidates table's row (or a proposal of gemel.candidates.propose) -> Candidates."""
+    """A candidates table's row (or a proposal of gemel.search.candidates.propose) -> Candidates."""
     return Candidates(row["cand_ids"], row["cand_names"], row["cand_scores"])
 
 

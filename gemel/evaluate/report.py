@@ -14,7 +14,7 @@ screen skip layout (`content-visibility: auto`), and the script shows PAGE_ROWS 
 Without JavaScript every row is shown.
 
 Row order (`order_rows`): wrong before right; within each group, the order of predictions.parquet
-(the split's published order). A row's buckets come from gemel.metrics.bucket_flags, the one
+(the split's published order). A row's buckets come from gemel.evaluate.metrics.bucket_flags, the one
 definition `breakdown` counts with; `collect` checks that the per-bucket counts equal
 metrics.json's, so a stale metrics.json cannot disagree with the page.
 """
@@ -37,7 +37,7 @@ import pandas as pd
 
 from gemel.data.tables import PREDICTIONS_CANDIDATE_AWARE, read_mentions, read_schema, read_table
 from gemel.errors import GemelError
-from gemel.metrics import BUCKETS, bucket_flags, read_predictions
+from gemel.evaluate.metrics import BUCKETS, bucket_flags, read_predictions
 from gemel.paths import DECODE_REPORT, DEV_ACCURACY, METRICS, PREDICTIONS, RUN_RECORD, TRAIN_LOSS, Artifacts
 
 THUMB_PX = 96           # longest side of a thumbnail; ~3 KB as JPEG, ~4 KB in base64
@@ -74,7 +74,7 @@ def select_rows(keys: Sequence[Sequence[str]], correct: Sequence[bool], key: str
         return [i for i, ok in enumerate(correct) if not ok]
     factor, _, label = key.partition(":")
     if factor not in BUCKETS or label not in BUCKETS[factor]:
-        raise ReportError(f"filter '{key}': not a bucket of gemel.metrics.BUCKETS")
+        raise ReportError(f"filter '{key}': not a bucket of gemel.evaluate.metrics.BUCKETS")
     return [i for i, k in enumerate(keys) if key in k]
 
 
@@ -85,7 +85,7 @@ def thumbnail(path: str | None, root: Path, px: int = THUMB_PX) -> tuple[str | N
     'none given', 'missing' or 'unreadable', the features stage's words)."""
     from PIL import Image
 
-    from gemel.features import UNREADABLE_IMAGE_ERRORS
+    from gemel.vision.features import UNREADABLE_IMAGE_ERRORS
 
     if path is None or (isinstance(path, float) and math.isnan(path)) or path == "":  # NaN: pandas' missing
         return None, "none given"
@@ -184,7 +184,7 @@ def _fusion_label(chosen: dict[str, Any], settings: dict[str, Any]) -> str | Non
 
 def _share_label(cv: dict[str, Any] | None) -> str | None:
     """The LLM's share on dev: the ranker alone and the fusion over every dev mention, then the
-    ranker alone, the LLM alone and the fusion over those the LLM scored (gemel.fusion.chosen_on_dev)."""
+    ranker alone, the LLM alone and the fusion over those the LLM scored (gemel.link.fusion.chosen_on_dev)."""
     if not cv:
         return None
     scored = cv.get("llm_scored") or {}

@@ -1,7 +1,7 @@
 """A listwise linear model: each item of a list (a mention's candidates) scores features @ w, and w
 is fitted so that each list's gold item wins a softmax over its list (cross-entropy + L2). Full-batch
-L-BFGS in float64: equal input, equal weights. The candidates ranker (gemel.candidates) and the
-learned fusion of the LLM's scores (gemel.fusion) are both one."""
+L-BFGS in float64: equal input, equal weights. The candidates ranker (gemel.search.candidates) and the
+learned fusion of the LLM's scores (gemel.link.fusion) are both one."""
 from __future__ import annotations
 
 from collections.abc import Sequence

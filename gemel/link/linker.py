@@ -1,5 +1,5 @@
 """A run's parts, assembled from the pipeline's artifacts: the frozen LLM + mapper and the entity
-trie (gemel.ranking.LLMRanker), the prompt builder over the mentions and their demonstrations, the
+trie (gemel.link.ranking.LLMRanker), the prompt builder over the mentions and their demonstrations, the
 image features and the candidates table. Used by the train and decode stages, and, through
 `Linker.from_run`, by `gemel link` and the Python API for new inputs:
 
@@ -7,10 +7,10 @@ image features and the candidates table. Used by the train and decode stages, an
     linker.link([{"text": "I saw a picture of Mercury.", "mention": "Mercury", "image": "m.png"}])
 
 A new input goes through the code paths of the pipeline's own mentions: its image through the
-run's encoder and missing-image policy (gemel.features), its demonstrations by the retrieve
-stage's routine and seed from the run's training pool (gemel.retrieval), its candidates from the
-same generator and ranker (gemel.candidates); it becomes an example as they do (gemel.examples)
-and is ranked by the same calls (gemel.ranking). Linking changes none of the linker's parts."""
+run's encoder and missing-image policy (gemel.vision.features), its demonstrations by the retrieve
+stage's routine and seed from the run's training pool (gemel.search.retrieval), its candidates from the
+same generator and ranker (gemel.search.candidates); it becomes an example as they do (gemel.link.examples)
+and is ranked by the same calls (gemel.link.ranking). Linking changes none of the linker's parts."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,23 +22,23 @@ import numpy as np
 import pandas as pd
 import torch
 
-from gemel.candidates import CandidateError, first
 from gemel.config import CandidatesParams, DecodeParams, ModelParams
 from gemel.data.tables import read_kb, read_mentions, read_table
-from gemel.dense import DenseIndex
-from gemel.examples import LinkExample, build, candidates_of, pipeline_examples
-from gemel.features import encode_inputs, load_features
-from gemel.fusion import Fusion
-from gemel.inputs import InputError, NewMention, chunks, error_record, parse_input
-from gemel.llm import get_spec, load_llm, load_tokenizer
-from gemel.model import Gemel
+from gemel.generation.llm import get_spec, load_llm, load_tokenizer
+from gemel.generation.model import Gemel
+from gemel.generation.prompt import NO_IMAGE, PromptBuilder
+from gemel.generation.trie import EntityTrie
+from gemel.link.examples import LinkExample, build, candidates_of, pipeline_examples
+from gemel.link.fusion import Fusion
+from gemel.link.inputs import InputError, NewMention, chunks, error_record, parse_input
+from gemel.link.predict import MODES, decode_settings
+from gemel.link.ranking import LinkError, LLMRanker
 from gemel.paths import MAPPER, Artifacts
-from gemel.predict import MODES, decode_settings
-from gemel.prompt import NO_IMAGE, PromptBuilder
-from gemel.ranking import LinkError, LLMRanker
-from gemel.retrieval import load_text_encoder, read_demos, read_pool
+from gemel.search.candidates import CandidateError, first
+from gemel.search.dense import DenseIndex
+from gemel.search.retrieval import load_text_encoder, read_demos, read_pool
 from gemel.stack import default_device
-from gemel.trie import EntityTrie
+from gemel.vision.features import encode_inputs, load_features
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Linker:
         """A linker for new inputs from a trained run's folder ({train.out}/{llm}) and its run.json.
         Refuses (RunError) a run whose image encoder, KB, trie or mapper no longer match the
         record; `notes` says what else changed, and which fusion is used."""
-        from gemel.run import RunError, check_run, drift, read_run_record, resolve
+        from gemel.link.run import RunError, check_run, drift, read_run_record, resolve
 
         record = read_run_record(run_dir)
         if check:
@@ -90,10 +90,10 @@ class Linker:
     @classmethod
     def _assemble(cls, record: dict[str, Any], run_dir: Path, paths: dict[str, Path], dp: DecodeParams,
                   fusion: Fusion, notes: list[str]) -> Linker:
-        from gemel.candidates import CONTEXT, Generator, Ranker, ranker_weights
         from gemel.config import FeaturesParams
-        from gemel.encoders import build_image_encoder
-        from gemel.run import RunError, run_params
+        from gemel.link.run import RunError, run_params
+        from gemel.search.candidates import CONTEXT, Generator, Ranker, ranker_weights
+        from gemel.vision.encoders import build_image_encoder
 
         params = run_params(record)
         m = ModelParams(**record["model"])
@@ -235,14 +235,14 @@ class NewInputs:
     decode: DecodeParams
     mode: str  # paper | candidates
     fusion: Fusion
-    image_encoder: Any  # gemel.encoders.ImageEncoder, None for a text-only run
+    image_encoder: Any  # gemel.vision.encoders.ImageEncoder, None for a text-only run
     missing_image: str
     image_batch_size: int
-    pool: Any  # gemel.retrieval.DemoPool when the run's prompts have demonstrations
+    pool: Any  # gemel.search.retrieval.DemoPool when the run's prompts have demonstrations
     text_encoder: Any
     retrieve_top_k: int  # the retrieve stage's top_k: a prompt shows the num_demos most similar of them
     retrieve_batch_size: int
-    generator: Any  # gemel.candidates.Generator when decode.candidates is constrained
+    generator: Any  # gemel.search.candidates.Generator when decode.candidates is constrained
     ranker: Any
     cand_top_k: int  # the candidates stage's top_k: the candidate prior is a softmax over these
     notes: list[str]
@@ -257,8 +257,8 @@ def dense_index(kb: pd.DataFrame, cp: CandidatesParams, encoder_spec: dict[str, 
     """The candidates stage's dense index for new inputs: its cached KB embeddings (never
     recomputed; DenseError when stale) and its sentence encoder, or None when the run's
     candidates did not use them."""
-    from gemel.candidates import dense_on
-    from gemel.dense import cached_kb_embeddings, kb_embeddings_precision, load_encoder
+    from gemel.search.candidates import dense_on
+    from gemel.search.dense import cached_kb_embeddings, kb_embeddings_precision, load_encoder
 
     if not dense_on(cp):
         return None
@@ -268,7 +268,7 @@ def dense_index(kb: pd.DataFrame, cp: CandidatesParams, encoder_spec: dict[str, 
 
 
 def propose_for(n: NewInputs, table: pd.DataFrame) -> list[dict]:
-    from gemel.candidates import propose
+    from gemel.search.candidates import propose
 
     return propose(n.generator, n.ranker, table["mention"].tolist(), table["text"].tolist(), n.cand_top_k)
 

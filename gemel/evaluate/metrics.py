@@ -41,7 +41,7 @@ from gemel.errors import GemelError
 from gemel.paths import DECODE_REPORT, PREDICTIONS, Artifacts
 
 if TYPE_CHECKING:
-    from gemel.candidates import AliasTable, NameIndex
+    from gemel.search.candidates import AliasTable, NameIndex
 
 DECIMALS = 4
 
@@ -136,7 +136,7 @@ def baselines(pred: pd.DataFrame, mentions: pd.DataFrame, kb: pd.DataFrame
               ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """`copy_mention` and `alias_prior` on the evaluated (non-NIL) mentions of `pred`: their
     accuracies, and the alias rule's answer per mention (for the breakdown)."""
-    from gemel.candidates import AliasTable, NameIndex
+    from gemel.search.candidates import AliasTable, NameIndex
 
     ev = pred.loc[~pred["is_nil"].astype(bool)]
     alias = AliasTable.from_mentions(mentions, folded=False)

@@ -1,4 +1,4 @@
-"""Ranking examples (gemel.examples) in the two modes: beam search over the whole entity trie (the
+"""Ranking examples (gemel.link.examples) in the two modes: beam search over the whole entity trie (the
 paper's), or the mention's candidates by a fusion of the LLM's score and the candidate prior.
 
 `LLMRanker` holds only what never changes while linking (the LLM + mapper, the trie, the KB's
@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 
 from gemel.config import DecodeParams
-from gemel.decoding import Hypothesis, decode, score_candidates
 from gemel.errors import GemelError
-from gemel.examples import LinkExample
-from gemel.fusion import LLM_ALONE, Fusion, Scored
-from gemel.llm import answer_ids
-from gemel.model import Gemel
-from gemel.trie import EntityTrie
+from gemel.generation.decoding import Hypothesis, decode, score_candidates
+from gemel.generation.llm import answer_ids
+from gemel.generation.model import Gemel
+from gemel.generation.trie import EntityTrie
+from gemel.link.examples import LinkExample
+from gemel.link.fusion import LLM_ALONE, Fusion, Scored
 
 
 class LinkError(GemelError, ValueError):
@@ -118,7 +118,7 @@ class LLMRanker:
                llm_scores: Sequence[np.ndarray] | None = None, progress: bool = False) -> list[Scored]:
         """What fusion reads of each example's candidates: the prior, the LLM's score of each name
         and, when `read` and decode.describe, its reading of their descriptions."""
-        from gemel.describe import described_scores
+        from gemel.generation.describe import described_scores
 
         if not len(examples):
             return []

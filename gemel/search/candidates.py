@@ -9,7 +9,7 @@ Five parts, each small:
   by cosine, for what shares no whole word with its entity's name (misspellings, inflections:
   "Germans" and "Germany"). The `fuzzy` source; the cosine is a ranker feature too.
 - `AliasTable`: the training split's mention -> entity counts (a prior p(entity | mention)).
-- `DenseIndex` (gemel.dense): KB entities and mentions in context as sentence embeddings: the
+- `DenseIndex` (gemel.search.dense): KB entities and mentions in context as sentence embeddings: the
   `dense` source (the entities nearest by cosine) and the `dense_sim` feature.
 - `Ranker`: a linear score over a few features of (mention, text, candidate) -- the alias prior,
   how much of the mention and of the name overlap, how much of the name the text contains,
@@ -19,7 +19,7 @@ Five parts, each small:
 
 Keys are folded (`fold`: case, accents and compatibility forms) `\\w+` runs, so "Müller",
 "MULLER" and "Muller" are one word; `candidates.fold: false` keeps case folding only. The
-`alias_prior` baseline (gemel.metrics) keeps case folding only whatever the setting, so that its
+`alias_prior` baseline (gemel.evaluate.metrics) keeps case folding only whatever the setting, so that its
 number stays comparable across versions.
 """
 from __future__ import annotations
@@ -39,12 +39,12 @@ import pandas as pd
 import pyarrow as pa
 import scipy.sparse as sp
 
-from gemel import listwise
 from gemel.config import CandidatesParams
 from gemel.data.tables import linked_training
-from gemel.dense import DenseIndex
 from gemel.errors import GemelError
 from gemel.paths import Artifacts
+from gemel.search import listwise
+from gemel.search.dense import DenseIndex
 
 WORD = re.compile(r"\w+")
 
@@ -66,7 +66,7 @@ FEATURES = ("alias_prior", "alias_seen", "mention_in_name", "name_in_mention", "
             "exact", "entity_freq", "name_words", "char_sim",
             # the text against the candidate's KB description (0 without one): `Descriptions`
             "desc_overlap", "year_before", "year_within", "year_after", "pronoun_sex",
-            # the mention in context against the entity's name and description, embedded (gemel.dense)
+            # the mention in context against the entity's name and description, embedded (gemel.search.dense)
             "dense_sim")
 
 # A year as texts and descriptions write it: four digits, 1000-2099, not part of a longer number.
@@ -448,7 +448,7 @@ class Generator:
         self._name_words = [None] * len(self.names)
         if (dense > 0 or dense_sim) and dense_index is None:
             raise CandidateError("candidates.dense and candidates.dense_sim need the KB's embeddings and the "
-                                 "sentence encoder (a gemel.dense.DenseIndex)")
+                                 "sentence encoder (a gemel.search.dense.DenseIndex)")
         if dense_index is not None and len(dense_index.vectors) != len(self.ids):
             raise CandidateError(f"the dense index holds {len(dense_index.vectors)} entities, the KB {len(self.ids)}")
         self.dense = dense
@@ -673,7 +673,7 @@ def generate_for(a: Artifacts, p: CandidatesParams,
     are reused from `a.kb_embeddings` when their key matches, else computed and written there;
     with the dense part off that file is written empty (a declared output)."""
     from gemel.data.tables import read_kb, read_mentions
-    from gemel.dense import load_encoder, write_off
+    from gemel.search.dense import load_encoder, write_off
 
     kb = read_kb(a.kb)
     index = None
