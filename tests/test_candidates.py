@@ -107,12 +107,46 @@ def test_train_candidates_are_the_fitted_mentions_as_propose_gives_them() -> Non
     assert (table["split"] != "train").sum() == 20 and report["fitted_on"] == 15
     assert report["recall"]["train"]["mentions"] == 15
     gen = Generator.build(kb, mentions, p)
-    ranker = Ranker(np.asarray([report["weights"][f] for f in FEATURES], dtype=np.float32))
+    ranker = Ranker.from_record(report)
     fresh = propose(gen, ranker, train["mention"].tolist(), train["text"].tolist(), 5, train["entity_id"].tolist())
     got = table[table["split"] == "train"].to_dict("records")
     for g, f in zip(got, fresh, strict=True):
         assert list(g["cand_ids"]) == f["cand_ids"]
         np.testing.assert_allclose(g["cand_scores"], f["cand_scores"], atol=1e-6)
+
+
+def xor_pools(n: int) -> tuple[list[Pool], list[int]]:
+    """Pools of three entities with features a, b in {0, 1} (the rest 0); the gold is the one where
+    exactly one holds: (1,1), (0,0), (1,0) -> (1,0); (1,1), (0,0), (0,1) -> (0,1). No weighted sum
+    puts both golds first (the first needs w_b < 0, the second w_a < 0, and then (0,0) wins)."""
+    pools, gold = [], []
+    for i in range(n):
+        odd = (1, 0) if i % 2 else (0, 1)
+        f = np.zeros((3, len(FEATURES)), dtype=np.float32)
+        f[:, :2] = [(1, 1), (0, 0), odd]
+        pools.append(Pool(np.array([3 * i, 3 * i + 1, 3 * i + 2]), f, ["name"] * 3))
+        gold.append(3 * i + 2)
+    return pools, gold
+
+
+def test_the_hidden_layer_learns_what_no_weighted_sum_can_and_round_trips_exactly() -> None:
+    pools, gold = xor_pools(40)
+
+    def right(r: Ranker) -> float:
+        return float(np.mean([int(np.argmax(r.score(p.features))) == 2 for p in pools]))
+
+    assert right(Ranker.fit(pools, gold)) <= 0.5
+    mlp = Ranker.fit(pools, gold, hidden=4)
+    assert right(mlp) == 1.0 and mlp.hidden is not None and mlp.hidden.w1.shape == (len(FEATURES), 4)
+    again = Ranker.from_record(json.loads(json.dumps(mlp.record())))  # what gemel link rebuilds from
+    for p in pools:
+        np.testing.assert_array_equal(again.score(p.features), mlp.score(p.features))
+    assert Ranker.fit(pools, gold, hidden=4).record() == mlp.record()  # seeded: equal input, equal weights
+    assert mlp.record()["hidden"]["w2"] and Ranker.fit(pools, gold).record()["hidden"] is None
+    broken = mlp.record()
+    del broken["hidden"]["w1"]["exact"]
+    with pytest.raises(CandidateError, match="hidden layer lacks exact"):
+        Ranker.from_record(broken)
 
 
 def test_alias_table_leaves_a_training_mention_out() -> None:

@@ -32,7 +32,7 @@ from gemel.link.fusion import FEATURES, Fusion, FusionError
 from gemel.link.inputs import InputError, parse_input
 from gemel.link.linker import dense_index
 from gemel.link.run import RunError, check_run, project_root, read_run_record, write_run_record
-from gemel.search.candidates import CONTEXT, Generator, Ranker, propose, ranker_weights
+from gemel.search.candidates import CONTEXT, Generator, Ranker, propose
 from gemel.search.retrieval import DemoPool, load_text_encoder, read_demos, read_pool, retrieve
 from gemel.stack import versions
 
@@ -296,7 +296,8 @@ def test_candidates_of_new_inputs_are_the_stages(pipeline):
     index = dense_index(kb, cp, c["encoder_spec"], {"kb_embeddings": pipeline.base / "candidates" / "kb_embeddings.parquet"})
     gen = Generator.build(kb, mentions, cp, index)
     test = mentions[mentions["split"] == "test"]
-    got = propose(gen, Ranker(ranker_weights(record["candidates"])), test["mention"].tolist(), test["text"].tolist(),
+    assert record["candidates"]["hidden"] is not None  # the default ranker has its hidden layer
+    got = propose(gen, Ranker.from_record(record["candidates"]), test["mention"].tolist(), test["text"].tolist(),
                   record["candidates"]["top_k"])
     table = pd.read_parquet(pipeline.base / "candidates" / "candidates.parquet").set_index("id")
     for mid, g in zip(test["id"], got, strict=True):

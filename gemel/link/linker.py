@@ -92,7 +92,7 @@ class Linker:
                   fusion: Fusion, notes: list[str]) -> Linker:
         from gemel.config import FeaturesParams
         from gemel.link.run import RunError, run_params
-        from gemel.search.candidates import CONTEXT, Generator, Ranker, ranker_weights
+        from gemel.search.candidates import CONTEXT, Generator, Ranker
         from gemel.vision.encoders import build_image_encoder
 
         params = run_params(record)
@@ -124,7 +124,7 @@ class Linker:
             kb = read_kb(paths["kb"])
             gen = Generator.build(kb, mentions, cp, dense_index(kb, cp, c.get("encoder_spec"), paths))
             descriptions = descriptions_of(kb) if dp.describe else None
-            ranker = Ranker(ranker_weights({"weights": weights}))
+            ranker = Ranker.from_record(c)
         linker = build_linker(params, known, _NO_DEMOS, paths["features"], paths["trie"], descriptions=descriptions)
         linker.model.load_mapper(paths["mapper"])
         return replace(linker, new=NewInputs(

@@ -76,7 +76,8 @@ def write_run_record(params: dict[str, Any], out_dir: str | Path) -> dict[str, A
     retrieve = params["retrieve"]
     paths = artifact_paths(params)
     report_path = Path(paths["candidates_report"])
-    weights = read_json(report_path, "candidates").get("weights") if report_path.is_file() else None
+    report = read_json(report_path, "candidates") if report_path.is_file() else {}
+    weights, hidden = report.get("weights"), report.get("hidden")
     cp = section(params, "candidates", CandidatesParams)
     record = {
         "format": FORMAT,
@@ -92,7 +93,8 @@ def write_run_record(params: dict[str, Any], out_dir: str | Path) -> dict[str, A
                                                                                    "seed")}},
         # What `gemel link` rebuilds the candidate generator and ranker of new inputs from.
         "candidates": {**{k: v for k, v in dataclasses.asdict(cp).items() if k != "out"},
-                       "encoder_spec": params.get("text_encoders", {}).get(cp.encoder), "weights": weights},
+                       "encoder_spec": params.get("text_encoders", {}).get(cp.encoder), "weights": weights,
+                       "hidden": hidden},
         "train": dict(params["train"]),
         "train_out": params["train"]["out"],
         "artifacts": {name: {"path": path, **_entry(Path(path))} for name, path in paths.items()},

@@ -534,21 +534,64 @@ class Generator:
         return f
 
 
-class Ranker:
-    """score = features @ weights; fitted by softmax cross-entropy over each mention's pool."""
-
-    def __init__(self, weights: np.ndarray):
-        self.weights = np.asarray(weights, dtype=np.float32)
+@dataclass
+class Hidden:
+    """The ranker's hidden layer: tanh(features @ w1 + b1) @ w2 (candidates.ranker_hidden units)."""
+    w1: np.ndarray  # [len(FEATURES), units]
+    b1: np.ndarray  # [units]
+    w2: np.ndarray  # [units]
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        return features @ self.weights
+        return np.tanh(features @ self.w1 + self.b1) @ self.w2
+
+
+class Ranker:
+    """score = features @ weights (+ a hidden layer's output); fitted by softmax cross-entropy over
+    each mention's pool."""
+
+    def __init__(self, weights: np.ndarray, hidden: Hidden | None = None):
+        self.weights = np.asarray(weights, dtype=np.float32)
+        self.hidden = hidden
+
+    def score(self, features: np.ndarray) -> np.ndarray:
+        s = features @ self.weights
+        return s + self.hidden.score(features) if self.hidden is not None else s
 
     @classmethod
-    def fit(cls, pools: Sequence[Pool], gold_rows: Sequence[int], l2: float = 1e-3, steps: int = 200) -> Ranker:
+    def fit(cls, pools: Sequence[Pool], gold_rows: Sequence[int], l2: float = 1e-3, steps: int = 200,
+            hidden: int = 0) -> Ranker:
         """Weights that put each gold first, over the pools that hold their gold (the others teach
-        nothing about ranking)."""
+        nothing about ranking); with `hidden` units, a hidden layer beside them (listwise.fit_mlp)."""
         gold = [int(np.flatnonzero(p.rows == g)[0]) if (p.rows == g).any() else -1 for p, g in zip(pools, gold_rows)]
-        return cls(listwise.fit([p.features for p in pools], gold, len(FEATURES), l2, steps))
+        features = [p.features for p in pools]
+        if not hidden:
+            return cls(listwise.fit(features, gold, len(FEATURES), l2, steps))
+        m = listwise.fit_mlp(features, gold, len(FEATURES), hidden, l2, steps)
+        f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
+        return cls(f32(m["linear"]), Hidden(f32(m["W1"]), f32(m["b1"]), f32(m["w2"])))
+
+    def record(self) -> dict[str, Any]:
+        """The report's `weights` and `hidden` (exact: float32 round-trips through JSON), what
+        `from_record` rebuilds the ranker of `gemel link` from."""
+        hidden = None
+        if self.hidden is not None:
+            hidden = {"w1": {n: [float(v) for v in row] for n, row in zip(FEATURES, self.hidden.w1)},
+                      "b1": [float(v) for v in self.hidden.b1], "w2": [float(v) for v in self.hidden.w2]}
+        return {"weights": {n: float(w) for n, w in zip(FEATURES, self.weights)}, "hidden": hidden}
+
+    @classmethod
+    def from_record(cls, report: dict[str, Any]) -> Ranker:
+        """The ranker of a candidates report (or run.json's `candidates`); CandidateError if it lacks weights."""
+        hidden = report.get("hidden")
+        if hidden is not None:
+            missing = [f for f in FEATURES if f not in hidden.get("w1", {})]
+            if missing or "b1" not in hidden or "w2" not in hidden:
+                lacks = ", ".join(missing) or "b1/w2"
+                raise CandidateError(f"candidates report: the ranker's hidden layer lacks {lacks} "
+                                     "(rerun the candidates stage, then train)")
+            f32 = lambda a: np.asarray(a, dtype=np.float32)  # noqa: E731
+            hidden = Hidden(f32([hidden["w1"][f] for f in FEATURES]), f32(hidden["b1"]), f32(hidden["w2"]))
+        return cls(ranker_weights(report), hidden)
 
 
 def top_k(gen: Generator, ranker: Ranker, pools: Sequence[Pool], k: int) -> list[dict]:
@@ -641,7 +684,7 @@ def generate(mentions: pd.DataFrame, kb: pd.DataFrame, p: CandidatesParams,
     train = linked_training(mentions, gen.row_of)
     train = train.head(p.fit_limit) if p.fit_limit else train
     fit_pools = gen.pools(train["mention"].tolist(), train["text"].tolist(), train["entity_id"].tolist())
-    ranker = Ranker.fit(fit_pools, [gen.row_of[e] for e in train["entity_id"]])
+    ranker = Ranker.fit(fit_pools, [gen.row_of[e] for e in train["entity_id"]], hidden=p.ranker_hidden)
     rows = [{"id": mid, "split": "train", **c} for mid, c in zip(train["id"], top_k(gen, ranker, fit_pools, p.top_k))]
     for split in ("dev", "test"):
         part = mentions[mentions["split"] == split]
@@ -652,9 +695,8 @@ def generate(mentions: pd.DataFrame, kb: pd.DataFrame, p: CandidatesParams,
               **{c: getattr(p, c) for c in CONTEXT}, "dense": p.dense, "dense_sim": p.dense_sim,
               "encoder": p.encoder if dense_on(p) else None,
               "precision": dense_index.encoder.precision if dense_index is not None and dense_on(p) else None,
-              "fitted_on": int(len(train)),
-              # exact (float32 round-trips through JSON): `gemel link` rebuilds the ranker from them
-              "weights": {n: float(w) for n, w in zip(FEATURES, ranker.weights)}, "recall": {}, "recall_by_source": {}}
+              "fitted_on": int(len(train)), "ranker_hidden": p.ranker_hidden,
+              **ranker.record(), "recall": {}, "recall_by_source": {}}
     by_id = table.set_index("id")
     ks = sorted({k for k in (1, 4, 5, 16, 64, p.top_k) if k <= p.top_k})
     for split in ("train", "dev", "test"):
