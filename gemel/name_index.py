@@ -121,8 +121,8 @@ class NameIndex:
         """The ranks of the names holding the word (by vocabulary id), ascending."""
         return self.postings[self.indptr[word]:self.indptr[word + 1]]
 
-    def search(self, queries: Sequence[Iterable[str]], k: int, common: int = 4096, max_common: int = 8,
-               **_: object) -> list[np.ndarray]:
+    def search(self, queries: Sequence[Iterable[str]], k: int, common: int = 4096,
+               max_common: int = 8) -> list[np.ndarray]:
         """Per query, up to k name rows sharing a word with it: most idf-weighted overlap first,
         then fewer words, then shorter names (the alias rule's "shortest name"), then KB order.
 
