@@ -49,6 +49,11 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=2_000_000)
     ap.add_argument("--queries", type=int, default=20_000)
     ap.add_argument("--k", type=int, default=100, help="names per query (the candidates stage's pool)")
+    ap.add_argument("--old-queries", type=int, default=200,
+                    help="of the queries, the first N also searched by the exact product over every name holding "
+                         "a query word (NameIndex.search_product, the search before this version), which must "
+                         "return the same names; 0: skip")
+    ap.add_argument("--no-stage", action="store_true", help="skip the RichpediaMEL stage timing")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -59,8 +64,8 @@ def main() -> None:
     t0 = time.perf_counter()
     index = NameIndex(names)
     build = time.perf_counter() - t0
-    arrays = (index.by_word.data.nbytes + index.by_word.indices.nbytes + index.by_word.indptr.nbytes
-              + index.idf.nbytes + index.name_words.nbytes + index.char_len.nbytes)
+    arrays = sum(a.nbytes for a in (index.postings, index.indptr, index.df, index.idf, index.row_of_rank,
+                                    index.name_words, index.char_len, *index.bitmap_of.values()))
     print(f"index build: {build:.1f} s (target < 120 s); {len(index.vocab):,} words; arrays {arrays / 2**30:.2f} GiB; "
           f"peak RSS {peak_rss_gib():.2f} GiB (target < 2), of which the names {before:.2f}", flush=True)
     rng = np.random.default_rng(1)
@@ -71,7 +76,20 @@ def main() -> None:
     print(f"search: {len(queries):,} mentions, {args.k} names each, {search:.1f} s "
           f"({len(queries) / search:,.0f} mentions/s); {np.mean([len(h) for h in hits]):.1f} names per mention",
           flush=True)
+    if args.old_queries:
+        old_q = queries[:args.old_queries]
+        t0 = time.perf_counter()
+        old = index.search_product(old_q, args.k)
+        took = time.perf_counter() - t0
+        same = all(a.tolist() == b.tolist() for a, b in zip(hits, old))
+        print(f"exact product (the search before): {len(old_q):,} of the mentions, {took:.1f} s "
+              f"({len(old_q) / took:,.1f} mentions/s); the same names in the same order: {same}; "
+              f"peak RSS {peak_rss_gib():.2f} GiB (the product's matrix included)", flush=True)
+        if not same:
+            sys.exit("the fast search differs from the exact product")
 
+    if args.no_stage:
+        return
     if not RICHPEDIA.is_dir():
         print(f"RichpediaMEL not found at {RICHPEDIA}: skipping the stage timing", file=sys.stderr)
         return

@@ -62,12 +62,36 @@ def test_name_index_matches_a_brute_force_scan() -> None:
     queries = [list(rng.choice(VOCAB, size=int(rng.integers(1, 3)), replace=False)) for _ in range(60)]
     queries.append(["nowhere"])  # no shared word: no candidate
     for k in (1, 5, 16):
-        got = index.search(queries, k, batch=7)  # several batches
-        for q, g in zip(queries, got, strict=True):
-            assert g.tolist() == brute_search(names, q, k), q
+        got = index.search(queries, k)
+        product = index.search_product(queries, k, batch=7)  # several batches
+        for q, g, p in zip(queries, got, product, strict=True):
+            assert g.tolist() == p.tolist() == brute_search(names, q, k), q
     for q in queries:
         want = sorted((i for i, n in enumerate(names) if set(q) <= set(words(n))), key=lambda i: (len(names[i]), i))
         assert index.containing_all(q).tolist() == want
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_name_search_reads_few_names_of_common_words_and_finds_what_the_exact_product_finds(seed: int) -> None:
+    """Zipfian names (a few words in most names, as "john" in a Wikipedia-sized KB), duplicate
+    names and names of equal length (ties at every level of the ranking), long queries: the
+    search's common-word path (forced by small `common`, with `max_common` cutting the sets of
+    them) returns the names, in the order, of the exact product over every name and of a scan."""
+    rng = np.random.default_rng(seed)
+    vocab = [f"w{i}" for i in range(int(rng.integers(3, 40)))]
+    p = 1.0 / np.arange(1, len(vocab) + 1) ** rng.uniform(0.5, 2.0)
+    names = [" ".join(rng.choice(vocab, size=int(rng.integers(1, 6)), p=p / p.sum()))
+             for _ in range(int(rng.integers(1, 1500)))]
+    names += names[: len(names) // 5]  # duplicates: equal in score, words and length
+    index = NameIndex(names)
+    queries = [list(rng.choice(vocab + ["nowhere"], size=int(rng.integers(1, 8)))) for _ in range(80)]
+    for k in (1, 4, 16, 100):
+        product = index.search_product(queries, k)
+        scanned = [brute_search(names, q, k) for q in queries]
+        for common, max_common in ((0, 8), (0, 2), (10, 8), (50, 1), (4096, 8)):
+            got = index.search(queries, k, common=common, max_common=max_common)
+            for q, g, pr, s in zip(queries, got, product, scanned, strict=True):
+                assert g.tolist() == pr.tolist() == s, (q, k, common, max_common)
 
 
 def test_recall_matches_a_brute_force_count() -> None:

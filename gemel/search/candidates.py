@@ -2,9 +2,10 @@
 
 Five parts, each small:
 
-- `NameIndex`: KB names as a sparse name x word matrix. A batch of mentions is one sparse
-  product with idf-weighted query vectors, so a Wikipedia-sized KB (millions of names) indexes
-  in seconds and answers thousands of mentions at once (`benchmarks/candidates.py`).
+- `NameIndex` (gemel.search.name_index): KB names by word, the names sharing most idf-weighted words
+  with a mention; reads only the first names of a widely held word's list, so a Wikipedia-sized
+  KB (millions of names) indexes in seconds and answers thousands of mentions a second
+  (`benchmarks/candidates.py`).
 - `CharIndex`: KB names as idf-weighted character trigram vectors: the names closest to a mention
   by cosine, for what shares no whole word with its entity's name (misspellings, inflections:
   "Germans" and "Germany"). The `fuzzy` source; the cosine is a ranker feature too.
@@ -24,11 +25,8 @@ number stays comparable across versions.
 """
 from __future__ import annotations
 
-import functools
 import math
 import re
-import unicodedata
-from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -41,12 +39,10 @@ import scipy.sparse as sp
 
 from gemel.config import CandidatesParams
 from gemel.data.tables import linked_training
-from gemel.errors import GemelError
 from gemel.paths import Artifacts
 from gemel.search import listwise
 from gemel.search.dense import DenseIndex
-
-WORD = re.compile(r"\w+")
+from gemel.search.name_index import CandidateError, NameIndex, fold, key, token_columns, words  # noqa: F401 (fold: re-exported)
 
 CANDIDATES = pa.schema([
     ("id", pa.string()),
@@ -77,116 +73,9 @@ LIFESPAN = 100
 PRONOUNS = {"he": 1, "him": 1, "his": 1, "himself": 1, "she": -1, "her": -1, "hers": -1, "herself": -1}
 
 
-class CandidateError(GemelError, ValueError):
-    """Bad candidate input (an empty KB, a malformed candidates table); names the file or field."""
-
-
-def fold(text: str) -> str:
-    """Case and accent folding: NFKD splits "ü" into "u" and a combining mark (and "ﬁ" into "fi"),
-    the marks go, casefold does the rest ("ß" -> "ss"). ASCII, most names, skips the first two."""
-    if text.isascii():
-        return text.casefold()
-    return "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)).casefold()
-
-
-def key(text: str, folded: bool = True) -> str:
-    """The text every name and alias key is made of: folded, or (folded=False) case-folded only."""
-    return fold(text) if folded else text.casefold()
-
-
-def words(text: str, folded: bool = True) -> list[str]:
-    return WORD.findall(key(text, folded))
-
-
 def norm(mention: str, folded: bool = True) -> str:
     """The alias table's key: the folded mention with its spacing normalised."""
     return " ".join(key(mention, folded).split())
-
-
-class NameIndex:
-    """Every KB name's distinct words, as a sparse word x name matrix (CSR: the names holding each
-    word are one slice), plus idf per word. Built in one pass with compact arrays, so millions of
-    names fit in a few hundred MB. Queries must be words of the same folding: `keys`."""
-
-    def __init__(self, names: Sequence[str], folded: bool = True):
-        if len(names) == 0:
-            raise CandidateError("the KB has no names: nothing to index")
-        self.folded = folded
-        # Distinct words in a fixed order (a set's hangs on PYTHONHASHSEED).
-        vocab, cols, ptr = token_columns((dict.fromkeys(words(name, folded)) for name in names), len(names))
-        lengths = np.diff(ptr).astype(np.int32)
-        by_name = sp.csr_matrix((np.ones(len(cols), dtype=np.float32), cols, ptr), shape=(len(names), len(vocab)))
-        self.by_word = by_name.T.tocsr()  # word x name: a query multiplies it, containing_all slices it
-        self.by_word.sort_indices()
-        self.vocab = vocab
-        df = np.diff(self.by_word.indptr)
-        self.idf = np.log(1.0 + len(names) / np.maximum(df, 1)).astype(np.float32)
-        self.name_words = lengths
-        self.char_len = np.fromiter((len(n) for n in names), dtype=np.int32, count=len(names))
-
-    def keys(self, text: str) -> list[str]:
-        """The words of `text` as this index keys them."""
-        return words(text, self.folded)
-
-    def query_matrix(self, queries: Sequence[Iterable[str]]) -> sp.csr_matrix:
-        rows, cols = [], []
-        for r, ws in enumerate(queries):
-            for c in {self.vocab[w] for w in ws if w in self.vocab}:
-                rows.append(r)
-                cols.append(c)
-        data = self.idf[np.asarray(cols, dtype=np.int64)] if cols else np.zeros(0, np.float32)
-        return sp.csr_matrix((data, (rows, cols)), shape=(len(queries), len(self.vocab)), dtype=np.float32)
-
-    def search(self, queries: Sequence[Iterable[str]], k: int, batch: int = 2048,
-               max_postings: int = 20_000_000) -> list[np.ndarray]:
-        """Per query, up to k name rows sharing a word with it: most idf-weighted overlap first,
-        then fewer words, then shorter names (the alias rule's "shortest name"), then KB order.
-        Queries are multiplied in batches of at most `batch` queries and `max_postings` matched
-        (word, name) pairs, so words shared by millions of names cannot blow up one product."""
-        queries = [list(q) for q in queries]
-        df = np.diff(self.by_word.indptr)
-        cost = [int(sum(df[self.vocab[w]] for w in set(q) if w in self.vocab)) for q in queries]
-        out: list[np.ndarray] = []
-        lo = 0
-        while lo < len(queries):
-            hi, total = lo + 1, cost[lo]
-            while hi < len(queries) and hi - lo < batch and total + cost[hi] <= max_postings:
-                total += cost[hi]
-                hi += 1
-            scores = (self.query_matrix(queries[lo:hi]) @ self.by_word).tocsr()
-            lo = hi
-            for r in range(scores.shape[0]):
-                cand = scores.indices[scores.indptr[r]:scores.indptr[r + 1]]
-                s = scores.data[scores.indptr[r]:scores.indptr[r + 1]]
-                if len(cand) > k:  # cut before sorting, keeping every name that ties with the k-th score
-                    keep = s >= np.partition(s, len(s) - k)[len(s) - k]
-                    cand, s = cand[keep], s[keep]
-                order = np.lexsort((cand, self.char_len[cand], self.name_words[cand], -np.round(s, 4)))
-                out.append(cand[order[:k]].astype(np.int64))
-        return out
-
-    def containing_all(self, query: Sequence[str]) -> np.ndarray:
-        """Name rows that contain every word of `query`, shortest name first."""
-        cols = [self.vocab.get(w) for w in dict.fromkeys(query)]
-        if not cols or any(c is None for c in cols):
-            return np.zeros(0, dtype=np.int64)
-        ptr, idx = self.by_word.indptr, self.by_word.indices
-        rows = functools.reduce(np.intersect1d, (idx[ptr[c]:ptr[c + 1]] for c in cols)).astype(np.int64)
-        return rows[np.lexsort((rows, self.char_len[rows]))]
-
-
-def token_columns(rows: Iterable[Iterable[str]], n: int) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
-    """The n rows' distinct tokens (each row given in a fixed order) as column ids of one vocabulary,
-    ids in order of first sight: the vocabulary, the column ids (int32) and the row offsets (int64)
-    of a CSR matrix. One streamed pass with compact arrays, so millions of names fit in a few hundred MB."""
-    vocab: dict[str, int] = {}
-    add = vocab.setdefault
-    cols = array("i")
-    ptr = np.zeros(n + 1, dtype=np.int64)
-    for i, tokens in enumerate(rows):
-        cols.extend([add(t, len(vocab)) for t in tokens])
-        ptr[i + 1] = len(cols)
-    return vocab, np.frombuffer(cols, dtype=np.int32), ptr
 
 
 def row_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
