@@ -33,6 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from gemel.corpus import PLAN, CorpusError, finish_shard, make_plan, merge, shard_argv, status, status_table, write_plan
+from gemel.corpus import __doc__ as corpus_doc
+
 PROG = "gemel link"
 
 
@@ -60,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     many.add_argument("--shard", metavar="I/N", help="link only shard I of N (1 <= I <= N): the I-th of N "
                                                      "contiguous ranges of whole batches of the input file")
     link.add_argument("--top", type=int, default=5, help="entities per mention (default 5)")
-    from gemel.corpus import add_parser as add_corpus
-
     add_corpus(sub)
     args = ap.parse_args(argv)
     if args.command == "corpus":
@@ -295,6 +296,90 @@ def image_counts(images: Counter[str]) -> str:
     """'3 used, 1 missing, 0 unreadable, 2 none given' (and any other reason, e.g. a text-only run)."""
     order = ["used", "missing", "unreadable", "none given"]
     return ", ".join(f"{images[k]} {k}" for k in order + sorted(set(images) - set(order)))
+
+
+# ------------------------------------------------------------------ `gemel corpus ...`
+
+
+def add_corpus(sub: Any) -> None:
+    corpus = sub.add_parser("corpus", help="link a large JSON-lines file in shards",
+                            description=corpus_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    acts = corpus.add_subparsers(dest="action", required=True)
+    p = acts.add_parser("plan", help="split an input file into shards of whole batches: DIR/plan.json")
+    p.add_argument("run", help="the run folder, as for gemel link")
+    p.add_argument("--input", required=True, help="the JSON-lines input, as for gemel link")
+    p.add_argument("--shards", type=int, required=True, help="how many shards")
+    p.add_argument("--dir", required=True, help="the shards' folder (plan.json and each shard's output)")
+    p.add_argument("--top", type=int, default=5, help="entities per mention (default 5)")
+    p.add_argument("--on-error", choices=("skip", "stop"), default="skip",
+                   help="a bad input line: skip (its record holds the error; default) or stop (its shard fails)")
+    p.set_defaults(func=_plan)
+    s = acts.add_parser("shard", help="link one shard (resuming its output), then write its .done")
+    s.add_argument("dir")
+    s.add_argument("shard", type=int, help="1..N")
+    s.set_defaults(func=_shard)
+    st = acts.add_parser("status", help="lines linked per shard, errors, state")
+    st.add_argument("dir")
+    st.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until all are done")
+    st.set_defaults(func=_status)
+    m = acts.add_parser("merge", help="concatenate the shards in input order; write the per-shard report")
+    m.add_argument("dir")
+    m.add_argument("--output", required=True)
+    m.add_argument("--report", help="the per-shard report (JSON); default OUTPUT's name + .report.json")
+    m.set_defaults(func=_merge)
+
+
+def _stop(e: Exception) -> Exception:
+    return Stop(str(e))
+
+
+def _plan(args: argparse.Namespace) -> int:
+    if args.shards < 1 or args.top < 1:
+        raise _stop(ValueError("--shards and --top must be at least 1"))
+    try:
+        plan = make_plan(args.run, args.input, args.shards, args.top, args.on_error)
+    except FileNotFoundError as e:
+        raise _stop(e) from None
+    stale = write_plan(args.dir, plan)
+    sizes = ", ".join(str(s["inputs"]) for s in plan["shard"])
+    print(f"gemel corpus: {plan['lines']} lines of {args.input} in {args.shards} shards of whole batches of "
+          f"{plan['batch_size']} lines (inputs: {sizes}) -> {Path(args.dir) / PLAN}"
+          + (f"; removed {len(stale)} shard outputs of another plan" if stale else ""), file=sys.stderr)
+    return 0
+
+
+def _shard(args: argparse.Namespace) -> int:
+    """gemel link of one shard of a plan (resuming its output), then its .done."""
+    try:
+        rc = main(shard_argv(args.dir, args.shard))
+        if rc == 0:
+            finish_shard(args.dir, args.shard)
+        return rc
+    except (CorpusError, FileNotFoundError) as e:
+        raise _stop(e) from None
+
+
+def _status(args: argparse.Namespace) -> int:
+    try:
+        while True:
+            table = status_table(args.dir)
+            print(time.strftime("%H:%M:%S ") + str(Path(args.dir)) + "\n" + table + "\n", flush=True)
+            if args.watch is None or all(r["state"] == "done" for r in status(args.dir)):
+                return 0
+            time.sleep(args.watch)
+    except FileNotFoundError as e:
+        raise _stop(e) from None
+
+
+def _merge(args: argparse.Namespace) -> int:
+    report = args.report or f"{args.output}.report.json"
+    try:
+        r = merge(args.dir, args.output, report)
+    except (CorpusError, FileNotFoundError) as e:
+        raise _stop(e) from None
+    print(f"gemel corpus: {r['inputs']} records ({r['linked']} linked, {r['errors']} errors) of {r['shards']} shards "
+          f"-> {args.output}; report {report}", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":

@@ -18,11 +18,8 @@ shards, top, on_error): a rerun with the same plan resumes it, a changed plan st
 """
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -208,110 +205,32 @@ def merge(folder: str | Path, output: str | Path, report: str | Path | None = No
     return result
 
 
-def run_shard(folder: str | Path, i: int) -> int:
-    """gemel link of shard `i` of the plan in `folder` (resuming its output), then its .done marker
-    with its counts. gemel link's exit status."""
-    from gemel.atomic import atomic_path
-    from gemel.cli import main
-
+def shard_argv(folder: str | Path, i: int) -> list[str]:
+    """The `gemel link` arguments of shard `i` of the plan in `folder` (it resumes the shard's output)."""
     folder = Path(folder)
     plan = read_plan(folder)
     if not 1 <= i <= plan["shards"]:
         raise CorpusError(f"no shard {i}: the plan in {folder} has {plan['shards']}")
     if sha256(plan["input"]) != plan["input_sha256"]:
         raise CorpusError(f"{plan['input']} changed since {folder / PLAN} was made: make the plan again")
+    out = folder / plan["shard"][i - 1]["output"]
+    return ["link", plan["run"], "--input", plan["input"], "--output", str(out), "--shard", f"{i}/{plan['shards']}",
+            "--on-error", plan["on_error"], "--top", str(plan["top"])]
+
+
+def finish_shard(folder: str | Path, i: int) -> dict[str, Any]:
+    """After gemel link of shard `i`: checks it has a record per input, writes its .done (the
+    Snakemake job's output) with its counts, and returns them."""
+    from gemel.atomic import atomic_path
+
+    folder = Path(folder)
+    plan = read_plan(folder)
     s = plan["shard"][i - 1]
     out = folder / s["output"]
-    rc = main(["link", plan["run"], "--input", plan["input"], "--output", str(out), "--shard", f"{i}/{plan['shards']}",
-               "--on-error", plan["on_error"], "--top", str(plan["top"])])
-    if rc != 0:
-        return rc
-    c = shard_counts(out)
+    c = shard_counts(out, listed=0)
     if c["records"] != s["inputs"]:
         raise CorpusError(f"{out}: {c['records']} records for the shard's {s['inputs']} inputs")
+    done = {**s, "linked": c["records"] - c["errors"], "errors": c["errors"]}
     with atomic_path(done_marker(folder, i, plan["shards"])) as tmp:
-        Path(tmp).write_text(json.dumps({**s, "linked": c["records"] - c["errors"], "errors": c["errors"]}) + "\n",
-                             encoding="utf-8")
-    return 0
-
-
-# ------------------------------------------------------------------ `gemel corpus ...`
-
-
-def add_parser(sub: Any) -> None:
-    corpus = sub.add_parser("corpus", help="link a large JSON-lines file in shards",
-                            description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    acts = corpus.add_subparsers(dest="action", required=True)
-    p = acts.add_parser("plan", help="split an input file into shards of whole batches: DIR/plan.json")
-    p.add_argument("run", help="the run folder, as for gemel link")
-    p.add_argument("--input", required=True, help="the JSON-lines input, as for gemel link")
-    p.add_argument("--shards", type=int, required=True, help="how many shards")
-    p.add_argument("--dir", required=True, help="the shards' folder (plan.json and each shard's output)")
-    p.add_argument("--top", type=int, default=5, help="entities per mention (default 5)")
-    p.add_argument("--on-error", choices=("skip", "stop"), default="skip",
-                   help="a bad input line: skip (its record holds the error; default) or stop (its shard fails)")
-    p.set_defaults(func=_plan)
-    s = acts.add_parser("shard", help="link one shard (resuming its output), then write its .done")
-    s.add_argument("dir")
-    s.add_argument("shard", type=int, help="1..N")
-    s.set_defaults(func=_shard)
-    st = acts.add_parser("status", help="lines linked per shard, errors, state")
-    st.add_argument("dir")
-    st.add_argument("--watch", type=float, metavar="SECONDS", help="refresh every SECONDS until all are done")
-    st.set_defaults(func=_status)
-    m = acts.add_parser("merge", help="concatenate the shards in input order; write the per-shard report")
-    m.add_argument("dir")
-    m.add_argument("--output", required=True)
-    m.add_argument("--report", help="the per-shard report (JSON); default OUTPUT's name + .report.json")
-    m.set_defaults(func=_merge)
-
-
-def _stop(e: Exception) -> Exception:
-    from gemel.cli import Stop
-
-    return Stop(str(e))
-
-
-def _plan(args: argparse.Namespace) -> int:
-    if args.shards < 1 or args.top < 1:
-        raise _stop(ValueError("--shards and --top must be at least 1"))
-    try:
-        plan = make_plan(args.run, args.input, args.shards, args.top, args.on_error)
-    except FileNotFoundError as e:
-        raise _stop(e) from None
-    stale = write_plan(args.dir, plan)
-    sizes = ", ".join(str(s["inputs"]) for s in plan["shard"])
-    print(f"gemel corpus: {plan['lines']} lines of {args.input} in {args.shards} shards of whole batches of "
-          f"{plan['batch_size']} lines (inputs: {sizes}) -> {Path(args.dir) / PLAN}"
-          + (f"; removed {len(stale)} shard outputs of another plan" if stale else ""), file=sys.stderr)
-    return 0
-
-
-def _shard(args: argparse.Namespace) -> int:
-    try:
-        return run_shard(args.dir, args.shard)
-    except (CorpusError, FileNotFoundError) as e:
-        raise _stop(e) from None
-
-
-def _status(args: argparse.Namespace) -> int:
-    try:
-        while True:
-            table = status_table(args.dir)
-            print(time.strftime("%H:%M:%S ") + str(Path(args.dir)) + "\n" + table + "\n", flush=True)
-            if args.watch is None or all(r["state"] == "done" for r in status(args.dir)):
-                return 0
-            time.sleep(args.watch)
-    except FileNotFoundError as e:
-        raise _stop(e) from None
-
-
-def _merge(args: argparse.Namespace) -> int:
-    report = args.report or f"{args.output}.report.json"
-    try:
-        r = merge(args.dir, args.output, report)
-    except (CorpusError, FileNotFoundError) as e:
-        raise _stop(e) from None
-    print(f"gemel corpus: {r['inputs']} records ({r['linked']} linked, {r['errors']} errors) of {r['shards']} shards "
-          f"-> {args.output}; report {report}", file=sys.stderr)
-    return 0
+        Path(tmp).write_text(json.dumps(done) + "\n", encoding="utf-8")
+    return done
