@@ -3,6 +3,8 @@
 #   snakemake --cores 8 eval_all_scales  every LLM of `scales` (--config scales=paper: the paper's)
 #   snakemake --cores 8 ablations        every entry of `ablations`
 #   snakemake --cores 8 seeds            the default run once per seed of `seeds`: mean and std
+#   snakemake --cores 8 link_corpus --config link_run=RUN link_input=IN.jsonl link_output=OUT.jsonl link_shards=N
+#                                        gemel link over a large file in N shards (docs/linking.md)
 # Settings: params.yaml, validated against gemel/schema/params.schema.yaml. See docs/sweeps.md.
 configfile: "params.yaml"
 
@@ -11,6 +13,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/model.smk"
 include: "workflow/rules/sweeps.smk"
+include: "workflow/rules/link.smk"
 
 
 rule all:

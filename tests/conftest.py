@@ -105,10 +105,10 @@ def copy_project(project: Path, dest: Path) -> Path:
 # The modules that use the shared run: under pytest-xdist they go to one worker together, so that
 # the run is made once per session, not once per worker. (xdist's own `--dist loadgroup` cannot do
 # this under pytest 9: it renames items through an attribute pytest no longer reads.)
-SHARED_RUN_MODULES = {"tests/test_commands.py", "tests/test_link.py"}
+SHARED_RUN_MODULES = {"tests/test_commands.py", "tests/test_link.py", "tests/test_link_corpus.py"}
 # The slowest modules first, the shared run's before all (measured under -n 2; the rest keep their
 # order): a worker that starts a long module last would leave the other idle at the end.
-SLOWEST_FIRST = ("test_commands", "test_link", "test_faults", "test_real_data_command", "test_model",
+SLOWEST_FIRST = ("test_commands", "test_link", "test_link_corpus", "test_faults", "test_real_data_command", "test_model",
                  "test_workflow", "test_llm_cache", "test_determinism", "test_dag", "test_prepare_cli")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):

@@ -15,13 +15,16 @@ from gemel.workflow import (ablation_runs, check_llms, dataset_inputs, dataset_r
 
 # The stage CLIs read this file, as under DVC (load_params validates it against the one schema);
 # Snakemake's config must therefore say the same,
-# except `scales`, the one workflow-level choice (`--config scales=paper`).
+# except `scales`, the one workflow-level choice (`--config scales=paper`), and the link_* settings
+# of the link_corpus target (link.smk), which are no stage's params.
 PARAMS_FILE = "params.yaml"
 PARAMS = load_params(PARAMS_FILE)
-_differ = [k for k in sorted(set(config) | set(PARAMS)) if k != "scales" and config.get(k) != PARAMS.get(k)]
+_differ = [k for k in sorted(set(config) | set(PARAMS))
+           if k != "scales" and not k.startswith("link_") and config.get(k) != PARAMS.get(k)]
 if _differ:
     raise ConfigError(f"--config/--configfile changed {', '.join(_differ)}: the stages read {PARAMS_FILE}, "
-                      f"so edit it there (or add an entry to its ablations); --config may only set scales")
+                      f"so edit it there (or add an entry to its ablations); --config may only set scales "
+                      f"(and the link_* settings of link_corpus)")
 PARAMS["scales"] = config["scales"]
 
 DEFAULT = default_run(PARAMS)
