@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gemel.search.candidates import CharIndex
+from gemel.search.char_index import CharIndex
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("GEMEL_SHARED_DATA", ROOT.parent / "shared" / "data"))

@@ -386,7 +386,7 @@ def misspell(rng: np.random.Generator, name: str) -> str:
 
 
 def test_char_index_matches_a_brute_force_scan() -> None:
-    from gemel.search.candidates import CharIndex
+    from gemel.search.char_index import CharIndex
 
     names = fixture_kb(200)["name"].tolist() + ["Zoë Saldaña", "!!"]  # an accent; a name with no word
     index = CharIndex(names)
@@ -408,7 +408,7 @@ def test_char_index_matches_a_brute_force_scan() -> None:
 def test_char_index_leaves_common_grams_out_of_the_product_and_rescores_exactly() -> None:
     """With max_df below the commonest grams' df, a text's candidates are the names sharing one of
     its other grams, the best rescore * k of them by those grams, ranked by their exact cosine."""
-    from gemel.search.candidates import CharIndex, trigrams
+    from gemel.search.char_index import CharIndex, trigrams
 
     names = fixture_kb(300)["name"].tolist()
     index = CharIndex(names)
@@ -630,7 +630,7 @@ def test_description_features_do_not_hang_on_the_hash_seed() -> None:
 
     code = (
         "import random\n"
-        "from gemel.search.candidates import Descriptions\n"
+        "from gemel.search.descriptions import Descriptions\n"
         "rng = random.Random(0)\n"
         "vocab = [f'w{i}' for i in range(300)]\n"
         "descs = [' '.join(rng.choices(vocab, k=40)) for _ in range(60)]\n"

@@ -6,15 +6,17 @@ Five parts, each small:
   with a mention; reads only the first names of a widely held word's list, so a Wikipedia-sized
   KB (millions of names) indexes in seconds and answers thousands of mentions a second
   (`benchmarks/candidates.py`).
-- `CharIndex`: KB names as idf-weighted character trigram vectors: the names closest to a mention
-  by cosine, for what shares no whole word with its entity's name (misspellings, inflections:
-  "Germans" and "Germany"). The `fuzzy` source; the cosine is a ranker feature too.
+- `CharIndex` (gemel.search.char_index): KB names as idf-weighted character trigram vectors: the
+  names closest to a mention by cosine, for what shares no whole word with its entity's name
+  (misspellings, inflections: "Germans" and "Germany"). The `fuzzy` source; the cosine is a ranker
+  feature too.
 - `AliasTable`: the training split's mention -> entity counts (a prior p(entity | mention)).
 - `DenseIndex` (gemel.search.dense): KB entities and mentions in context as sentence embeddings: the
   `dense` source (the entities nearest by cosine) and the `dense_sim` feature.
-- `Ranker`: a linear score over a few features of (mention, text, candidate) -- the alias prior,
-  how much of the mention and of the name overlap, how much of the name the text contains,
-  the entity's frequency in training -- fitted on the training split with the alias counts
+- `Ranker`: a score over a few features of (mention, text, candidate) -- the alias prior, how
+  much of the mention and of the name overlap, how much of the name the text contains, the
+  entity's frequency in training, the text against the candidate's KB description
+  (gemel.search.descriptions) -- linear plus a small hidden layer, fitted on the training split with the alias counts
   left one out, so each dataset learns what its own features are worth (in RichpediaMEL no test
   entity occurs in training; in WikiDiverse many do).
 
@@ -26,7 +28,6 @@ number stays comparable across versions.
 from __future__ import annotations
 
 import math
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,14 +36,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import scipy.sparse as sp
 
 from gemel.config import CandidatesParams
 from gemel.data.tables import linked_training
 from gemel.paths import Artifacts
 from gemel.search import listwise
+from gemel.search.char_index import CharIndex
 from gemel.search.dense import DenseIndex
-from gemel.search.name_index import CandidateError, NameIndex, fold, key, token_columns, words  # noqa: F401 (fold: re-exported)
+from gemel.search.descriptions import Descriptions
+from gemel.search.name_index import CandidateError, NameIndex, fold, key, words  # noqa: F401 (fold: re-exported)
 
 CANDIDATES = pa.schema([
     ("id", pa.string()),
@@ -65,206 +67,11 @@ FEATURES = ("alias_prior", "alias_seen", "mention_in_name", "name_in_mention", "
             # the mention in context against the entity's name and description, embedded (gemel.search.dense)
             "dense_sim")
 
-# A year as texts and descriptions write it: four digits, 1000-2099, not part of a longer number.
-YEAR = re.compile(r"(?<!\d)(1\d{3}|20\d{2})(?!\d)")
-# The span a description with a single year (a birth, a founding) is taken to cover: a long life.
-LIFESPAN = 100
-# Third-person pronouns by the sex they imply: +1 male, -1 female.
-PRONOUNS = {"he": 1, "him": 1, "his": 1, "himself": 1, "she": -1, "her": -1, "hers": -1, "herself": -1}
 
 
 def norm(mention: str, folded: bool = True) -> str:
     """The alias table's key: the folded mention with its spacing normalised."""
     return " ".join(key(mention, folded).split())
-
-
-def row_sums(values: np.ndarray, indptr: np.ndarray) -> np.ndarray:
-    """Per CSR row, the sum of its `values` (0 for an empty row, which np.add.reduceat gets wrong)."""
-    n = len(indptr) - 1
-    return np.bincount(np.repeat(np.arange(n), np.diff(indptr)), weights=values, minlength=n)
-
-
-def trigrams(text: str, folded: bool = True) -> set[str]:
-    """The distinct character trigrams of the text's words, joined by single spaces and padded by
-    one, so that word starts and ends are grams of their own (" jo", "an ")."""
-    padded = " " + " ".join(words(text, folded)) + " "
-    return {padded[i:i + 3] for i in range(len(padded) - 2)}
-
-
-class CharIndex:
-    """Every KB name as an L2-normalised vector of idf-weighted character trigrams, stored both
-    ways: name x gram (a candidate's vector, for `cosine`) and gram x name (the names holding each
-    gram, for `search`). idf makes the grams every name shares ("an ", " th") weigh little."""
-
-    def __init__(self, names: Sequence[str], folded: bool = True):
-        if len(names) == 0:
-            raise CandidateError("the KB has no names: nothing to index")
-        self.folded = folded
-        # Sorted: a set's order hangs on PYTHONHASHSEED, and so would the floats.
-        vocab, col, ptr = token_columns((sorted(trigrams(name, folded)) for name in names), len(names))
-        lengths = np.diff(ptr)
-        self.vocab = vocab
-        df = np.bincount(col, minlength=len(vocab))
-        self.idf = np.log(1.0 + len(names) / np.maximum(df, 1)).astype(np.float32)
-        # A gram no name holds still counts in a query's norm: a mention half made of unknown
-        # grams is less like a name than one made only of known ones.
-        self.unknown_idf = float(np.log(1.0 + len(names)))
-        data = self.idf[col]
-        sq = row_sums(data.astype(np.float64) ** 2, ptr)
-        row_norm = np.repeat(np.sqrt(np.maximum(sq, 1e-12)), lengths).astype(np.float32)
-        self.by_name = sp.csr_matrix((data / row_norm, col, ptr), shape=(len(names), len(vocab)))
-        self.by_gram = self.by_name.T.tocsr()
-        self.char_len = np.fromiter((len(n) for n in names), dtype=np.int32, count=len(names))
-
-    def query_matrix(self, texts: Sequence[str]) -> sp.csr_matrix:
-        """One L2-normalised row per text."""
-        rows, cols, data = [], [], []
-        for r, text in enumerate(texts):
-            gs = sorted(trigrams(text, self.folded))
-            known = [self.vocab[g] for g in gs if g in self.vocab]
-            w = self.idf[np.asarray(known, dtype=np.int64)]
-            norm_ = math.sqrt(float((w.astype(np.float64) ** 2).sum()) + (len(gs) - len(known)) * self.unknown_idf ** 2)
-            rows.extend([r] * len(known))
-            cols.extend(known)
-            data.extend((w / norm_).tolist() if norm_ > 0 else [])
-        return sp.csr_matrix((np.asarray(data, np.float32), (rows, cols)), shape=(len(texts), len(self.vocab)))
-
-    def search(self, texts: Sequence[str], k: int, batch: int = 1024, max_postings: int = 20_000_000,
-               max_df: int = 20_000, rescore: int = 30) -> list[np.ndarray]:
-        """Per text, up to k name rows by trigram cosine, highest first (ties: shorter names, then
-        KB order). Multiplied in batches of at most `batch` texts and `max_postings` matched (gram,
-        name) pairs, as NameIndex.search does.
-
-        Grams held by more than `max_df` names (" jo", "an " in a KB of millions) carry little
-        weight but most of a product's cost, so they are left out of the product, unless that
-        leaves a text no gram; such a text's `rescore` * k best names by the remaining grams are
-        then ranked by their exact cosine. Exact whenever no gram of a text is that common (every
-        KB of up to max_df names). On a million names (benchmarks/char_index.py) the default
-        searches twice as fast as the exact product and finds a misspelled name 0.2 points less often."""
-        df = np.diff(self.by_gram.indptr)
-        q = self.query_matrix(texts)
-        row = np.repeat(np.arange(len(texts)), np.diff(q.indptr))
-        common = df[q.indices] > max_df
-        drop = common & (np.bincount(row[~common], minlength=len(texts))[row] > 0)
-        pruned = np.bincount(row[drop], minlength=len(texts)) > 0
-        qs = q.copy()
-        qs.data[drop] = 0.0
-        qs.eliminate_zeros()
-        cost = row_sums(df[qs.indices], qs.indptr).astype(np.int64)
-        out: list[np.ndarray] = []
-        lo = 0
-        while lo < len(texts):
-            hi, total = lo + 1, int(cost[lo])
-            while hi < len(texts) and hi - lo < batch and total + cost[hi] <= max_postings:
-                total += int(cost[hi])
-                hi += 1
-            scores = (qs[lo:hi] @ self.by_gram).tocsr()
-            for r in range(scores.shape[0]):
-                cand = scores.indices[scores.indptr[r]:scores.indptr[r + 1]]
-                s = scores.data[scores.indptr[r]:scores.indptr[r + 1]]
-                want = k * rescore if pruned[lo + r] else k
-                if len(cand) > want:
-                    keep = s >= np.partition(s, len(s) - want)[len(s) - want]
-                    cand, s = cand[keep], s[keep]
-                if pruned[lo + r]:
-                    s = np.asarray((self.by_name[cand] @ q[lo + r].T).todense(), dtype=np.float32).ravel()
-                order = np.lexsort((cand, self.char_len[cand], -np.round(s, 4)))
-                out.append(cand[order[:k]].astype(np.int64))
-            lo = hi
-        return out
-
-    def cosine(self, texts: Sequence[str], rows: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """The trigram cosine of each text with each of its rows' names."""
-        q = self.query_matrix(texts)
-        lengths = np.array([len(r) for r in rows], dtype=np.int64)
-        flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows]) if len(rows) else np.zeros(0, np.int64)
-        if len(flat) == 0:
-            return [np.zeros(0, np.float32) for _ in rows]
-        pairs = self.by_name[flat].multiply(q[np.repeat(np.arange(len(rows)), lengths)])
-        sims = np.asarray(pairs.sum(axis=1), dtype=np.float32).ravel()
-        return np.split(sims, np.cumsum(lengths)[:-1])
-
-
-def years(text: str) -> list[int]:
-    return [int(y) for y in YEAR.findall(text)]
-
-
-def stated_sex(description_words: set[str]) -> int:
-    """+1 or -1 where the description states the sex as the word "male" or "female" (how the KBs
-    with descriptions state it: "Sex: male."); 0 where it states neither, or both."""
-    male, female = "male" in description_words, "female" in description_words
-    return 0 if male == female else (1 if male else -1)
-
-
-@dataclass(frozen=True)
-class Context:
-    """What a mention's text says beyond the mention itself: its words (idf-weighted, as a unit
-    vector over the descriptions' words), the years it names, and its pronouns' balance."""
-    weights: dict[str, float]
-    years: tuple[int, ...]
-    pronoun: float  # (male - female pronouns) / all of them; 0 without any
-
-    @classmethod
-    def of(cls, mention: str, text: str, idf: dict[str, float], folded: bool) -> Context:
-        # The mention's own words and years say nothing about which entity it is beyond the mention.
-        rest = text.replace(mention, " ") if mention else text
-        # Sorted: floats summed in a set's order would change in their last bits with PYTHONHASHSEED.
-        ws = sorted(set(words(rest, folded)) - set(words(mention, folded)))
-        w = {t: idf[t] for t in ws if idf.get(t, 0.0) > 0}
-        n = math.sqrt(sum(v * v for v in w.values()))
-        signs = [PRONOUNS[t] for t in words(rest, folded) if t in PRONOUNS]
-        return cls({t: v / n for t, v in w.items()} if n > 0 else {}, tuple(years(rest)),
-                   sum(signs) / len(signs) if signs else 0.0)
-
-
-class Descriptions:
-    """The KB's descriptions as the features compare them with a text: each one's words (idf over
-    the descriptions, so the field labels every description repeats weigh nothing), the span of
-    the years it names and the sex it states. Rows without a description give 0 features."""
-
-    def __init__(self, descriptions: Sequence[str | None], folded: bool = True):
-        self.folded = folded
-        # A missing description reads as None or NaN (pandas), whichever the column holds.
-        descriptions = [d if isinstance(d, str) and d.strip() else None for d in descriptions]
-        self.words: list[frozenset[str]] = []
-        df: Counter = Counter()
-        for d in descriptions:
-            ws = frozenset(words(d, folded)) if d else frozenset()
-            self.words.append(ws)
-            df.update(ws)
-        n = sum(1 for ws in self.words if ws)
-        self.idf = {w: math.log((1.0 + n) / (1.0 + c)) for w, c in df.items()}
-        self.norm = np.asarray([math.sqrt(sum(self.idf[w] ** 2 for w in sorted(ws))) for ws in self.words], np.float32)
-        spans = []
-        for d in descriptions:
-            ys = years(d) if d else []
-            # Two or more years: first to last (birth to death); one: that year and a lifespan after.
-            spans.append((min(ys), max(ys) if len(set(ys)) > 1 else min(ys) + LIFESPAN) if ys else (0, 0))
-        self.spans = np.asarray(spans, dtype=np.int32).reshape(-1, 2)
-        self.sex = np.asarray([stated_sex(ws) for ws in self.words], dtype=np.int8)
-
-    def context(self, mention: str, text: str) -> Context:
-        return Context.of(mention, text, self.idf, self.folded)
-
-    def overlap(self, ctx: Context, row: int) -> float:
-        """Cosine of the text's and the description's idf-weighted word sets."""
-        if not ctx.weights or self.norm[row] == 0:
-            return 0.0
-        return sum(v * self.idf[w] for w, v in ctx.weights.items() if w in self.words[row]) / float(self.norm[row])
-
-    def year_shares(self, ctx: Context, row: int) -> tuple[float, float, float]:
-        """The shares of the text's years before, within and after the description's span."""
-        lo, hi = self.spans[row]
-        if not ctx.years or lo == 0:
-            return 0.0, 0.0, 0.0
-        n = len(ctx.years)
-        before = sum(y < lo for y in ctx.years) / n
-        after = sum(y > hi for y in ctx.years) / n
-        return before, 1.0 - before - after, after
-
-    def pronoun_sex(self, ctx: Context, row: int) -> float:
-        """+1 where the text's pronouns all fit the stated sex, -1 where all contradict it."""
-        return ctx.pronoun * float(self.sex[row])
 
 
 @dataclass
