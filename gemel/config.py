@@ -113,6 +113,7 @@ class PrepareParams:
     invalid_records: str = "error"
     split_key: str | None = None  # the dataset's entry in a split file nesting several datasets
     limit: dict[str, int | None] | None = None  # split -> first N mentions (a subset run)
+    distractors: int = 0  # KB entities added with names drawn from the KB's words (a scale run)
 
 
 def prepare_params(params: dict[str, Any]) -> PrepareParams:

@@ -5,7 +5,7 @@ is checked against this module by tests/test_dag.py.
 Shared work sits in one folder per section (`prepare.out`, `features.out`, `retrieve.out`,
 `candidates.out`, `trie.out`); one trained model, a *run*, in `{train.out}/{model.llm}/`. The
 trie depends only on the KB and the LLM's tokenizer, so every run of one LLM shares
-`{trie.out}/{llm}.npz`."""
+`{trie.out}/{llm}.npz` (and its report, `{llm}.json`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,6 +41,10 @@ REPORT_HTML = "report.html"
 
 def trie_file(tries: str | Path, llm: str) -> Path:
     return Path(tries) / f"{llm}.npz"
+
+
+def trie_report_file(tries: str | Path, llm: str) -> Path:
+    return Path(tries) / f"{llm}.json"
 
 
 @dataclass(frozen=True)
@@ -104,6 +108,10 @@ class Artifacts:
     @property
     def trie(self) -> Path:
         return trie_file(self.tries, self.llm)
+
+    @property
+    def trie_report(self) -> Path:
+        return trie_report_file(self.tries, self.llm)
 
     def in_run(self, name: str) -> Path:
         """A file of the run folder, by its name above (MAPPER, METRICS, ...)."""

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     a = Artifacts.of(params)
     table, report = generate_for(a, section(params, "candidates", CandidatesParams), params["text_encoders"])
     write_parquet_atomic(table, a.candidates, CANDIDATES)
-    text = json.dumps({**report, "stack": stack.record("cpu")}, indent=2)
+    text = json.dumps({**report, "stack": stack.record("cpu"), "cost": _cli.cost()}, indent=2)
     write_text_atomic(text + "\n", a.candidates_report)
     print(text)
     return 0

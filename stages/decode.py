@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     a = Artifacts.of(params)
     write_parquet_atomic(pred, a.in_run(PREDICTIONS), PREDICTIONS_SCHEMA)
     text = json.dumps({"llm": section(params, "model", ModelParams).llm, **report,
-                       "stack": stack.record(str(linker.model.device))}, indent=2)
+                       "stack": stack.record(str(linker.model.device)), "cost": _cli.cost()}, indent=2)
     write_text_atomic(text + "\n", a.in_run(DECODE_REPORT))
     print(text)
     return 0

@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     p, a = section(params, "features", FeaturesParams), Artifacts.of(params)
     encoder = build_image_encoder(p)
     report = update_features(read_mentions(a.mentions), a.features, encoder, p.batch_size, p.missing_image)
-    text = json.dumps({**report, "stack": stack.record(encoder.device)}, indent=2)
+    text = json.dumps({**report, "stack": stack.record(encoder.device), "cost": _cli.cost()}, indent=2)
     write_text_atomic(text + "\n", a.features_report)
     print(text)
     return 0

@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     # Tables first, report last: a report only ever describes tables that were fully written.
     write_parquet_atomic(prepared.mentions, out / paths.MENTIONS, MENTIONS)
     write_parquet_atomic(prepared.kb, out / paths.KB, KB)
-    text = json.dumps(prepared.report, indent=2)
+    text = json.dumps({**prepared.report, "cost": _cli.cost()}, indent=2)
     write_text_atomic(text + "\n", out / paths.PREPARE_REPORT)
     print(text)
     return 0

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                       a.in_run(TRAIN_LOSS))
     write_text_atomic(pd.DataFrame(result.history.dev, columns=["step", "accuracy"]).to_csv(index=False),
                       a.in_run(DEV_ACCURACY))
-    text = json.dumps({"llm": m.llm, **result.report, "stack": stack.record(str(linker.model.device))}, indent=2)
+    text = json.dumps({"llm": m.llm, **result.report, "stack": stack.record(str(linker.model.device)),
+                       "cost": _cli.cost()}, indent=2)
     write_text_atomic(text + "\n", a.in_run(TRAIN_REPORT))
     print(text)
     return 0

@@ -28,9 +28,11 @@ SETTINGS = ["sample.train_per_entity=1", "sample.dev_per_entity=1", "sample.test
             "retrieve.top_k=4", "candidates.top_k=8", "model.num_demos=2",
             "train.epochs=1", "train.batch_size=4", "train.dev_limit=2", "train.eval_every=1000", f"train.seed={TEST_SEED}",
             "decode.num_beams=3", "decode.batch_size=3"]
-# Wall-clock measurements: the only values that may differ, and only in these reports.
-TIMINGS = {"seconds", "mentions_per_s", "examples_per_s", "train_s", "load_s", "build_seconds", "encoded_per_s"}
-REPORTS = {"train_report.json", "decode_report.json", "report.json"}
+# Wall-clock and memory measurements (`cost`: every stage's time and peak memory): the only values
+# that may differ, and only in these reports (the trie's is tries/<llm>.json).
+TIMINGS = {"seconds", "mentions_per_s", "examples_per_s", "train_s", "load_s", "build_seconds", "encoded_per_s",
+           "cost"}
+REPORTS = {"train_report.json", "decode_report.json", "report.json", "smollm2-135m.json"}
 
 
 def overrides() -> list[str]:
@@ -94,6 +96,10 @@ def test_two_runs_give_identical_outputs(tmp_path: Path) -> None:
                  "candidates/candidates.parquet", "results/smollm2-135m/mapper.safetensors",
                  "results/smollm2-135m/predictions.parquet", "results/smollm2-135m/metrics.json"):
         assert name in a, f"{name} not written (outputs: {sorted(a)})"
+    for name in ("prepared/report.json", "candidates/report.json", "tries/smollm2-135m.json",
+                 "results/smollm2-135m/decode_report.json"):  # each stage says what it cost
+        cost = json.loads(a[name].read_text(encoding="utf-8"))["cost"]
+        assert cost["seconds"] >= 0 and cost["peak_rss_mib"] > 50, (name, cost)
     assert not [n for n in a if Path(n).name.startswith(".")], "temporary files left behind"
     differ = []
     for name in a:

@@ -257,3 +257,17 @@ def test_stage_writes_a_loadable_trie(tmp_path, kb, capsys):
     assert _cli.run("trie", stage.main, ["--set", f"prepare.out={tmp_path / 'none'}"]) == 2
     assert _cli.run("trie", stage.main, argv + ["--set", "model.llm=no-such-llm"]) == 2
     assert "unknown LLM" in capsys.readouterr().err
+
+
+def test_forked_tokenizers_build_the_same_trie(kb, smollm2):
+    """The trie stage tokenizes millions of names in a forked process per core; spans of names come
+    back in order, so the trie, names and ids are those of one process, whatever the split."""
+    import pyarrow as pa
+    names, ids = [n for _, n in kb], [q for q, _ in kb]
+    one = build_entity_trie(names, ids, smollm2, "smollm2-135m", batch_size=4, workers=1)
+    two = build_entity_trie(pa.array(names), pa.array(ids), smollm2, "smollm2-135m", batch_size=4, workers=2)
+    assert len(names) > 8  # several spans, so the order of their return is tested
+    for k, a in one.trie.arrays().items():
+        assert np.array_equal(a, two.trie.arrays()[k]), k
+    assert two.names.tolist() == names and two.entity_ids.tolist() == ids
+    assert [two.trie.value(two.trie.node_of(answer_ids(smollm2, n))) for n in names[:5]] == [0, 1, 2, 3, 4]

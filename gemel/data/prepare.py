@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from gemel.config import PrepareParams
+from gemel.data.distractors import grow
 from gemel.data.importers import Imported, Problems, Source, get_importer, split_files
 from gemel.data.raw import DataError
 from gemel.data.tables import KB, MENTIONS, SPLITS
@@ -126,6 +127,7 @@ def prepare(p: PrepareParams, root: Path = Path("."), source: str | None = None)
     mentions = mentions.drop(columns="record")
     kb = pd.DataFrame(imported.kb, columns=KB.names)
     check_tables(mentions, kb, src)
+    kb = grow(kb, p.distractors, p.seed)
     # The limit comes last: after the overlap policy (importer) and the carved dev split, so a
     # subset is the head of the same splits a full run has.
     before = {split: int((mentions["split"] == split).sum()) for split in SPLITS}
@@ -133,6 +135,7 @@ def prepare(p: PrepareParams, root: Path = Path("."), source: str | None = None)
     report = make_report(mentions, kb, problems, imported, dev_carved=not has_dev)
     report = {"dataset": p.dataset, **report}
     report["limit"] = limit or None
+    report["distractors"] = p.distractors
     report["mentions_before_limit"] = before
     return Prepared(mentions, kb, report)
 

@@ -14,12 +14,16 @@ and the LLM it was tokenized for. Both save to a plain .npz (no pickle).
 from __future__ import annotations
 
 import itertools
+import multiprocessing
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from gemel.atomic import atomic_path
@@ -57,12 +61,15 @@ class Trie:
     @classmethod
     def from_flat(cls, tokens: np.ndarray, lengths: np.ndarray) -> Trie:
         """The sequences concatenated in `tokens`, sequence i being the next lengths[i] tokens."""
-        tokens = np.asarray(tokens, dtype=np.int64)
+        tokens = np.asarray(tokens)
         lengths = np.asarray(lengths, dtype=np.int64)
         if len(tokens) != lengths.sum():
             raise TrieError(f"lengths sum to {lengths.sum()} but there are {len(tokens)} tokens")
         if len(tokens) and (tokens.min() < 0 or tokens.max() >= 2**31):
             raise TrieError("token ids must be in [0, 2**31)")
+        # int32 where it fits: at 7.4M names every array of the build is tens of millions long.
+        tokens = tokens.astype(np.int32, copy=False)
+        level = np.int32 if len(tokens) < 2**31 - 1 else np.int64  # node ids are below tokens + 1
         n = len(lengths)
         if n >= 2**31:
             raise TrieError(f"{n} sequences: values are int32")
@@ -72,8 +79,10 @@ class Trie:
         neg_len = -lengths[order]
         span = int(tokens.max()) + 1 if len(tokens) else 1
         node = np.zeros(n, dtype=np.int64)  # per sequence (in `order`): the node reached so far
-        parents, toks = [], []
-        n_nodes = 1
+        # Per level, each of its nodes' number of children (the next level's nodes per parent),
+        # and the next level's tokens: child_ptr and child_tok, with no parent array of all nodes.
+        counts, toks = [], []
+        n_nodes, level_start, level_size = 1, 0, 1  # the root alone is level 0
         for depth in range(int(lengths.max()) if n else 0):
             k = int(np.searchsorted(neg_len, -depth, side="left"))  # sequences longer than depth
             tok = tokens[starts[order[:k]] + depth]
@@ -81,21 +90,24 @@ class Trie:
             # so each parent's children are contiguous and sorted by token.
             keys, inverse = np.unique(node[:k] * span + tok, return_inverse=True)
             node[:k] = n_nodes + inverse.reshape(-1)
-            parents.append(keys // span)
-            toks.append(keys % span)
+            counts.append(np.bincount(keys // span - level_start, minlength=level_size).astype(level))
+            toks.append((keys % span).astype(np.int32))
+            level_start, level_size = n_nodes, len(keys)
             n_nodes += len(keys)
-        parent = np.concatenate(parents) if parents else np.zeros(0, np.int64)
-        child_tok = np.concatenate(toks).astype(np.int32) if toks else np.zeros(0, np.int32)
-        # Breadth-first numbering makes `parent` non-decreasing: children of n follow those of n-1.
-        child_ptr = np.zeros(n_nodes + 1, dtype=np.int64)
-        np.cumsum(np.bincount(parent, minlength=n_nodes), out=child_ptr[1:])
+        counts.append(np.zeros(level_size, dtype=level))  # the deepest level: leaves
+        child_tok = np.concatenate(toks) if toks else np.zeros(0, np.int32)
+        del toks
+        # Breadth-first numbering: the children of n follow those of n-1.
+        child_ptr = np.zeros(n_nodes + 1, dtype=_node_dtype(n_nodes))
+        np.cumsum(np.concatenate(counts), out=child_ptr[1:])
+        del counts
         # In this layout child j is node j + 1; stored anyway so readers need not assume it.
         child_node = np.arange(1, n_nodes, dtype=_node_dtype(n_nodes))
         # Each sequence's last node gets the smallest index among the sequences ending there.
-        value = np.full(n_nodes, n, dtype=np.int64)
-        np.minimum.at(value, node, order)
+        value = np.full(n_nodes, n, dtype=np.int32)  # n < 2**31, checked above
+        np.minimum.at(value, node, order.astype(np.int32))
         value[value == n] = -1
-        return cls(child_ptr, child_tok, child_node, value.astype(np.int32))
+        return cls(child_ptr, child_tok, child_node, value)
 
     # ----- size
 
@@ -231,6 +243,18 @@ class Strings:
         np.cumsum([len(b) for b in encoded], out=offsets[1:])
         return cls(np.frombuffer(b"".join(encoded), dtype=np.uint8), offsets)
 
+    @classmethod
+    def from_arrow(cls, strings: pa.Array) -> Strings:
+        """An Arrow string array's own buffers (no Python string per row): 7.4M names in 0.1 s."""
+        arr = pc.cast(strings, pa.large_string()).combine_chunks() if isinstance(strings, pa.ChunkedArray) \
+            else pc.cast(strings, pa.large_string())
+        _, offsets_buf, data_buf = arr.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset:arr.offset + len(arr) + 1]
+        data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+        if offsets[0] == 0:  # views of Arrow's buffers, which they keep alive
+            return cls(data[:offsets[-1]], offsets)
+        return cls(data[offsets[0]:offsets[-1]].copy(), offsets - offsets[0])
+
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
@@ -277,29 +301,110 @@ class EntityTrie:
         return cls(trie, ids, names, str(data["llm"]), int(data["eos_id"]))
 
 
-def build_entity_trie(names: Sequence[str], entity_ids: Sequence[str], tokenizer: Any, llm_name: str,
-                      batch_size: int = 10_000) -> EntityTrie:
+def build_entity_trie(names: Sequence[str] | pa.Array | pa.ChunkedArray,
+                      entity_ids: Sequence[str] | pa.Array | pa.ChunkedArray, tokenizer: Any, llm_name: str,
+                      batch_size: int = 10_000, workers: int | None = None) -> EntityTrie:
     """KB names -> the trie of their answer sequences (tokens, then EOS, as gemel.generation.llm.answer_ids),
-    tokenized in batches and kept as flat arrays so millions of names stay small."""
+    tokenized in batches and kept as flat arrays so millions of names stay small. Names and ids may
+    be Arrow arrays (the trie stage reads the KB so): no Python string is then made but a batch's.
+    `workers` processes tokenize (None: one per core from PARALLEL_FROM names on); the result does
+    not depend on their number."""
+    names, entity_ids = _strings(names, "name"), _strings(entity_ids, "entity_id")
     if len(names) != len(entity_ids):
         raise TrieError(f"{len(names)} names but {len(entity_ids)} entity ids")
-    for i, name in enumerate(names):
-        if not isinstance(name, str) or not name.strip():
-            raise TrieError(f"KB row {i} (entity_id {entity_ids[i]!r}): field 'name' is empty or not text: {name!r}")
+    blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(names)), 0), True)
+    if pc.any(blank).as_py():
+        i = int(np.flatnonzero(blank.to_numpy(zero_copy_only=False))[0])
+        raise TrieError(f"KB row {i} (entity_id {entity_ids[i].as_py()!r}): field 'name' is empty or not text: "
+                        f"{names[i].as_py()!r}")
     eos = tokenizer.eos_token_id
     if eos is None:
         raise TrieError(f"LLM {llm_name}: the tokenizer has no EOS token, so names cannot end")
-    chunks, lengths = [], []
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if len(names) >= PARALLEL_FROM else 1
+    flat, lengths = tokenize(names, tokenizer, eos, batch_size, workers)
+    trie = Trie.from_flat(flat, lengths)
+    del flat
+    return EntityTrie(trie, Strings.from_arrow(entity_ids), Strings.from_arrow(names), llm_name, int(eos))
+
+
+# From this many names the trie stage tokenizes in a process per core: a fast tokenizer costs
+# 15-25 µs a name in a loop that holds the GIL, minutes at 7.4M names.
+PARALLEL_FROM = 200_000
+# A forked worker's names, tokenizer and batch size, inherited rather than sent.
+_JOB: tuple[pa.LargeStringArray, Any, int, int] | None = None
+
+
+def tokenize(names: pa.LargeStringArray, tokenizer: Any, eos: int, batch_size: int, workers: int = 1
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(every name's tokens then EOS, concatenated, int32; each one's length). With workers > 1,
+    forked processes take spans of names in order."""
+    global _JOB
+    if workers <= 1 or len(names) <= batch_size:
+        return _tokenize_span(names, tokenizer, eos, batch_size)
+    span = max(batch_size, -(-len(names) // (workers * 8)))  # several spans a worker: even ends
+    spans = [(lo, min(lo + span, len(names))) for lo in range(0, len(names), span)]
+    _JOB = (names, tokenizer, eos, batch_size)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_tokenize_job, spans, chunksize=1)
+    finally:
+        _JOB = None
+    return _concatenate(parts)
+
+
+def _tokenize_job(span: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    names, tokenizer, eos, batch_size = _JOB
+    return _tokenize_span(names.slice(span[0], span[1] - span[0]), tokenizer, eos, batch_size)
+
+
+def _tokenize_span(names: pa.LargeStringArray, tokenizer: Any, eos: int, batch_size: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    parts = []
     for lo in range(0, len(names), batch_size):
-        # The batched form of answer_ids: same tokens (add_special_tokens=False), then EOS.
-        ids = tokenizer(list(names[lo:lo + batch_size]), add_special_tokens=False).input_ids
-        lens = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-        flat = np.fromiter(itertools.chain.from_iterable(x + [eos] for x in ids), dtype=np.int64, count=int(lens.sum()))
-        chunks.append(flat)
-        lengths.append(lens)
-    trie = Trie.from_flat(np.concatenate(chunks) if chunks else np.zeros(0, np.int64),
-                          np.concatenate(lengths) if lengths else np.zeros(0, np.int64))
-    return EntityTrie(trie, Strings.pack(entity_ids), Strings.pack(names), llm_name, int(eos))
+        ids = token_ids(tokenizer, names.slice(lo, batch_size).to_pylist())
+        lens = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)) + 1
+        parts.append((np.fromiter(itertools.chain.from_iterable(x + [eos] for x in ids), dtype=np.int32,
+                                  count=int(lens.sum())), lens))
+    return _concatenate(parts)
+
+
+def _concatenate(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Parts' tokens and lengths, each into one array, freeing the parts as it goes."""
+    lengths = np.concatenate([n for _, n in parts]) if parts else np.zeros(0, np.int64)
+    flat = np.empty(int(sum(len(t) for t, _ in parts)), dtype=np.int32)
+    at = 0
+    for i, (t, _) in enumerate(parts):
+        flat[at:at + len(t)] = t
+        at += len(t)
+        parts[i] = None  # type: ignore[call-overload]
+    return flat, lengths
+
+
+def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Each text's tokens without special tokens, as `tokenizer(texts, add_special_tokens=False)`
+    gives them. A fast tokenizer's Rust backend is asked directly (encode_batch_fast skips the
+    offsets): the Python wrapper's BatchEncoding costs three times the tokenization."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return tokenizer(texts, add_special_tokens=False).input_ids
+    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    return [e.ids for e in encode(texts, add_special_tokens=False)]
+
+
+def _strings(values: Sequence[str] | pa.Array | pa.ChunkedArray, field: str) -> pa.LargeStringArray:
+    """Names or ids as one Arrow large-string array; a value that is not text is an error naming its row."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if isinstance(values, pa.Array):
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            raise TrieError(f"KB field '{field}': expected text, found Arrow type {values.type}")
+        return pc.cast(values, pa.large_string())
+    values = list(values)
+    for i, v in enumerate(values):
+        if v is not None and not isinstance(v, str):
+            raise TrieError(f"KB row {i}: field '{field}' is not text: {v!r}")
+    return pa.array(values, pa.large_string())
 
 
 def save_npz_atomic(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
@@ -337,13 +442,16 @@ def build_kb_trie(kb_path: str | Path, llms: dict[str, Any], llm: str) -> tuple[
     """The trie stage: the prepared KB's names for one LLM of the registry, and a report."""
     import time
 
-    from gemel.data.tables import read_kb
+    from gemel.data.tables import read_arrow
     from gemel.generation.llm import get_spec, load_tokenizer
 
-    kb = read_kb(kb_path)
+    # Arrow columns, not a DataFrame: a Python string per name would cost gigabytes at 7.4M names.
+    kb = read_arrow(kb_path, "prepare", columns=["entity_id", "name"])
+    names, ids = _strings(kb.column("name"), "name"), _strings(kb.column("entity_id"), "entity_id")
+    del kb  # the columns' large-string copies are all that is kept
     tokenizer = load_tokenizer(get_spec(llms, llm))
     t0 = time.perf_counter()
-    entity_trie = build_entity_trie(kb["name"].tolist(), kb["entity_id"].tolist(), tokenizer, llm)
+    entity_trie = build_entity_trie(names, ids, tokenizer, llm)
     report = {"llm": llm, "names": len(entity_trie.names), "nodes": entity_trie.trie.num_nodes,
               # same name (token sequence) as an earlier entity: maps to the first
               "duplicate_names": entity_trie.duplicates,

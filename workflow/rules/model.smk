@@ -10,6 +10,7 @@ rule trie:
         code=stage_code("trie"),
     output:
         trie=f"{TRIES}/{{llm}}.npz",
+        report=f"{TRIES}/{{llm}}.json",
     params:
         cmd=lambda wc: cli("trie", {"model.llm": wc.llm}),
         tracked=lambda wc: tracked(PARAMS, ["model.llm", f"llms.{wc.llm}"]),
