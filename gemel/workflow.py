@@ -97,9 +97,9 @@ def check_ablation(params: dict[str, Any], name: str, overrides: dict[str, Any])
             raise ConfigError(
                 f"ablations.{name}: '{key}' may not change in an ablation (allowed: "
                 f"{', '.join(s + '.*' for s in ABLATABLE_SECTIONS)} except {', '.join(FIXED_KEYS)}, "
-                f"and {', '.join(ABLATABLE_KEYS)}): it is shared work every run reads from one place "
-                f"(a retrieval method or a candidates.* change gets its own folder; set it in params.yaml itself, "
-                f"or with `dvc exp run -S {key}=...`)")
+                f"and {', '.join(ABLATABLE_KEYS)}): it is shared work every run reads from one place, where "
+                f"retrieve.method and candidates.* get a folder per ablation; change it in params.yaml, or "
+                f"try it with `dvc exp run -S {key}=...`")
     effective(params, overrides, f"params.yaml ablations.{name}")
 
 
