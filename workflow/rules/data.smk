@@ -1,5 +1,6 @@
 # Shared work, computed once for every run: the sample, the prepared tables, the image features, the
-# demonstrations and the candidates (those of other retrieval methods and candidates.* settings, once each). Same commands, inputs and outputs as the dvc.yaml stages of the same names.
+# demonstrations and the candidates (those of the ablations' other retrieval methods and candidates.*
+# settings once each too). Same commands, inputs and outputs as the dvc.yaml stages of the same names.
 
 
 rule sample:
@@ -131,7 +132,8 @@ rule candidates_variant:
         kb_embeddings=f"{CANDIDATES}/{CANDIDATE_VARIANTS}/{{variant}}/{paths.KB_EMBEDDINGS}",
     params:
         cmd=lambda wc: cli("candidates", VARIANTS[wc.variant]),
-        tracked=lambda wc: tracked(effective(PARAMS, VARIANTS[wc.variant]), ["prepare.out", "candidates", "text_encoders"]),
+        tracked=lambda wc: tracked(effective(PARAMS, VARIANTS[wc.variant]),
+                                   ["prepare.out", "candidates", "text_encoders"]),
     log:
         f"{LOGS}/candidates_{{variant}}.log",
     conda:
