@@ -5,8 +5,10 @@ conventions, so the DAG files and the summary cannot disagree on a path."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import importlib.util
 import json
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +19,15 @@ import yaml
 from gemel.config import ConfigError, SummarizeParams, apply_override, validate
 from gemel.paths import METRICS, REPORT_HTML
 
-# What an ablation may change. Everything else (sample, prepare, features, the retrieval encoder,
-# output folders) is shared work that every run reads from the same place.
-ABLATABLE_SECTIONS = ("model", "train", "decode", "evaluate")
+# What an ablation may change. Its retrieval method and its candidates.* settings get their own
+# folders (demos_dir, candidates_dir); everything else (sample, prepare, features, the retrieval
+# encoder, output folders) is shared work that every run reads from the same place.
+ABLATABLE_SECTIONS = ("model", "train", "decode", "evaluate", "candidates")
 ABLATABLE_KEYS = ("retrieve.method",)
-FIXED_KEYS = ("train.out",)
+FIXED_KEYS = ("train.out", "candidates.out")
+# The candidates of an ablation that changes candidates.*: {candidates.out}/CANDIDATE_VARIANTS/{variant}/
+CANDIDATE_VARIANTS = "variants"
+_VARIANT_VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")  # a value that can stand in a folder name as it is
 KINDS = ("scales", "ablations", "datasets", "seeds")
 PLOTS = {"scales": "{metric}_vs_size.png", "ablations": "{metric}_by_ablation.png",
          "datasets": "{metric}_by_dataset.png", "seeds": "{metric}_by_seed.png"}
@@ -91,7 +97,9 @@ def check_ablation(params: dict[str, Any], name: str, overrides: dict[str, Any])
             raise ConfigError(
                 f"ablations.{name}: '{key}' may not change in an ablation (allowed: "
                 f"{', '.join(s + '.*' for s in ABLATABLE_SECTIONS)} except {', '.join(FIXED_KEYS)}, "
-                f"and {', '.join(ABLATABLE_KEYS)}): it is shared work every run reads from one place")
+                f"and {', '.join(ABLATABLE_KEYS)}): it is shared work every run reads from one place, where "
+                f"retrieve.method and candidates.* get a folder per ablation; change it in params.yaml, or "
+                f"try it with `dvc exp run -S {key}=...`")
     effective(params, overrides, f"params.yaml ablations.{name}")
 
 
@@ -194,10 +202,45 @@ def demos_dir(params: dict[str, Any], method: str) -> str:
     return out if method == params["retrieve"]["method"] else f"{out}/{method}"
 
 
+def candidates_changes(params: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """The candidates.* settings (but candidates.out) that differ from params, sorted by key."""
+    return {k: v for k, v in sorted(settings.items())
+            if k.startswith("candidates.") and k not in FIXED_KEYS and get(params, k) != v}
+
+
+def candidates_variant(changes: dict[str, Any]) -> str:
+    """The folder name of candidates_changes(): `key=value,...` where every value is plain enough to
+    read (`fuzzy=0`, `dense=0,dense_sim=false`), else a hash of them (a local encoder path). Named by
+    the changes, not the ablation, so ablations that change candidates alike share one folder."""
+    pairs = [(k.removeprefix("candidates."), format_value(v)) for k, v in changes.items()]
+    if all(_VARIANT_VALUE.match(v) for _, v in pairs):
+        return ",".join(f"{k}={v}" for k, v in pairs)
+    return hashlib.sha256(json.dumps(pairs).encode()).hexdigest()[:12]  # no `=`: never a readable name
+
+
+def candidates_dir(params: dict[str, Any], settings: dict[str, Any]) -> str:
+    """candidates.out when settings change no candidates.* key (as in dvc.yaml); else its own sub-folder."""
+    out = params["candidates"]["out"]
+    changes = candidates_changes(params, settings)
+    return f"{out}/{CANDIDATE_VARIANTS}/{candidates_variant(changes)}" if changes else out
+
+
+def candidate_variants(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every candidates folder the ablations need besides candidates.out: variant name -> the
+    `--set` settings of the candidates stage that writes it (its changes and its candidates.out)."""
+    variants = {}
+    for run in ablation_runs(params):
+        changes = candidates_changes(params, dict(run.overrides))
+        if changes:
+            variants[candidates_variant(changes)] = {**changes, "candidates.out": candidates_dir(params, changes)}
+    return variants
+
+
 def run_settings(params: dict[str, Any], out: str, llm: str,
                  runs: dict[str, tuple[tuple[str, Any], ...]] | None = None) -> dict[str, Any]:
     """Every `section.key` a run sets, against params: its ablation, its LLM and folder, and the
-    demonstrations folder of its retrieval method. `runs`: run_overrides(params), if at hand."""
+    folders of its retrieval method's demonstrations and of its candidates.
+    `runs`: run_overrides(params), if at hand."""
     overrides = (run_overrides(params) if runs is None else runs).get(out)
     if overrides is None:
         raise ConfigError(f"{out}: not the folder of any run (train.out or one of its ablations)")
@@ -206,6 +249,8 @@ def run_settings(params: dict[str, Any], out: str, llm: str,
     method = settings.get("retrieve.method", params["retrieve"]["method"])
     if method != params["retrieve"]["method"]:
         settings["retrieve.out"] = demos_dir(params, method)
+    if candidates_changes(params, settings):
+        settings["candidates.out"] = candidates_dir(params, settings)
     return settings
 
 

@@ -57,6 +57,15 @@ def test_changing_train_dev_settings_retrains_but_leaves_shared_work(tmp_path):
     assert rerun(tmp_path, change) == {"train", "decode", "evaluate", "report"}
 
 
+@pytest.mark.parametrize("key, value", [("fuzzy", 0), ("dense", 0), ("ranker_hidden", 0)])
+def test_a_candidates_switch_reruns_the_candidates_and_every_run_but_no_other_shared_work(tmp_path, key, value):
+    """`dvc exp run -S candidates.fuzzy=0`, the DVC side of the candidates_* ablations."""
+    def change(p):
+        p["candidates"][key] = value
+
+    assert rerun(tmp_path, change) == {"candidates", "train", "decode", "evaluate", "report"}
+
+
 def test_adding_an_llm_reruns_nothing(tmp_path):
     def change(p):
         p["llms"]["tiny-new"] = {"hub": "someone/tiny-new", "path": None, "params_m": 10}

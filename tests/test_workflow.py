@@ -22,6 +22,7 @@ from gemel.config import ConfigError, apply_override, load_params
 from gemel.summary import SummaryError, dataset_table, summary_table
 from gemel.workflow import (
     ablation_runs,
+    candidate_variants,
     check_ablation,
     dataset_runs,
     effective,
@@ -118,6 +119,21 @@ def test_sweeps_reuse_shared_work_and_put_each_run_where_its_overrides_say(sweep
     for shared in ("sample", "prepare", "features", "retrieve", "candidates"):
         assert count[shared] == 1, shared
     assert count["retrieve_method"] == 2  # random and bm25; simcse is retrieve itself
+    # One candidates job per distinct set of candidates.* changes among the ablations (three here),
+    # the stage CLI with those changes as --set, writing to a sub-folder of candidates.out.
+    changes = {frozenset((k, v) for k, v in o.items() if k.startswith("candidates."))
+               for o in params["ablations"].values()} - {frozenset()}
+    variants = [j for j in sweep_jobs if j.rule == "candidates_variant"]
+    assert len(variants) == len(changes) == 3
+    made = set()
+    for job in variants:
+        argv = shlex.split(job.cmd)
+        assert argv[:5] == ["python", "-m", "stages.candidates", "--params", "params.yaml"]
+        p = load_params(ROOT / "params.yaml", [argv[i + 1] for i, a in enumerate(argv) if a == "--set"])
+        assert changed_candidates(params, p) in changes, job.cmd
+        assert p["candidates"]["out"].startswith(f"{params['candidates']['out']}/variants/"), job.cmd
+        assert f"{p['candidates']['out']}/candidates.parquet" in job.outputs
+        made.add(p["candidates"]["out"])
     runs = len(params["scales"]) + len(params["ablations"])
     assert count["train"] == count["decode"] == count["evaluate"] == count["report"] == runs
     # One trie per LLM, shared by every run of it (the scales' LLMs and the ablations' one).
@@ -136,9 +152,56 @@ def test_sweeps_reuse_shared_work_and_put_each_run_where_its_overrides_say(sweep
         if job.rule in ("train", "decode"):
             assert f"{p['retrieve']['out']}/demos.parquet" in job.inputs, job.cmd
             assert "gpu=1" in job.resources
+        # It reads the candidates its own candidates.* settings make: those of params.yaml in
+        # candidates.out, the others in the folder a candidates_variant job above writes.
+        assert f"{p['candidates']['out']}/candidates.parquet" in job.inputs, job.cmd
+        if changed_candidates(params, p):
+            assert p["candidates"]["out"] in made, job.cmd
+        else:
+            assert p["candidates"]["out"] == params["candidates"]["out"], job.cmd
     trains = {j.outputs[0].rsplit("/", 1)[0] for j in sweep_jobs if j.rule == "train"}
     assert {f"results/{s}" for s in params["scales"]} | {f"results/ablations/{a}/smollm2-135m"
                                                          for a in params["ablations"]} == trains
+
+
+def changed_candidates(params: dict, p: dict) -> frozenset:
+    """The `candidates.key` settings (but out) of p that differ from params."""
+    return frozenset((f"candidates.{k}", v) for k, v in p["candidates"].items()
+                     if k != "out" and v != params["candidates"][k])
+
+
+def test_a_candidates_ablation_decodes_its_own_candidates_and_the_others_share_the_default(sweep_jobs):
+    jobs = {(j.rule, j.outputs[0].split("/")[2]): j for j in sweep_jobs
+            if j.rule in ("train", "decode") and j.outputs[0].startswith("results/ablations/")}
+    decode = jobs["decode", "candidates_no_fuzzy"]
+    assert "data/candidates/variants/fuzzy=0/candidates.parquet" in decode.inputs
+    assert "data/candidates/candidates.parquet" not in decode.inputs
+    assert "--set candidates.fuzzy=0" in decode.cmd and "--set 'candidates.out=\"data/candidates/variants/fuzzy=0\"'" \
+        in decode.cmd
+    assert {"data/candidates/variants/ranker_hidden=0/candidates.parquet",
+            "data/candidates/variants/ranker_hidden=0/report.json"} <= set(jobs["train", "candidates_linear_ranker"].inputs)
+    writer = next(j for j in sweep_jobs if "data/candidates/variants/fuzzy=0/candidates.parquet" in j.outputs)
+    assert writer.rule == "candidates_variant" and "--set candidates.fuzzy=0" in writer.cmd
+    for name in ("baseline", "candidates", "retrieval_bm25"):
+        assert "data/candidates/candidates.parquet" in jobs["decode", name].inputs, name
+        assert "candidates." not in jobs["decode", name].cmd, name
+
+
+def test_candidates_folders_are_named_by_the_changes_not_the_ablation():
+    params = load_params(ROOT / "params.yaml")
+    params["ablations"] = {
+        "a": {"candidates.fuzzy": 0}, "b": {"candidates.fuzzy": 0, "model.num_demos": 4},  # alike: one folder
+        "c": {"candidates.fuzzy": params["candidates"]["fuzzy"]},  # params.yaml's own value: the default folder
+        "d": {"candidates.dense_sim": False, "candidates.dense": 0},
+        "e": {"candidates.encoder": "/models/my-encoder"}}  # a path: no readable name, a hash
+    variants = candidate_variants(params)
+    assert sorted(variants) == sorted(["fuzzy=0", "dense=0,dense_sim=false", next(v for v in variants if "=" not in v)])
+    assert variants["fuzzy=0"] == {"candidates.fuzzy": 0, "candidates.out": "data/candidates/variants/fuzzy=0"}
+    folder = {r.name: run_settings(params, r.out, r.llm).get("candidates.out") for r in ablation_runs(params)}
+    assert folder["a"] == folder["b"] == "data/candidates/variants/fuzzy=0"
+    assert folder["c"] is None  # no --set: candidates.out as in dvc.yaml
+    assert folder["d"] == "data/candidates/variants/dense=0,dense_sim=false"
+    assert re.fullmatch(r"data/candidates/variants/[0-9a-f]{12}", folder["e"])
 
 
 @pytest.mark.parametrize("bad, key", [
@@ -160,10 +223,22 @@ def test_schema_rejects_bad_params_naming_the_key(tmp_path, bad, key):
     assert time.perf_counter() - t0 < 30
 
 
-def test_ablation_may_not_change_shared_work():
+@pytest.mark.parametrize("key, value", [("features.encoder", "open_clip"), ("prepare.seed", 1), ("sample.seed", 1),
+                                        ("retrieve.encoder", "sup-simcse-roberta-large"),
+                                        ("candidates.out", "elsewhere"), ("train.out", "elsewhere")])
+def test_ablation_may_not_change_shared_work(key, value):
     params = load_params(ROOT / "params.yaml")
-    with pytest.raises(ConfigError, match=r"ablations\.enc: 'features.encoder' may not change"):
-        check_ablation(params, "enc", {"features.encoder": "open_clip"})
+    with pytest.raises(ConfigError, match=rf"ablations\.x: '{re.escape(key)}' may not change in an ablation "
+                                          r"\(allowed: .*candidates\.\*.*\): it is shared work"):
+        check_ablation(params, "x", {key: value})
+    check_ablation(params, "x", {"candidates.fuzzy": 0, "candidates.dense_sim": False})  # their own folder
+
+
+def test_snakemake_refuses_an_ablation_of_shared_work(tmp_path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["ablations"]["enc"] = {"features.encoder": "open_clip"}
+    res = snakemake(workdir(tmp_path / "wd", yaml.safe_dump(params, sort_keys=False)), "-n", "ablations")
+    assert res.returncode != 0 and "ablations.enc: 'features.encoder' may not change" in res.stdout, res.stdout
 
 
 def test_paper_scales_fail_fast_naming_model_and_fix(tmp_path, wd):

@@ -8,9 +8,9 @@ import sys
 from gemel import paths
 from gemel.codedeps import stage_code
 from gemel.config import RETRIEVAL_METHODS, ConfigError, load_params
-from gemel.workflow import (ablation_runs, check_llms, dataset_inputs, dataset_runs, dataset_settings, default_run,
-                            demos_dir, effective, run_overrides, run_settings, scale_runs, seed_runs, set_args,
-                            summary_files, tracked)
+from gemel.workflow import (CANDIDATE_VARIANTS, ablation_runs, candidate_variants, check_llms, dataset_inputs,
+                            dataset_runs, dataset_settings, default_run, demos_dir, effective, run_overrides,
+                            run_settings, scale_runs, seed_runs, set_args, summary_files, tracked)
 
 
 # The stage CLIs read this file, as under DVC (load_params validates it against the one schema);
@@ -37,6 +37,7 @@ PREPARED = PARAMS["prepare"]["out"]
 FEATURES = PARAMS["features"]["out"]
 DEMOS = PARAMS["retrieve"]["out"]
 CANDIDATES = PARAMS["candidates"]["out"]
+VARIANTS = candidate_variants(PARAMS)  # the ablations' candidates.* changes, each its own folder
 TRIES = PARAMS["trie"]["out"]
 METHODS = list(RETRIEVAL_METHODS)
 
@@ -57,6 +58,7 @@ wildcard_constraints:
     run=_alternatives([RESULTS, *(r.out for r in ABLATIONS), *(r.out for r in SEEDS)]),
     llm=_alternatives(PARAMS["llms"]),
     method=_alternatives(m for m in METHODS if m != PARAMS["retrieve"]["method"]),
+    variant=_alternatives(VARIANTS) or "(?!)",
 
 
 def cli(stage, settings=None):
@@ -98,6 +100,11 @@ def run_demos(wildcards):
 def run_pool(wildcards):
     p = params_of(wildcards)
     return f"{demos_dir(PARAMS, p['retrieve']['method'])}/{paths.POOL}"
+
+
+def run_candidates(name):
+    """A file of the run's candidates folder: candidates.out, or its variant's (candidates_variant)."""
+    return lambda wildcards: f"{params_of(wildcards)['candidates']['out']}/{name}"
 
 
 def run_file(name):

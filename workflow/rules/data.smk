@@ -1,5 +1,6 @@
-# Shared work, computed once for every run: the sample, the prepared tables, the image features and
-# the demonstrations. Same commands, inputs and outputs as the dvc.yaml stages of the same names.
+# Shared work, computed once for every run: the sample, the prepared tables, the image features, the
+# demonstrations and the candidates (those of the ablations' other retrieval methods and candidates.*
+# settings once each too). Same commands, inputs and outputs as the dvc.yaml stages of the same names.
 
 
 rule sample:
@@ -112,6 +113,29 @@ rule candidates:
         tracked=tracked(PARAMS, ["prepare.out", "candidates", "text_encoders"]),
     log:
         f"{LOGS}/candidates.log",
+    conda:
+        ENV
+    shell:
+        "{params.cmd} > {log} 2>&1"
+
+
+# The candidates of the ablations that change candidates.* settings, each in its own sub-folder of
+# candidates.out named by those changes (gemel.workflow.candidates_variant), e.g. variants/fuzzy=0/.
+rule candidates_variant:
+    input:
+        mentions=rules.prepare.output.mentions,
+        kb=rules.prepare.output.kb,
+        code=stage_code("candidates"),
+    output:
+        table=f"{CANDIDATES}/{CANDIDATE_VARIANTS}/{{variant}}/{paths.CANDIDATES}",
+        report=f"{CANDIDATES}/{CANDIDATE_VARIANTS}/{{variant}}/{paths.CANDIDATES_REPORT}",
+        kb_embeddings=f"{CANDIDATES}/{CANDIDATE_VARIANTS}/{{variant}}/{paths.KB_EMBEDDINGS}",
+    params:
+        cmd=lambda wc: cli("candidates", VARIANTS[wc.variant]),
+        tracked=lambda wc: tracked(effective(PARAMS, VARIANTS[wc.variant]),
+                                   ["prepare.out", "candidates", "text_encoders"]),
+    log:
+        f"{LOGS}/candidates_{{variant}}.log",
     conda:
         ENV
     shell:

@@ -1,7 +1,9 @@
 # One run = one LLM under one train.out: {run}/{llm}/{mapper.safetensors, ..., metrics.json}. {run}
 # is train.out itself (the default run and the scale sweep) or an ablation's folder; run_cli turns
 # it into the stage's `--set` overrides (none for the default run, whose commands are exactly
-# dvc.yaml's). The trie depends only on the KB and the LLM: one per LLM, shared by every run.
+# dvc.yaml's), and its demonstrations and candidates into those of its retrieval method and its
+# candidates.* settings (run_demos, run_candidates). The trie depends only on the KB and the LLM: one
+# per LLM, shared by every run.
 
 
 rule trie:
@@ -29,8 +31,8 @@ rule train:
         demos=run_demos,
         pool=run_pool,
         trie=rules.trie.output.trie,
-        candidates=rules.candidates.output.table,
-        candidates_report=rules.candidates.output.report,
+        candidates=run_candidates(paths.CANDIDATES),
+        candidates_report=run_candidates(paths.CANDIDATES_REPORT),
         code=stage_code("train"),
     output:
         mapper=run_file(paths.MAPPER),
@@ -62,7 +64,7 @@ rule decode:
         demos=run_demos,
         trie=rules.trie.output.trie,
         mapper=rules.train.output.mapper,
-        candidates=rules.candidates.output.table,
+        candidates=run_candidates(paths.CANDIDATES),
         kb=rules.prepare.output.kb,  # decode.describe: the candidates' descriptions
         code=stage_code("decode"),
     output:
@@ -86,7 +88,7 @@ rule evaluate:
     input:
         kb=rules.prepare.output.kb,
         mentions=rules.prepare.output.mentions,
-        candidates=rules.candidates.output.table,
+        candidates=run_candidates(paths.CANDIDATES),
         predictions=rules.decode.output.predictions,
         decode_report=rules.decode.output.report,
         code=stage_code("evaluate"),
@@ -107,7 +109,7 @@ rule evaluate:
 rule report:
     input:
         mentions=rules.prepare.output.mentions,
-        candidates=rules.candidates.output.table,
+        candidates=run_candidates(paths.CANDIDATES),
         features=rules.features.output.table,
         predictions=rules.decode.output.predictions,
         decode_report=rules.decode.output.report,
