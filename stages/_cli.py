@@ -21,12 +21,12 @@ _started = time.perf_counter()
 
 def cost() -> dict[str, float]:
     """Wall seconds since the stage began, the process's peak resident memory so far (MiB;
-    everything the stage loaded, the interpreter and torch included) and that of the largest
-    worker it forked, if any (the trie's tokenizers: mostly pages shared with the stage)."""
+    everything the stage loaded, the interpreter and torch included) and that of the largest child
+    process it waited for, if any (the trie's forked tokenizers: mostly the stage's pages, shared)."""
     peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     child_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return {"seconds": round(time.perf_counter() - _started, 1), "peak_rss_mib": round(peak_kib / 1024, 1),
-            "peak_rss_worker_mib": round(child_kib / 1024, 1)}
+            "peak_rss_children_mib": round(child_kib / 1024, 1)}
 
 
 def parse(description: str | None, argv: list[str] | None = None) -> dict[str, Any]:

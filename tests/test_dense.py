@@ -194,7 +194,11 @@ def test_the_stage_writes_the_embeddings_once_and_identical_outputs(tmp_path) ->
     assert emb.stat().st_mtime_ns == mtime and emb.read_bytes() == first
     run("a")
     b = run("b")
-    for name in ("candidates.parquet", "kb_embeddings.parquet", "report.json"):
+    for name in ("candidates.parquet", "kb_embeddings.parquet"):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    # The reports alike but for what each run cost (its time and memory).
+    a_report, b_report = (json.loads((d / "report.json").read_text()) for d in (a, b))
+    assert a_report.pop("cost")["seconds"] >= 0 and b_report.pop("cost")
+    assert a_report == b_report
     off = run("c", "candidates.dense=0", "candidates.dense_sim=false")
     assert read_kb_embeddings(off / "kb_embeddings.parquet")[1].shape[0] == 0
