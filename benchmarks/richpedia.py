@@ -22,10 +22,10 @@ import pandas as pd  # noqa: E402
 
 from gemel.config import PrepareParams, load_params  # noqa: E402
 from gemel.data.prepare import prepare  # noqa: E402
+from gemel.generation.kb_trie import EntityTrie, build_entity_trie  # noqa: E402
 from gemel.generation.llm import get_spec, load_tokenizer  # noqa: E402
 from gemel.generation.model import Gemel  # noqa: E402
 from gemel.generation.prompt import PromptBuilder  # noqa: E402
-from gemel.generation.trie import EntityTrie, build_entity_trie  # noqa: E402
 from gemel.link.linker import build_linker  # noqa: E402
 from gemel.search.retrieval import retrieve  # noqa: E402
 

@@ -22,8 +22,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from gemel.config import load_params  # noqa: E402
+from gemel.generation.kb_trie import build_entity_trie  # noqa: E402
 from gemel.generation.llm import get_spec, load_tokenizer  # noqa: E402
-from gemel.generation.trie import Trie, build_entity_trie  # noqa: E402
+from gemel.generation.trie import Trie  # noqa: E402
 
 VOCAB = 50_000
 RICHPEDIA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "richpedia-mel" / "qid2ne.json"

@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from gemel.atomic import write_text_atomic
 from gemel.config import ModelParams, section
-from gemel.generation.trie import build_kb_trie
+from gemel.generation.kb_trie import build_kb_trie
 from gemel.paths import Artifacts
 from stages import _cli
 

@@ -11,11 +11,11 @@ import torch
 
 from gemel.config import TrainParams, load_params
 from gemel.generation.decoding import beam_search, decode
+from gemel.generation.kb_trie import build_entity_trie
 from gemel.generation.llm import answer_ids, get_spec, load_llm, load_tokenizer
 from gemel.generation.model import Gemel
 from gemel.generation.prompt import IMAGE, Example, PromptBuilder, collate
 from gemel.generation.training import lr_factor, optimizer_steps, train
-from gemel.generation.trie import build_entity_trie
 from gemel.link.examples import LinkExample
 from tests.conftest import TEST_SEED
 

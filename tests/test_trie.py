@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from gemel.config import load_params
+from gemel.generation.kb_trie import EntityTrie, build_entity_trie
 from gemel.generation.llm import answer_ids, get_spec, load_tokenizer, start_ids
-from gemel.generation.trie import EntityTrie, Trie, TrieError, build_entity_trie
+from gemel.generation.trie import Trie, TrieError
 
 SHARED_DATA = Path(os.environ.get("GEMEL_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

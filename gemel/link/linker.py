@@ -24,10 +24,10 @@ import torch
 
 from gemel.config import CandidatesParams, DecodeParams, ModelParams
 from gemel.data.tables import read_kb, read_mentions, read_table
+from gemel.generation.kb_trie import EntityTrie
 from gemel.generation.llm import get_spec, load_llm, load_tokenizer
 from gemel.generation.model import Gemel
 from gemel.generation.prompt import NO_IMAGE, PromptBuilder
-from gemel.generation.trie import EntityTrie
 from gemel.link.examples import LinkExample, build, candidates_of, pipeline_examples
 from gemel.link.fusion import Fusion
 from gemel.link.inputs import InputError, NewMention, chunks, error_record, parse_input

@@ -16,9 +16,9 @@ import numpy as np
 from gemel.config import DecodeParams
 from gemel.errors import GemelError
 from gemel.generation.decoding import Hypothesis, decode, score_candidates
+from gemel.generation.kb_trie import EntityTrie
 from gemel.generation.llm import answer_ids
 from gemel.generation.model import Gemel
-from gemel.generation.trie import EntityTrie
 from gemel.link.examples import LinkExample
 from gemel.link.fusion import LLM_ALONE, Fusion, Scored
 
