@@ -23,7 +23,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -35,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gemel.data.tables import PREDICTIONS_CANDIDATE_AWARE, read_mentions, read_schema, read_table
+from gemel.data.tables import PREDICTIONS_CANDIDATE_AWARE, read_json, read_mentions, read_schema, read_table
 from gemel.errors import GemelError
 from gemel.evaluate.metrics import BUCKETS, bucket_flags, read_predictions
 from gemel.paths import DECODE_REPORT, DEV_ACCURACY, METRICS, PREDICTIONS, RUN_RECORD, TRAIN_LOSS, Artifacts
@@ -122,18 +121,6 @@ class RunPage:
     rows: pd.DataFrame                        # evaluated mentions in page order
     uses_candidates: bool
     notes: list[str] = field(default_factory=list)
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    if not path.is_file():
-        raise ReportError(f"{path}: no such file (run the {what} stage first)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ReportError(f"{path}: not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise ReportError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
 
 
 def _get(d: dict[str, Any], dotted: str, default: Any = None) -> Any:
@@ -224,11 +211,11 @@ def collect(run_dir: str | Path, mentions: pd.DataFrame, candidates: pd.DataFram
     extra = [c for c in PREDICTIONS_CANDIDATE_AWARE if c in read_schema(pred_path, "decode").names]
     if extra:
         pred = pd.concat([pred, read_table(pred_path, "decode", columns=extra)], axis=1)
-    metrics = _read_json(run_dir / METRICS, "evaluate")
-    record = _read_json(run_dir / RUN_RECORD, "train")
+    metrics = read_json(run_dir / METRICS, "evaluate")
+    record = read_json(run_dir / RUN_RECORD, "train")
     # How the run decodes is the decode stage's record (run.json holds what training used).
     decode_path = run_dir / DECODE_REPORT
-    decode = _read_json(decode_path, "decode").get("settings", {}) if decode_path.is_file() else {}
+    decode = read_json(decode_path, "decode").get("settings", {}) if decode_path.is_file() else {}
     ev = pred.loc[~pred["is_nil"].astype(bool)].reset_index(drop=True)
 
     flags = bucket_flags(ev, mentions, candidates)
