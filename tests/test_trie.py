@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gemel.config import load_params
-from gemel.generation.kb_trie import EntityTrie, build_entity_trie
+from gemel.generation.kb_trie import EntityTrie, build_entity_trie, load_backend_tokenizer, token_ids
 from gemel.generation.llm import answer_ids, get_spec, load_tokenizer, start_ids
 from gemel.generation.trie import Trie, TrieError
 
@@ -235,6 +235,45 @@ def test_gemma3_trie_has_no_bos(kb):
     for p in all_prefixes(seqs)[::5]:
         assert et.trie.allowed_next(list(p)).tolist() == brute_next(seqs, list(p))
     assert et.eos_id == tok.eos_token_id
+    backend = load_backend_tokenizer(load_params()["llms"], "gemma3-270m")
+    assert token_ids(backend, names) == token_ids(tok, names) and backend.eos_token_id == tok.eos_token_id
+
+
+def test_backend_tokenizer_is_the_tokenizer(kb, smollm2):
+    """The trie stage's tokenizer, loaded in a child interpreter and handed back as its Rust backend
+    (so the stage never imports torch), tokenizes every name as the LLM's own tokenizer does."""
+    backend = load_backend_tokenizer(load_params()["llms"], "smollm2-135m")
+    assert type(backend).__name__ == "BackendTokenizer" and backend.eos_token_id == smollm2.eos_token_id
+    names = [n for _, n in kb]
+    assert token_ids(backend, names) == [smollm2(n, add_special_tokens=False).input_ids for n in names]
+    one = build_entity_trie(names, [q for q, _ in kb], backend, "smollm2-135m")
+    two = build_entity_trie(names, [q for q, _ in kb], smollm2, "smollm2-135m")
+    for k, a in one.trie.arrays().items():
+        assert np.array_equal(a, two.trie.arrays()[k]), k
+    with pytest.raises(TrieError, match="unknown LLM 'no-such-llm'"):
+        load_backend_tokenizer(load_params()["llms"], "no-such-llm")
+
+
+def test_stage_does_not_import_torch(tmp_path):
+    """torch and transformers are 0.75 GiB of resident memory: the trie stage, whose budget at 7.4M
+    names is 2 GB, must run without them (its tokenizer comes from a child interpreter)."""
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    from gemel.data.tables import KB, write_parquet_atomic
+
+    names = pd.DataFrame({"entity_id": [q for q, _ in HANDMADE], "name": [n for _, n in HANDMADE], "description": None})
+    write_parquet_atomic(names, tmp_path / "prepared" / "kb.parquet", KB)
+    code = ("import sys; from stages import trie; rc = trie.main(sys.argv[1:]); "
+            "heavy = [m for m in ('torch', 'transformers') if m in sys.modules]; "
+            "assert not heavy, heavy; sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code, "--set", f"prepare.out={tmp_path / 'prepared'}",
+                           "--set", f"trie.out={tmp_path / 'tries'}"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert EntityTrie.load(tmp_path / "tries" / "smollm2-135m.npz").names.tolist() == [n for _, n in HANDMADE]
 
 
 def test_stage_writes_a_loadable_trie(tmp_path, kb, capsys):

@@ -1,14 +1,19 @@
 """The trie of a KB's entity names for one LLM (`EntityTrie`): every name's tokens then EOS in a
 gemel.generation.trie.Trie, with the names and entity ids the values map to, in one .npz. Built
 by the trie stage (`build_kb_trie`) from Arrow columns, with a forked tokenizer per core at scale,
-so 7.4M names take about a minute and no Python string per name (docs/scale.md).
+so 7.4M names take about a minute and no Python string per name, and without torch in the process
+(the tokenizer comes from a child interpreter): 1.7 GiB at 7.4M names (docs/scale.md).
 """
 from __future__ import annotations
 
 import itertools
+import json
 import multiprocessing
 import os
-from collections.abc import Sequence
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -103,10 +108,18 @@ def build_entity_trie(names: Sequence[str] | pa.Array | pa.ChunkedArray,
     names, entity_ids = _strings(names, "name"), _strings(entity_ids, "entity_id")
     if len(names) != len(entity_ids):
         raise TrieError(f"{len(names)} names but {len(entity_ids)} entity ids")
+    trie, eos = names_trie(names, tokenizer, llm_name, lambda i: entity_ids[i].as_py(), batch_size, workers)
+    return EntityTrie(trie, Strings.from_arrow(entity_ids), Strings.from_arrow(names), llm_name, eos)
+
+
+def names_trie(names: pa.LargeStringArray, tokenizer: Any, llm_name: str, entity_id: Callable[[int], str],
+               batch_size: int = 10_000, workers: int | None = None) -> tuple[Trie, int]:
+    """(the trie of the names' answer sequences, the EOS id): build_entity_trie without the ids, which
+    the trie stage reads only afterwards (`entity_id(i)` names row i in an error)."""
     blank = pc.fill_null(pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(names)), 0), True)
     if pc.any(blank).as_py():
         i = int(np.flatnonzero(blank.to_numpy(zero_copy_only=False))[0])
-        raise TrieError(f"KB row {i} (entity_id {entity_ids[i].as_py()!r}): field 'name' is empty or not text: "
+        raise TrieError(f"KB row {i} (entity_id {entity_id(i)!r}): field 'name' is empty or not text: "
                         f"{names[i].as_py()!r}")
     eos = tokenizer.eos_token_id
     if eos is None:
@@ -114,9 +127,7 @@ def build_entity_trie(names: Sequence[str] | pa.Array | pa.ChunkedArray,
     if workers is None:
         workers = len(os.sched_getaffinity(0)) if len(names) >= PARALLEL_FROM else 1
     flat, lengths = tokenize(names, tokenizer, eos, batch_size, workers)
-    trie = Trie.from_flat(flat, lengths)
-    del flat
-    return EntityTrie(trie, Strings.from_arrow(entity_ids), Strings.from_arrow(names), llm_name, int(eos))
+    return Trie.from_flat(flat, lengths), int(eos)
 
 
 # From this many names the trie stage tokenizes in a process per core: a fast tokenizer costs
@@ -198,20 +209,76 @@ def _strings(values: Sequence[str] | pa.Array | pa.ChunkedArray, field: str) -> 
     return pa.array(values, pa.large_string())
 
 
+@dataclass(frozen=True)
+class BackendTokenizer:
+    """An LLM tokenizer's Rust backend and EOS id: all the trie needs (see token_ids), with neither
+    transformers nor torch in the process."""
+    backend_tokenizer: Any  # tokenizers.Tokenizer
+    eos_token_id: int | None
+
+
+def load_backend_tokenizer(llms: dict[str, Any], llm: str) -> Any:
+    """The LLM's tokenizer as gemel.generation.llm.load_tokenizer gives it, loaded in a child
+    interpreter and handed back as its backend's JSON: the same tokens by construction, while this
+    process never imports torch (0.75 GiB of the trie stage's 2 GB budget at 7.4M names). A plain
+    subprocess, not multiprocessing's spawn, which would run the caller's main script again. A
+    tokenizer without a Rust backend (a slow one) is loaded here instead."""
+    with tempfile.TemporaryDirectory(prefix="gemel-tokenizer-") as tmp:
+        out = Path(tmp) / "tokenizer.json"
+        done = subprocess.run([sys.executable, "-c", _EXPORT, llm, str(out)], input=json.dumps(llms),
+                              capture_output=True, text=True)
+        if done.returncode == 2:  # a GemelError: its message is the error (an unknown LLM, missing weights)
+            raise TrieError(done.stderr.strip().splitlines()[-1])
+        if done.returncode != 0:
+            raise RuntimeError(f"loading the tokenizer of LLM {llm} failed:\n{done.stderr[-4000:]}")
+        state = json.loads(out.read_text(encoding="utf-8"))
+    if state["backend"] is None:
+        from gemel.generation.llm import get_spec, load_tokenizer
+        return load_tokenizer(get_spec(llms, llm))
+    import tokenizers
+    return BackendTokenizer(tokenizers.Tokenizer.from_str(state["backend"]), state["eos_token_id"])
+
+
+_EXPORT = "import sys; from gemel.generation.kb_trie import _export_backend; sys.exit(_export_backend(*sys.argv[1:]))"
+
+
+def _export_backend(llm: str, out: str) -> int:
+    """The child of load_backend_tokenizer: the registry on stdin, the tokenizer's state to `out`."""
+    from gemel.errors import GemelError
+    from gemel.generation.llm import get_spec, load_tokenizer
+
+    try:
+        tokenizer = load_tokenizer(get_spec(json.load(sys.stdin), llm))
+    except GemelError as e:
+        print(e, file=sys.stderr)
+        return 2
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    state = {"backend": None if backend is None else backend.to_str(), "eos_token_id": tokenizer.eos_token_id}
+    Path(out).write_text(json.dumps(state), encoding="utf-8")
+    return 0
+
+
 def build_kb_trie(kb_path: str | Path, llms: dict[str, Any], llm: str) -> tuple[EntityTrie, dict[str, Any]]:
-    """The trie stage: the prepared KB's names for one LLM of the registry, and a report."""
+    """The trie stage: the prepared KB's names for one LLM of the registry, and a report. Memory at
+    7.4M names is the budget: the tokenizer is loaded first in a child of its own, and the ids are
+    read only once the trie is built."""
     import time
 
     from gemel.data.tables import read_arrow
-    from gemel.generation.llm import get_spec, load_tokenizer
 
-    # Arrow columns, not a DataFrame: a Python string per name would cost gigabytes at 7.4M names.
-    kb = read_arrow(kb_path, "prepare", columns=["entity_id", "name"])
-    names, ids = _strings(kb.column("name"), "name"), _strings(kb.column("entity_id"), "entity_id")
-    del kb  # the columns' large-string copies are all that is kept
-    tokenizer = load_tokenizer(get_spec(llms, llm))
+    tokenizer = load_backend_tokenizer(llms, llm)
     t0 = time.perf_counter()
-    entity_trie = build_entity_trie(names, ids, tokenizer, llm)
+
+    def column(name: str) -> pa.LargeStringArray:
+        # Arrow columns, not a DataFrame: a Python string per name would cost gigabytes at 7.4M names.
+        return _strings(read_arrow(kb_path, "prepare", columns=[name]).column(name), name)
+
+    names = column("name")
+    trie, eos = names_trie(names, tokenizer, llm, lambda i: column("entity_id")[i].as_py())
+    ids = column("entity_id")
+    if len(ids) != len(names):  # the same file read twice: only a file replaced meanwhile differs
+        raise TrieError(f"{kb_path}: {len(names)} names but {len(ids)} entity ids")
+    entity_trie = EntityTrie(trie, Strings.from_arrow(ids), Strings.from_arrow(names), llm, eos)
     report = {"llm": llm, "names": len(entity_trie.names), "nodes": entity_trie.trie.num_nodes,
               # same name (token sequence) as an earlier entity: maps to the first
               "duplicate_names": entity_trie.duplicates,

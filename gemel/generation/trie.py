@@ -16,12 +16,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from gemel.atomic import atomic_path
 from gemel.errors import GemelError
+
+if TYPE_CHECKING:  # torch only for the decoder's masks: the trie stage never imports it (0.75 GiB)
+    import torch
 
 FORMAT = "gemel-trie/1"
 ROOT = 0
@@ -167,6 +170,8 @@ class Trie:
                      device: torch.device | str | None = None) -> torch.Tensor:
         """[len(nodes), vocab_size] bool, True where the token may follow that node (all False
         for -1): one scatter over the concatenated children of the given nodes."""
+        import torch
+
         if self.max_token >= vocab_size:
             raise TrieError(f"the trie holds token {self.max_token} but the LLM's vocabulary has {vocab_size} tokens: "
                             "it was built with another tokenizer; rerun the trie stage for this LLM")
@@ -249,6 +254,6 @@ def node_dtype(n_nodes: int) -> type:
 
 
 def _np(x: np.ndarray | torch.Tensor | Sequence[int]) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if hasattr(x, "detach"):  # a torch.Tensor
         return x.detach().cpu().numpy().astype(np.int64, copy=False)
     return np.asarray(x, dtype=np.int64)
