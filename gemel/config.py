@@ -164,10 +164,11 @@ class RetrieveParams:
 class CandidatesParams:
     top_k: int = 64
     pool: int = 100
-    fit_limit: int | None = 5000
+    fit_limit: int | None = None
     ranker_hidden: int = 8  # tanh units beside the ranker's linear part (0: linear)
     fold: bool = True  # accent and compatibility folding of every name and alias key; false: case only
     fuzzy: int = 10  # names the character trigram index adds per mention (0: no char index, char_sim 0)
+    acronyms: int = 10  # names whose initials a mention abbreviates ("NYC") added per mention (0: off, acronym 0)
     # Features of the text against each candidate's KB description (0 where there is none):
     overlap: bool = True  # idf-weighted word overlap (desc_overlap)
     years: bool = True  # the text's years before / within / after the years the description names

@@ -462,15 +462,16 @@ def test_fuzzy_source_finds_misspelled_names_and_tags_them() -> None:
 def test_recall_by_source_by_hand() -> None:
     from gemel.search.candidates import recall_by_source
 
-    cands = pd.DataFrame({"cand_ids": [["A", "B"], ["C", "D"], ["E"], ["F", "G"], ["H", "I"]],
+    cands = pd.DataFrame({"cand_ids": [["A", "B"], ["C", "D"], ["E"], ["F", "G"], ["H", "I"], ["J"]],
                           "cand_sources": [["name", "alias+name"], ["name", "fuzzy"], ["name+fuzzy"], ["alias", "name"],
-                                           ["name", "dense"]]})
-    gold = pd.Series(["B", "D", "E", "X", "I"])  # ranks 2, 2, 1, absent, 2
+                                           ["name", "dense"], ["acronym"]]})
+    gold = pd.Series(["B", "D", "E", "X", "I", "J"])  # ranks 2, 2, 1, absent, 2, 1
     got = recall_by_source(cands, gold, [1, 2])
-    assert got == {"alias": {"recall@1": 0.0, "recall@2": 0.2, "only": 0.0},
-                   "name": {"recall@1": 0.2, "recall@2": 0.4, "only": 0.0},
-                   "fuzzy": {"recall@1": 0.2, "recall@2": 0.4, "only": 0.2},
-                   "dense": {"recall@1": 0.0, "recall@2": 0.2, "only": 0.2}}
+    assert got == {"alias": {"recall@1": 0.0, "recall@2": 0.1667, "only": 0.0},
+                   "name": {"recall@1": 0.1667, "recall@2": 0.3333, "only": 0.0},
+                   "fuzzy": {"recall@1": 0.1667, "recall@2": 0.3333, "only": 0.1667},
+                   "dense": {"recall@1": 0.0, "recall@2": 0.1667, "only": 0.1667},
+                   "acronym": {"recall@1": 0.1667, "recall@2": 0.1667, "only": 0.1667}}
 
 
 def test_candidates_report_holds_recall_per_source_and_the_settings() -> None:

@@ -290,7 +290,8 @@ def test_candidates_of_new_inputs_are_the_stages(pipeline):
     c = record["candidates"]
     assert c["fold"] is True and c["fuzzy"] == pipeline.params["candidates"]["fuzzy"]  # what link rebuilds from
     assert all(c[k] is pipeline.params["candidates"][k] for k in CONTEXT)
-    cp = CandidatesParams(top_k=c["top_k"], pool=c["pool"], fold=c["fold"], fuzzy=c["fuzzy"],
+    assert c["acronyms"] == pipeline.params["candidates"]["acronyms"] > 0
+    cp = CandidatesParams(top_k=c["top_k"], pool=c["pool"], fold=c["fold"], fuzzy=c["fuzzy"], acronyms=c["acronyms"],
                           **{k: c[k] for k in CONTEXT}, dense=c["dense"], dense_sim=c["dense_sim"], encoder=c["encoder"])
     kb = read_kb(pipeline.base / "prepared" / "kb.parquet")
     index = dense_index(kb, cp, c["encoder_spec"], {"kb_embeddings": pipeline.base / "candidates" / "kb_embeddings.parquet"})

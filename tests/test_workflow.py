@@ -119,12 +119,12 @@ def test_sweeps_reuse_shared_work_and_put_each_run_where_its_overrides_say(sweep
     for shared in ("sample", "prepare", "features", "retrieve", "candidates"):
         assert count[shared] == 1, shared
     assert count["retrieve_method"] == 2  # random and bm25; simcse is retrieve itself
-    # One candidates job per distinct set of candidates.* changes among the ablations (three here),
+    # One candidates job per distinct set of candidates.* changes among the ablations (four here),
     # the stage CLI with those changes as --set, writing to a sub-folder of candidates.out.
     changes = {frozenset((k, v) for k, v in o.items() if k.startswith("candidates."))
                for o in params["ablations"].values()} - {frozenset()}
     variants = [j for j in sweep_jobs if j.rule == "candidates_variant"]
-    assert len(variants) == len(changes) == 3
+    assert len(variants) == len(changes) == 4
     made = set()
     for job in variants:
         argv = shlex.split(job.cmd)

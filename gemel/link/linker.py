@@ -116,8 +116,10 @@ class Linker:
                 raise RunError(f"{run_dir}/run.json records no candidate ranker weights (no candidates report.json "
                                "when it was trained): rerun the candidates and train stages")
             c = record["candidates"]
-            # A run recorded before folding, the fuzzy and the dense source existed made its candidates without them.
+            # A run recorded before folding and the fuzzy, dense and acronym sources existed made its
+            # candidates without them.
             cp = CandidatesParams(top_k=c["top_k"], pool=c["pool"], fold=c.get("fold", False), fuzzy=c.get("fuzzy", 0),
+                                  acronyms=c.get("acronyms", 0),
                                   **{k: c.get(k, False) for k in CONTEXT}, dense=c.get("dense", 0),
                                   dense_sim=c.get("dense_sim", False),
                                   encoder=c.get("encoder", CandidatesParams.encoder))

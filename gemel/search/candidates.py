@@ -41,6 +41,7 @@ from gemel.config import CandidatesParams
 from gemel.data.tables import linked_training
 from gemel.paths import Artifacts
 from gemel.search import listwise
+from gemel.search.acronyms import AcronymIndex
 from gemel.search.char_index import CharIndex
 from gemel.search.dense import DenseIndex
 from gemel.search.descriptions import Descriptions
@@ -55,7 +56,7 @@ CANDIDATES = pa.schema([
     ("cand_sources", pa.list_(pa.string())),  # the SOURCES that found it, joined by "+": alias+name+fuzzy+dense
 ])
 
-SOURCES = ("alias", "name", "fuzzy", "dense")
+SOURCES = ("alias", "name", "fuzzy", "dense", "acronym")
 
 # The switchable groups of context features (candidates.<name>: true), each a CandidatesParams flag.
 CONTEXT = ("overlap", "years", "pronouns")
@@ -65,7 +66,9 @@ FEATURES = ("alias_prior", "alias_seen", "mention_in_name", "name_in_mention", "
             # the text against the candidate's KB description (0 without one): `Descriptions`
             "desc_overlap", "year_before", "year_within", "year_after", "pronoun_sex",
             # the mention in context against the entity's name and description, embedded (gemel.search.dense)
-            "dense_sim")
+            "dense_sim",
+            # the candidate's initials are the mention's capitals ("NYC": gemel.search.acronyms)
+            "acronym")
 
 
 
@@ -125,7 +128,7 @@ class Generator:
 
     def __init__(self, kb: pd.DataFrame, alias: AliasTable, pool_size: int, fuzzy: int = 0,
                  context: Iterable[str] = (), dense: int = 0, dense_sim: bool = False,
-                 dense_index: DenseIndex | None = None):
+                 dense_index: DenseIndex | None = None, acronyms: int = 0):
         self.ids = kb["entity_id"].astype(str).tolist()
         self.names = kb["name"].astype(str).tolist()
         self.row_of = {e: i for i, e in reversed(list(enumerate(self.ids)))}
@@ -133,6 +136,9 @@ class Generator:
         self.index = NameIndex(self.names, self.folded)
         self.chars = CharIndex(self.names, self.folded) if fuzzy > 0 else None
         self.alias = alias
+        self.acronyms = acronyms
+        seen = np.fromiter((alias.entity.get(e, 0) for e in self.ids), dtype=np.int64, count=len(self.ids))
+        self.initials = AcronymIndex(self.names, seen) if acronyms > 0 else None
         self.pool_size = pool_size
         self.fuzzy = fuzzy
         self.context = frozenset(context)
@@ -156,7 +162,7 @@ class Generator:
               dense_index: DenseIndex | None = None) -> Generator:
         """The generator of the candidates stage's settings, its alias table from `mentions`' train split."""
         return cls(kb, AliasTable.from_mentions(mentions, p.fold), p.pool, p.fuzzy, context_of(p), p.dense,
-                   p.dense_sim, dense_index)
+                   p.dense_sim, dense_index, p.acronyms)
 
     def name_words(self, row: int) -> set[str]:
         ws = self._name_words[row]
@@ -180,11 +186,12 @@ class Generator:
         near = self.chars.search(mentions, self.fuzzy) if self.chars is not None else none
         embedded = self.dense_index.embed(mentions, texts) if self.dense_index is not None else None
         dense = self.dense_index.search(embedded, self.dense) if embedded is not None and self.dense > 0 else none
+        abbreviated = self.initials.search(mentions, self.acronyms) if self.initials is not None else none
         found, counts = [], []
         for i, mention in enumerate(mentions):
             c = self.alias.lookup(mention, leave_out[i] if leave_out is not None else None)
             aliased = [self.row_of[e] for e in sorted(c) if e in self.row_of]
-            lists = (aliased, named[i].tolist(), near[i].tolist(), dense[i].tolist())
+            lists = (aliased, named[i].tolist(), near[i].tolist(), dense[i].tolist(), abbreviated[i].tolist())
             by = dict(zip(SOURCES, map(set, lists)))
             rows = list(dict.fromkeys(r for found_by in lists for r in found_by))
             found.append((np.asarray(rows, dtype=np.int64), ["+".join(s for s in SOURCES if r in by[s]) for r in rows]))
@@ -226,7 +233,10 @@ class Generator:
                     d.overlap(ctx, r) if "overlap" in self.context else 0.0,
                     *(d.year_shares(ctx, r) if "years" in self.context else (0.0, 0.0, 0.0)),
                     d.pronoun_sex(ctx, r) if "pronouns" in self.context else 0.0,
-                    float(dense_sim[j]) if dense_sim is not None else 0.0)
+                    float(dense_sim[j]) if dense_sim is not None else 0.0,
+                    0.0)
+        if self.initials is not None:
+            f[:, FEATURES.index("acronym")] = self.initials.matches(mention, rows)
         return f
 
 
@@ -387,7 +397,7 @@ def generate(mentions: pd.DataFrame, kb: pd.DataFrame, p: CandidatesParams,
         cands = propose(gen, ranker, part["mention"].tolist(), part["text"].tolist(), p.top_k)
         rows.extend({"id": mid, "split": split, **c} for mid, c in zip(part["id"], cands))
     table = pd.DataFrame(rows, columns=CANDIDATES.names)
-    report = {"top_k": p.top_k, "pool": p.pool, "fold": p.fold, "fuzzy": p.fuzzy,
+    report = {"top_k": p.top_k, "pool": p.pool, "fold": p.fold, "fuzzy": p.fuzzy, "acronyms": p.acronyms,
               **{c: getattr(p, c) for c in CONTEXT}, "dense": p.dense, "dense_sim": p.dense_sim,
               "encoder": p.encoder if dense_on(p) else None,
               "precision": dense_index.encoder.precision if dense_index is not None and dense_on(p) else None,
