@@ -324,6 +324,26 @@ def test_fold_drops_case_accents_and_compatibility_forms() -> None:
     assert words("Zoë", folded=False) == ["zoë"] and norm(" Zoë ", folded=False) == "zoë"  # case only
 
 
+def test_possessive_endings_are_folded_away() -> None:
+    """"Premier League's" keys as "Premier League" does (exact match, alias key, no word "s"), in
+    names too ("McDonald's"), while an apostrophe inside a word stays ("O'Neil"); case-only keys
+    (the alias_prior baseline's) keep it."""
+    from gemel.search.candidates import Generator, norm
+
+    assert norm("Premier League's") == norm("Premier League") == "premier league"
+    assert words("Prof. Voth’s lab") == ["prof", "voth", "lab"] and norm("McDonald's") == "mcdonald"
+    assert norm("O'Neil") == "o'neil" and norm("Voters'") == "voters'" and norm("Liga's", folded=False) == "liga's"
+    kb = pd.DataFrame({"entity_id": ["E1", "E2"], "name": ["Premier League", "Premier League Darts"], "description": None})
+    train = pd.DataFrame({"id": ["t"], "split": ["train"], "mention": ["the Premier League's"], "entity_id": ["E1"],
+                          "is_nil": False})
+    gen = Generator(kb, AliasTable.from_mentions(train), pool_size=10)
+    (pool,) = gen.pools(["Premier League's"], [""])
+    got = {gen.ids[r]: f for r, f in zip(pool.rows, pool.features, strict=True)}
+    assert got["E1"][FEATURES.index("exact")] == 1.0 and got["E2"][FEATURES.index("exact")] == 0.0
+    assert got["E1"][FEATURES.index("mention_in_name")] == 1.0  # no stray "s" left unmatched
+    assert gen.alias.lookup("The Premier League") == {"E1": 1}
+
+
 def folding_kb() -> pd.DataFrame:
     return pd.DataFrame({"entity_id": ["E1", "E2", "E3"], "name": ["Thomas Müller", "Zoë Saldaña", "Gerd Muller"],
                          "description": None})

@@ -27,6 +27,9 @@ import scipy.sparse as sp
 from gemel.errors import GemelError
 
 WORD = re.compile(r"\w+")
+# The English possessive ending ("Premier League's", "Voth’s"): folded away, so that a possessive
+# mention keys as its name does (exact match, alias key, no stray word "s").
+POSSESSIVE = re.compile(r"(?<=\w)['’]s\b")
 
 
 class CandidateError(GemelError, ValueError):
@@ -42,8 +45,12 @@ def fold(text: str) -> str:
 
 
 def key(text: str, folded: bool = True) -> str:
-    """The text every name and alias key is made of: folded, or (folded=False) case-folded only."""
-    return fold(text) if folded else text.casefold()
+    """The text every name and alias key is made of: folded, possessive endings dropped, or
+    (folded=False) case-folded only."""
+    if not folded:
+        return text.casefold()
+    text = fold(text)
+    return POSSESSIVE.sub("", text) if ("'" in text or "’" in text) else text
 
 
 def words(text: str, folded: bool = True) -> list[str]:
