@@ -25,6 +25,9 @@ POOL = "pool.parquet"
 # candidates.out
 CANDIDATES = "candidates.parquet"
 CANDIDATES_REPORT = "report.json"
+# What the candidates stage cost, apart from report.json: train reads the report, and a timing in it
+# would retrain on every rerun that gives the same ranker.
+CANDIDATES_COST = "cost.json"
 KB_EMBEDDINGS = "kb_embeddings.parquet"  # the dense source's KB vectors, a cache keyed by KB and encoder
 # a run folder, {train.out}/{model.llm}/
 MAPPER = "mapper.safetensors"
@@ -100,6 +103,10 @@ class Artifacts:
     @property
     def candidates_report(self) -> Path:
         return self.candidates_dir / CANDIDATES_REPORT
+
+    @property
+    def candidates_cost(self) -> Path:
+        return self.candidates_dir / CANDIDATES_COST
 
     @property
     def kb_embeddings(self) -> Path:

@@ -32,7 +32,7 @@ SETTINGS = ["sample.train_per_entity=1", "sample.dev_per_entity=1", "sample.test
 # that may differ, and only in these reports (the trie's is tries/<llm>.json).
 TIMINGS = {"seconds", "mentions_per_s", "examples_per_s", "train_s", "load_s", "build_seconds", "encoded_per_s",
            "cost"}
-REPORTS = {"train_report.json", "decode_report.json", "report.json", "smollm2-135m.json"}
+REPORTS = {"train_report.json", "decode_report.json", "report.json", "smollm2-135m.json", "cost.json"}
 
 
 def overrides() -> list[str]:
@@ -96,11 +96,14 @@ def test_two_runs_give_identical_outputs(tmp_path: Path) -> None:
                  "candidates/candidates.parquet", "results/smollm2-135m/mapper.safetensors",
                  "results/smollm2-135m/predictions.parquet", "results/smollm2-135m/metrics.json"):
         assert name in a, f"{name} not written (outputs: {sorted(a)})"
-    for name in ("prepared/report.json", "candidates/report.json", "tries/smollm2-135m.json",
+    for name in ("prepared/report.json", "candidates/cost.json", "tries/smollm2-135m.json",
                  "results/smollm2-135m/decode_report.json"):  # each stage says what it cost
         cost = json.loads(a[name].read_text(encoding="utf-8"))["cost"]
         assert cost["seconds"] >= 0 and cost["peak_rss_mib"] > 50, (name, cost)
     assert not [n for n in a if Path(n).name.startswith(".")], "temporary files left behind"
+    # train reads the candidates report (the ranker): its bytes must not hang on the clock, or a
+    # rerun that gives the same ranker would retrain.
+    assert a["candidates/report.json"].read_bytes() == b["candidates/report.json"].read_bytes()
     differ = []
     for name in a:
         x, y = a[name].read_bytes(), b[name].read_bytes()

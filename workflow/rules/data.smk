@@ -107,6 +107,7 @@ rule candidates:
     output:
         table=f"{CANDIDATES}/{paths.CANDIDATES}",
         report=f"{CANDIDATES}/{paths.CANDIDATES_REPORT}",
+        cost=f"{CANDIDATES}/{paths.CANDIDATES_COST}",
         kb_embeddings=f"{CANDIDATES}/{paths.KB_EMBEDDINGS}",
     params:
         cmd=cli("candidates"),
@@ -129,6 +130,7 @@ rule candidates_variant:
     output:
         table=f"{CANDIDATES}/{CANDIDATE_VARIANTS}/{{variant}}/{paths.CANDIDATES}",
         report=f"{CANDIDATES}/{CANDIDATE_VARIANTS}/{{variant}}/{paths.CANDIDATES_REPORT}",
+        cost=f"{CANDIDATES}/{CANDIDATE_VARIANTS}/{{variant}}/{paths.CANDIDATES_COST}",
         kb_embeddings=f"{CANDIDATES}/{CANDIDATE_VARIANTS}/{{variant}}/{paths.KB_EMBEDDINGS}",
     params:
         cmd=lambda wc: cli("candidates", VARIANTS[wc.variant]),
