@@ -118,11 +118,12 @@ class Pool:
 
 
 class Generator:
-    """KB + alias table -> each mention's pool of candidates with features. Four sources: the
+    """KB + alias table -> each mention's pool of candidates with features. Five sources: the
     alias table (every entity a training mention with the same key named), the name index (the
     `pool_size` names sharing most words), with `fuzzy` > 0 the char index (its `fuzzy` names
-    nearest by trigram cosine) and with `dense` > 0 the dense index (its `dense` entities nearest
-    to the mention in context). The alias table's folding is the generator's. `context` names the
+    nearest by trigram cosine), with `dense` > 0 the dense index (its `dense` entities nearest
+    to the mention in context) and with `acronyms` > 0 the acronym index (up to `acronyms` names
+    whose initials the mention's capitals spell). The alias table's folding is the generator's. `context` names the
     switched-on CONTEXT features (the text against each candidate's description); the others stay 0,
     as dense_sim does unless `dense_sim`. `dense_index` is needed when dense > 0 or dense_sim."""
 
@@ -137,8 +138,10 @@ class Generator:
         self.chars = CharIndex(self.names, self.folded) if fuzzy > 0 else None
         self.alias = alias
         self.acronyms = acronyms
-        seen = np.fromiter((alias.entity.get(e, 0) for e in self.ids), dtype=np.int64, count=len(self.ids))
-        self.initials = AcronymIndex(self.names, seen) if acronyms > 0 else None
+        self.initials = None
+        if acronyms > 0:  # groups ordered by how often training names each entity
+            seen = np.fromiter((alias.entity.get(e, 0) for e in self.ids), dtype=np.int64, count=len(self.ids))
+            self.initials = AcronymIndex(self.names, seen)
         self.pool_size = pool_size
         self.fuzzy = fuzzy
         self.context = frozenset(context)
@@ -217,6 +220,7 @@ class Generator:
         f = np.zeros((len(rows), len(FEATURES)), dtype=np.float32)
         d = self.descriptions
         ctx = d.context(mention, text) if d is not None else None
+        abbreviates = self.initials.matches(mention, rows) if self.initials is not None else None
         for j, r in enumerate(rows):
             e, nw = self.ids[r], self.name_words(r)
             shared = len(mw & nw)
@@ -234,9 +238,7 @@ class Generator:
                     *(d.year_shares(ctx, r) if "years" in self.context else (0.0, 0.0, 0.0)),
                     d.pronoun_sex(ctx, r) if "pronouns" in self.context else 0.0,
                     float(dense_sim[j]) if dense_sim is not None else 0.0,
-                    0.0)
-        if self.initials is not None:
-            f[:, FEATURES.index("acronym")] = self.initials.matches(mention, rows)
+                    float(abbreviates[j]) if abbreviates is not None else 0.0)
         return f
 
 
