@@ -17,7 +17,6 @@ artifacts that changed since training are `drift`: worth a note, not a refusal.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -51,14 +50,9 @@ RUN_FILES = {"mapper": MAPPER}
 
 
 def _entry(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {"sha256": None}
-    if path.suffix == ".json":
-        # A stage report: hashed without what the stage cost (its time and memory differ run to
-        # run), so the same candidates give the same record.
-        report = {k: v for k, v in read_json(path, "candidates").items() if k != "cost"}
-        return {"sha256": hashlib.sha256(json.dumps(report, sort_keys=True).encode()).hexdigest()}
-    return {"sha256": file_sha256(path)}
+    # The candidates report is hashed as a file like the rest: its cost is in cost.json, so equal
+    # candidates give equal bytes, and `drift` compares the same hash.
+    return {"sha256": file_sha256(path) if path.is_file() else None}
 
 
 def features_encoder(path: str | Path) -> str | None:
